@@ -1,0 +1,59 @@
+"""The label vocabulary and its categories, read from ``data/labels.toml``."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+CATEGORIES = ("normal", "malignant", "atypical", "non-leukocyte")
+# A cell the classifier is not confident about; never forced into a class.
+UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    category: str
+    display: str
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> tuple[dict[str, Label], dict[str, tuple[str, ...]]]:
+    raw = tomllib.loads(resources.files("device").joinpath("data/labels.toml").read_text("utf-8"))
+    labels = {}
+    for name, spec in raw["labels"].items():
+        if spec["category"] not in CATEGORIES:
+            raise ValueError(f"label {name!r}: unknown category {spec['category']!r}")
+        labels[name] = Label(name, spec["category"], spec.get("display", name))
+    tasks = {}
+    for task, names in raw["tasks"].items():
+        missing = [n for n in names if n not in labels]
+        if missing:
+            raise ValueError(f"task {task!r} names labels missing from the vocabulary: {missing}")
+        tasks[task] = tuple(names)
+    return labels, tasks
+
+
+def label(name: str) -> Label:
+    labels, _ = _vocabulary()
+    try:
+        return labels[name]
+    except KeyError:
+        raise KeyError(f"unknown label {name!r}; known: {sorted(labels)}") from None
+
+
+def category_of(name: str) -> str:
+    return label(name).category
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    _, tasks = _vocabulary()
+    try:
+        return tasks[task]
+    except KeyError:
+        raise KeyError(f"unknown task {task!r}; known: {sorted(tasks)}") from None
+
+
+def tasks() -> tuple[str, ...]:
+    return tuple(_vocabulary()[1])

@@ -1,0 +1,163 @@
+"""Pre-processing shared by training and the device.
+
+Training imports these functions, and the model bundle records the
+``Preprocessing`` settings, so a cell crop reaches the network the same way
+on the workstation and on the box.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import cv2
+import numpy as np
+
+NORMALIZATIONS = {
+    # name: (scale, offset) so that model_input = pixel * scale + offset
+    "unit": (1.0 / 255.0, 0.0),
+    "symmetric": (1.0 / 127.5, -1.0),
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: int = 128
+    color_order: str = "RGB"
+    normalization: str = "unit"
+    # Centre fraction of a training image kept before resizing (single-cell
+    # datasets are centred on the cell with a margin of red cells around it).
+    crop_fraction: float = 1.0
+    # How to make a non-square image square: "pad" (reflect) or "crop" (centre).
+    square: str = "pad"
+    # Optional enhancement from a research prototype: 3x3 median, then x - 0.9 * Laplacian.
+    enhance: bool = False
+    # Optional Reinhard stain normalisation to a reference mean/std in Lab.
+    stain_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    # Field crops: crop side = detected cell box side * cell_context, so the cell
+    # fills the crop as it filled the training images. Measured at training time.
+    cell_context: float = 2.0
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}")
+        if self.color_order not in ("RGB", "BGR"):
+            raise ValueError("color_order must be RGB or BGR")
+        if self.square not in ("pad", "crop"):
+            raise ValueError("square must be 'pad' or 'crop'")
+        if not 0.1 <= self.crop_fraction <= 1.0:
+            raise ValueError("crop_fraction must be within [0.1, 1]")
+        if not 8 <= self.input_size <= 1024:
+            raise ValueError("input_size must be within [8, 1024]")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stain_reference"] = [list(v) for v in self.stain_reference] if self.stain_reference else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown pre-processing settings: {sorted(unknown)}")
+        d = dict(d)
+        if d.get("stain_reference"):
+            d["stain_reference"] = tuple(tuple(float(x) for x in v) for v in d["stain_reference"])
+        return cls(**d)
+
+    @property
+    def scale_offset(self) -> tuple[float, float]:
+        return NORMALIZATIONS[self.normalization]
+
+
+def to_square(img: np.ndarray, mode: str = "pad") -> np.ndarray:
+    h, w = img.shape[:2]
+    if h == w:
+        return img
+    if mode == "crop":
+        s = min(h, w)
+        y, x = (h - s) // 2, (w - s) // 2
+        return img[y : y + s, x : x + s]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    return cv2.copyMakeBorder(img, top, s - h - top, left, s - w - left, cv2.BORDER_REFLECT_101)
+
+
+def center_fraction(img: np.ndarray, fraction: float) -> np.ndarray:
+    if fraction >= 1.0:
+        return img
+    h, w = img.shape[:2]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return img[y : y + ch, x : x + cw]
+
+
+def enhance(img: np.ndarray) -> np.ndarray:
+    """3x3 median, then sharpen as image - 0.9 * Laplacian (Minia prototype)."""
+    med = cv2.medianBlur(img, 3)
+    lap = cv2.Laplacian(med.astype(np.float32), cv2.CV_32F, ksize=1)
+    return np.clip(med.astype(np.float32) - 0.9 * lap, 0, 255).astype(np.uint8)
+
+
+def lab_stats(img: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)
+    return tuple(lab.mean(0)), tuple(lab.std(0) + 1e-6)
+
+
+def stain_normalize(img: np.ndarray, reference) -> np.ndarray:
+    """Reinhard: match each Lab channel's mean and spread to the reference."""
+    ref_mean, ref_std = (np.asarray(v, np.float64) for v in reference)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float64)
+    mean = lab.reshape(-1, 3).mean(0)
+    std = lab.reshape(-1, 3).std(0) + 1e-6
+    lab = (lab - mean) / std * ref_std + ref_mean
+    return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = False) -> np.ndarray:
+    """An RGB uint8 cell image -> uint8 (S, S, 3) in the model's colour order.
+
+    ``from_dataset`` applies ``crop_fraction`` (single-cell dataset images);
+    field crops from the device are already framed by ``cell_context``.
+    """
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image, got shape {img.shape} {img.dtype}")
+    if from_dataset:
+        img = center_fraction(img, pp.crop_fraction)
+    img = to_square(img, pp.square)
+    if pp.stain_reference is not None:
+        img = stain_normalize(img, pp.stain_reference)
+    if pp.enhance:
+        img = enhance(img)
+    s = pp.input_size
+    interp = cv2.INTER_AREA if img.shape[0] > s else cv2.INTER_LINEAR
+    img = cv2.resize(img, (s, s), interpolation=interp)
+    if pp.color_order == "BGR":
+        img = img[..., ::-1]
+    return np.ascontiguousarray(img)
+
+
+def normalize(batch: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """uint8 pixels -> float32 model input."""
+    scale, offset = pp.scale_offset
+    return batch.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) -> np.ndarray:
+    """A square crop centred on ``box`` (x1, y1, x2, y2), side = box side * context.
+
+    Parts outside the field are filled by reflection, so a cell near the edge
+    is still centred in its crop.
+    """
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    side = max(8, int(round(max(x2 - x1, y2 - y1) * context)))
+    left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    h, w = field.shape[:2]
+    pad = max(0, -left, -top, left + side - w, top + side - h)
+    if pad:
+        # Reflection cannot reach further than the image itself.
+        pad_mode = cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
+        field = cv2.copyMakeBorder(field, pad, pad, pad, pad, pad_mode)
+        left += pad
+        top += pad
+    return np.ascontiguousarray(field[top : top + side, left : left + side])

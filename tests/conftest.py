@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+PBC = SHARED_DATA / "pbc-normal-wbc"
+AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
+BCCD = SHARED_DATA / "bccd"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def write_image(path: Path, seed: int, size: int = 32, fmt: str | None = None) -> Path:
+    """A small, distinct image (seeded noise on a blob) in the format the suffix names."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def taleqani_copy(tmp_path) -> Path:
+    """The published Taleqani layout, including exact duplicate files."""
+    root = tmp_path / "ALL_dataset"
+    seed = 0
+    for cls in ("Benign", "Early", "Pre", "Pro"):
+        for i in range(6):
+            seed += 1
+            write_image(root / "Original" / cls / f"WBC-{cls}-{i:03d}.jpg", seed)
+    # two exact duplicates within a class, and one identical file under two classes
+    (root / "Original/Pre/WBC-Pre-dup.jpg").write_bytes((root / "Original/Pre/WBC-Pre-000.jpg").read_bytes())
+    (root / "Original/Pro/WBC-Pro-dup.jpg").write_bytes((root / "Original/Pro/WBC-Pro-001.jpg").read_bytes())
+    (root / "Original/Early/WBC-Early-x.jpg").write_bytes((root / "Original/Benign/WBC-Benign-002.jpg").read_bytes())
+    # the real release also has a Segmented folder, which must be ignored
+    write_image(root / "Segmented" / "Benign" / "seg.jpg", 999)
+    return root
+
+
+@pytest.fixture
+def cnmc_copy(tmp_path) -> Path:
+    """C-NMC 2019: training_data/fold_*/{all,hem}/UID_<subject>_<image>_<cell>_{all,hem}.bmp."""
+    root = tmp_path / "C-NMC_Leukemia" / "training_data"
+    seed = 100
+    for fold in range(3):
+        for subj in range(4):
+            for cls, prefix in (("all", ""), ("hem", "H")):
+                subject = f"{prefix}{fold * 10 + subj}"
+                for img in range(1, 3):
+                    for cell in range(1, 3):
+                        seed += 1
+                        write_image(root / f"fold_{fold}" / cls / f"UID_{subject}_{img}_{cell}_{cls}.bmp", seed, fmt="BMP")
+    return root.parent

@@ -1,0 +1,105 @@
+"""Real TensorFlow on a tiny real subset: the train -> run folder -> evaluate path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import PBC
+
+tf = pytest.importorskip("tensorflow")
+
+from training.config import load_recipe, recipe_from_dict  # noqa: E402
+
+
+def tiny_recipe(**train):
+    return recipe_from_dict({
+        "task": "differential", "name": "tiny", "seed": 5,
+        "data": {"sources": [{"kind": "pbc", "path": str(PBC)}], "max_per_class": 6},
+        "preprocessing": {"input_size": 32, "crop_fraction": 0.7},
+        "model": {"name": "leukonet", "width": 0.25},
+        "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, **train},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    return train(tiny_recipe(), out_root=out, config_text="# tiny\n", log=lambda *_: None)
+
+
+def test_run_folder_has_everything(tiny_run):
+    for name in ("model.keras", "config.toml", "recipe.json", "split_manifest.csv", "split_summary.json",
+                 "curves.png", "history.json", "report.json", "report_confusion.png", "report_roc.png",
+                 "report_calibration.png"):
+        assert (tiny_run / name).is_file(), name
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["n"] == 48  # 6 per class x 8 classes in test
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "ece", "macro_roc_auc"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert set(report["per_class"]) == {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
+                                        "monocyte", "neutrophil", "platelet"}
+    pc = report["per_class"]["lymphocyte"]
+    assert {"sensitivity", "specificity", "precision", "f1", "roc_auc", "support"} <= set(pc)
+    assert np.array(report["confusion_matrix"]).sum() == 48
+    assert report["versions"]["tensorflow"] == tf.__version__
+    assert report["unit"] == "image"
+    assert "malignant" not in report  # the differential has no malignant class
+
+
+def test_evaluate_reproduces_the_training_report(tiny_run):
+    from training.evaluate import evaluate
+
+    again = evaluate(tiny_run, split="test", log=lambda *_: None)
+    first = json.loads((tiny_run / "report.json").read_text())
+    assert again["confusion_matrix"] == first["confusion_matrix"]
+    assert again["balanced_accuracy"] == pytest.approx(first["balanced_accuracy"])
+    assert (tiny_run / "eval_test.json").is_file()
+
+
+def test_shipped_recipe_loads_and_names_real_data():
+    from training.config import REPO_ROOT
+
+    recipe = load_recipe(REPO_ROOT / "training/configs/pbc-differential.toml")
+    assert recipe.task == "differential"
+    assert recipe.data.sources[0].kind == "pbc"
+    assert recipe.model.name in ("leukonet", "mobilenetv2", "lenet-lld", "thanh-cnn")
+
+
+@pytest.mark.parametrize("name", ["lenet-lld", "thanh-cnn", "leukonet", "mobilenetv2"])
+def test_every_model_builds_and_predicts(name):
+    from training.models import build_model
+
+    size = 64 if name != "mobilenetv2" else 96
+    model = build_model(name, size, 4, dropout=0.1, width=0.35 if name == "mobilenetv2" else 0.5)
+    probs = model.predict(np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32), verbose=0)
+    assert probs.shape == (2, 4)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert model.get_layer("embedding") is not None
+
+
+def test_mobilenetv2_never_downloads_and_checks_a_weights_path(tmp_path):
+    from training.models import build_model
+
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_model("mobilenetv2", 96, 4, weights=str(tmp_path / "missing.h5"))
+
+
+def test_augmentation_changes_images_but_keeps_shape():
+    from training.augment import augment_image
+    from training.config import AugmentConfig
+
+    img = tf.constant(np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    out = augment_image(img, AugmentConfig(), tf.constant([1, 2], tf.int64))
+    assert out.shape == (48, 48, 3) and out.dtype == tf.uint8
+    assert not np.array_equal(out.numpy(), img.numpy())
+    off = AugmentConfig(flip=False, rot90=False, shear=0, zoom=0, shift=0, brightness=0, contrast=0, stain=0)
+    same = augment_image(img, off, tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(same.numpy(), img.numpy())
+    # stain jitter alone shifts colour but keeps the layout (highly correlated)
+    stain_only = AugmentConfig(flip=False, rot90=False, shear=0, zoom=0, shift=0, brightness=0, contrast=0, stain=0.1)
+    s = augment_image(img, stain_only, tf.constant([3, 4], tf.int64)).numpy().astype(float)
+    assert np.corrcoef(s.ravel(), img.numpy().astype(float).ravel())[0, 1] > 0.9

@@ -1,0 +1,145 @@
+"""The training recipe: one TOML file, read into dataclasses with working defaults."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from device import labels
+from device.preprocess import Preprocessing
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Source:
+    kind: str
+    path: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    sources: list[Source] = field(default_factory=list)
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    # Cap per class after the split (0 = all); for quick runs and tests.
+    max_per_class: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "leukonet"
+    width: float = 1.0  # channel multiplier (leukonet) or alpha (mobilenetv2)
+    dropout: float = 0.3
+    weights: str | None = None  # local weights file for mobilenetv2; never downloaded
+    bn_momentum: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    warmup_epochs: int = 2
+    class_weights: bool = True
+    # Stop early when validation balanced accuracy has not improved for this many epochs (0 = never).
+    patience: int = 0
+    threads: int = 0  # 0 = all cores
+    time_limit_minutes: float = 0.0  # 0 = none; training stops after the epoch that crosses it
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    rot90: bool = True
+    shear: float = 0.1  # radians
+    zoom: float = 0.1  # +/- fraction
+    shift: float = 0.05  # +/- fraction of the side
+    brightness: float = 0.1
+    contrast: float = 0.1
+    stain: float = 0.05  # HED channel jitter (scale and shift)
+
+
+@dataclass
+class EvalConfig:
+    target_sensitivity: float = 0.95  # malignant operating point chosen on validation
+    # Cells whose top probability is below the threshold are left "uncertain" for review;
+    # the threshold is the lowest one at which validation accuracy on kept cells reaches this.
+    review_accuracy: float = 0.99
+
+
+@dataclass
+class Recipe:
+    task: str
+    seed: int = 1234
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return d
+
+
+def _section(cls, raw: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"[{where}]: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**raw)
+
+
+def resolve_data_path(path: str, base: Path | None = None) -> Path:
+    """Absolute as given; relative to the working directory, else to the config file, else to the repo root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    for root in (Path.cwd(), base, REPO_ROOT):
+        if root is not None and (root / p).exists():
+            return (root / p).resolve()
+    return (Path.cwd() / p).resolve()
+
+
+def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
+    raw = dict(raw)
+    if "task" not in raw:
+        raise ValueError("the recipe must name a task")
+    labels.task_labels(raw["task"])
+    data_raw = dict(raw.pop("data", {}))
+    sources = []
+    for s in data_raw.pop("sources", []):
+        s = dict(s)
+        kind, path = s.pop("kind"), s.pop("path")
+        sources.append(Source(kind, str(resolve_data_path(path, base)), s.pop("options", s)))
+    data = _section(DataConfig, data_raw, "data")
+    data.sources = sources
+    recipe = Recipe(
+        task=raw.pop("task"),
+        seed=int(raw.pop("seed", 1234)),
+        name=raw.pop("name", ""),
+        data=data,
+        preprocessing=Preprocessing.from_dict(raw.pop("preprocessing", {})),
+        model=_section(ModelConfig, raw.pop("model", {}), "model"),
+        train=_section(TrainConfig, raw.pop("train", {}), "train"),
+        augment=_section(AugmentConfig, raw.pop("augment", {}), "augment"),
+        evaluate=_section(EvalConfig, raw.pop("evaluate", {}), "evaluate"),
+    )
+    if raw:
+        raise ValueError(f"unknown recipe sections: {sorted(raw)}")
+    if not recipe.data.sources:
+        raise ValueError("the recipe names no data: add [[data.sources]] with kind and path")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    return recipe_from_dict(raw, base=path.resolve().parent)

@@ -1,0 +1,194 @@
+"""Dataset readers: turn a folder into records (image path, label, subject id or None).
+
+Each reader maps the dataset's own class names onto the project vocabulary
+(``device/data/labels.toml``) and says what it knows about the source, so a
+run and its model bundle can name their data and its licence.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from device import labels
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # absolute path of the image file
+    relpath: str  # path below the dataset root, as recorded in manifests
+    label: str  # a label of the project vocabulary
+    subject: str | None  # patient / donor id where the dataset has one
+    dataset: str  # name of the dataset it came from
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    licence: str
+    citation: str
+    subject_ids: bool
+
+
+@dataclass(frozen=True)
+class Dataset:
+    info: DatasetInfo
+    root: Path
+    records: list[Record]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _require_dir(root: Path, what: str) -> Path:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what}: folder not found: {root}")
+    return root
+
+
+def _from_class_folders(root: Path, name: str, mapping: Callable[[str], str | None]) -> list[Record]:
+    records = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = mapping(folder.name)
+        if label is None:
+            continue
+        labels.label(label)  # fail early on a label outside the vocabulary
+        for img in _images(folder):
+            records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), label, None, name))
+    return records
+
+
+def read_folder(root: str | Path, label_map: dict[str, str] | None = None, name: str = "folder",
+                licence: str = "unknown", citation: str = "") -> Dataset:
+    """Generic folder-per-class layout. Folder names are vocabulary labels, or mapped by ``label_map``."""
+    root = _require_dir(Path(root), name)
+    label_map = label_map or {}
+
+    def mapping(folder: str) -> str:
+        return label_map.get(folder, folder)
+
+    records = _from_class_folders(root, name, mapping)
+    if not records:
+        raise ValueError(f"{name}: no images found in class folders under {root}")
+    return Dataset(DatasetInfo(name, licence, citation, False), root, records)
+
+
+PBC_INFO = DatasetInfo(
+    "pbc-normal-wbc",
+    "CC BY 4.0",
+    "Acevedo A. et al. (2020), A dataset of microscopic peripheral blood cell images for development of "
+    "automatic recognition systems, Data in Brief 30:105474; Mendeley Data doi:10.17632/snkd93bnjr.1",
+    False,
+)
+PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
+
+
+def read_pbc(root: str | Path) -> Dataset:
+    root = _require_dir(Path(root), PBC_INFO.name)
+    records = _from_class_folders(root, PBC_INFO.name, lambda f: f if f in PBC_CLASSES else None)
+    if not records:
+        raise ValueError(f"{PBC_INFO.name}: none of the 8 class folders {PBC_CLASSES} found under {root}")
+    return Dataset(PBC_INFO, root, records)
+
+
+AML_INFO = DatasetInfo(
+    "aml-cytomorphology-lmu",
+    "CC BY 3.0",
+    "Matek C. et al. (2019), A Single-cell Morphological Dataset of Leukocytes from AML Patients and "
+    "Non-malignant Controls, The Cancer Imaging Archive, doi:10.7937/tcia.2019.36f5o9ld",
+    False,
+)
+# MYB is a myelocyte, not a myeloblast: the blasts are MYO and MOB.
+AML_CLASSES = {
+    "MYO": "myeloblast", "MOB": "monoblast", "PMO": "promyelocyte", "PMB": "promyelocyte",
+    "MYB": "myelocyte", "MMZ": "metamyelocyte", "NGB": "neutrophil-band", "NGS": "neutrophil",
+    "LYT": "lymphocyte", "LYA": "atypical-lymphocyte", "MON": "monocyte", "EOS": "eosinophil",
+    "BAS": "basophil", "EBO": "erythroblast", "KSC": "smudge-cell",
+}
+
+
+def read_aml_lmu(root: str | Path) -> Dataset:
+    root = _require_dir(Path(root), AML_INFO.name)
+    records = _from_class_folders(root, AML_INFO.name, AML_CLASSES.get)
+    if not records:
+        raise ValueError(f"{AML_INFO.name}: no class folders ({', '.join(AML_CLASSES)}) under {root}")
+    return Dataset(AML_INFO, root, records)
+
+
+TALEQANI_INFO = DatasetInfo(
+    "taleqani-all",
+    "see the dataset's own terms (Kaggle / Mendeley release by Aria et al. 2021)",
+    "Aria M., Ghaderzadeh M., Bashash D. et al. (2021), Acute Lymphoblastic Leukemia (ALL) image dataset, "
+    "Kaggle, doi:10.34740/KAGGLE/DSV/2175623; Ghaderzadeh M. et al., Int J Intell Syst 2022",
+    False,
+)
+TALEQANI_CLASSES = {"Benign": "benign", "Early": "early-pre-b", "Pre": "pre-b", "Pro": "pro-b"}
+
+
+def read_taleqani(root: str | Path) -> Dataset:
+    """``Original/{Benign,Early,Pre,Pro}/*.jpg``; no patient ids, exact duplicates in the published copy."""
+    root = Path(root)
+    if (root / "Original").is_dir():
+        root = root / "Original"
+    _require_dir(root, TALEQANI_INFO.name)
+    records = _from_class_folders(root, TALEQANI_INFO.name, TALEQANI_CLASSES.get)
+    if not records:
+        raise ValueError(f"{TALEQANI_INFO.name}: expected Original/{{Benign,Early,Pre,Pro}}/*.jpg under {root}")
+    return Dataset(TALEQANI_INFO, root, records)
+
+
+CNMC_INFO = DatasetInfo(
+    "c-nmc-2019",
+    "CC BY 3.0 (The Cancer Imaging Archive)",
+    "Gupta A., Gupta R. (2019), ALL Challenge dataset of ISBI 2019 (C-NMC 2019), The Cancer Imaging Archive, "
+    "doi:10.7937/tcia.2019.dc64i46r",
+    True,
+)
+CNMC_NAME = re.compile(r"^UID_(?P<subject>[^_]+)_(?P<image>[^_]+)_(?P<cell>[^_]+)_(?P<cls>all|hem)\.bmp$", re.I)
+CNMC_CLASSES = {"all": "lymphoblast", "hem": "normal-lymphoid"}
+
+
+def read_cnmc(root: str | Path) -> Dataset:
+    """``training_data/fold_*/{all,hem}/UID_<subject>_<image>_<cell>_{all,hem}.bmp``."""
+    root = Path(root)
+    if (root / "training_data").is_dir():
+        root = root / "training_data"
+    _require_dir(root, CNMC_INFO.name)
+    records = []
+    for fold in sorted(p for p in root.glob("fold_*") if p.is_dir()):
+        for cls in ("all", "hem"):
+            folder = fold / cls
+            if not folder.is_dir():
+                continue
+            for img in _images(folder):
+                m = CNMC_NAME.match(img.name)
+                if not m:
+                    raise ValueError(f"{CNMC_INFO.name}: unexpected file name {img.name} (UID_<subject>_<image>_<cell>_{{all,hem}}.bmp)")
+                if m["cls"].lower() != cls:
+                    raise ValueError(f"{CNMC_INFO.name}: {img.name} is in the '{cls}' folder but named '{m['cls']}'")
+                records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), CNMC_CLASSES[cls],
+                                      m["subject"], CNMC_INFO.name))
+    if not records:
+        raise ValueError(f"{CNMC_INFO.name}: expected training_data/fold_*/{{all,hem}}/*.bmp under {root}")
+    return Dataset(CNMC_INFO, root, records)
+
+
+READERS: dict[str, Callable[..., Dataset]] = {
+    "folder": read_folder,
+    "pbc": read_pbc,
+    "aml-lmu": read_aml_lmu,
+    "taleqani": read_taleqani,
+    "cnmc": read_cnmc,
+}
+
+
+def read_source(kind: str, path: str | Path, **options) -> Dataset:
+    try:
+        reader = READERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {sorted(READERS)}") from None
+    return reader(path, **options)

@@ -1,0 +1,237 @@
+"""``leukoscope train``: data -> split -> model -> run folder with the evaluation report."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from device import labels
+from training import splits
+from training.config import Recipe
+from training.datasets import Dataset, Record, read_source
+
+
+@dataclass
+class PreparedData:
+    datasets: list[Dataset]
+    records: list[Record]  # after de-duplication
+    split: splits.Split
+    dedup: splits.Deduplicated
+    class_names: list[str]
+
+    def part(self, name: str) -> list[Record]:
+        return self.split.records(self.records, name)
+
+
+def library_versions() -> dict:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for mod in ("numpy", "tensorflow", "keras", "cv2", "PIL"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional library is simply not recorded
+            pass
+    return out
+
+
+def prepare_data(recipe: Recipe) -> PreparedData:
+    class_names = list(labels.task_labels(recipe.task))
+    datasets = [read_source(s.kind, s.path, **s.options) for s in recipe.data.sources]
+    records = [r for d in datasets for r in d.records if r.label in class_names]
+    if not records:
+        raise ValueError(f"no images with labels of task {recipe.task!r} in the given sources")
+    dedup = splits.deduplicate(records)
+    split = splits.make_split(dedup.records, recipe.data.split, recipe.seed)
+    kept = dedup.records
+    if recipe.data.max_per_class:
+        # Cap each class within each split, seeded, after the split (so the cap cannot leak).
+        rng = np.random.default_rng(recipe.seed)
+        capped = []
+        for part in splits.SPLITS:
+            for name in class_names:
+                members = [r for r in split.records(kept, part) if r.label == name]
+                if len(members) > recipe.data.max_per_class:
+                    idx = rng.choice(len(members), recipe.data.max_per_class, replace=False)
+                    members = [members[i] for i in sorted(idx)]
+                capped.extend(members)
+        kept = sorted(capped, key=lambda r: (r.dataset, r.relpath))
+        split.counts = {p: {n: sum(1 for r in kept if split.assignment[r.path] == p and r.label == n)
+                            for n in class_names} for p in splits.SPLITS}
+    return PreparedData(datasets, kept, split, dedup, class_names)
+
+
+def source_summaries(data: PreparedData) -> list[dict]:
+    return [{"name": d.info.name, "root": str(d.root), "licence": d.info.licence, "citation": d.info.citation,
+             "subject_ids": d.info.subject_ids} for d in data.datasets]
+
+
+def new_run_dir(out_root: Path, recipe: Recipe) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = out_root / f"{recipe.name or recipe.task}-{stamp}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        i += 1
+        run_dir = base.with_name(f"{base.name}-{i}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def configure_tensorflow(seed: int, threads: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    threads = threads or os.cpu_count() or 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        pass  # already initialised in this process (tests run several trainings)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None = None,
+          log=print) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from training.augment import augment_image
+    from training.data import load_records
+    from training.models import build_model
+    from training.report import build_report, plot_curves, write_report
+    from device.preprocess import normalize
+
+    t_start = time.monotonic()
+    configure_tensorflow(recipe.seed, recipe.train.threads)
+    data = prepare_data(recipe)
+    run_dir = new_run_dir(Path(out_root), recipe)
+    splits.write_manifest(run_dir, data.records, data.split, data.dedup, source_summaries(data))
+    (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    if config_text is not None:
+        (run_dir / "config.toml").write_text(config_text)
+    log(f"run folder: {run_dir}")
+    log(f"split by {data.split.unit}: " + ", ".join(
+        f"{p} {sum(data.split.counts[p].values())}" for p in splits.SPLITS)
+        + f"; {data.dedup.duplicates_removed} duplicate files removed")
+
+    pp = recipe.preprocessing
+    names = data.class_names
+    x_tr, y_tr = load_records(data.part("train"), pp, names)
+    x_va, y_va = load_records(data.part("val"), pp, names)
+    x_te, y_te = load_records(data.part("test"), pp, names)
+    log(f"images loaded in {time.monotonic() - t_start:.0f} s")
+
+    n_classes = len(names)
+    counts = np.bincount(y_tr, minlength=n_classes).astype(np.float64)
+    if recipe.train.class_weights:
+        class_w = np.where(counts > 0, len(y_tr) / (n_classes * np.maximum(counts, 1)), 0.0)
+    else:
+        class_w = np.ones(n_classes)
+    scale, offset = pp.scale_offset
+    aug = recipe.augment
+    bs = recipe.train.batch_size
+
+    def train_map(seed, item):
+        x, y = item
+        x = augment_image(x, aug, seed)
+        return x, y
+
+    def to_model(x, y):
+        x = tf.cast(x, tf.float32) * scale + offset
+        w = tf.gather(tf.constant(class_w, tf.float32), y)
+        return x, tf.one_hot(y, n_classes), w
+
+    ds_train = (tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
+                .shuffle(len(y_tr), seed=recipe.seed, reshuffle_each_iteration=True))
+    seeds = tf.data.Dataset.random(seed=recipe.seed).batch(2)
+    ds_train = (tf.data.Dataset.zip((seeds, ds_train)).map(train_map, num_parallel_calls=tf.data.AUTOTUNE,
+                                                           deterministic=True)
+                .batch(bs).map(to_model).prefetch(tf.data.AUTOTUNE))
+
+    m = recipe.model
+    model = build_model(m.name, pp.input_size, n_classes, dropout=m.dropout, width=m.width,
+                        weights=m.weights, bn_momentum=m.bn_momentum)
+    steps = int(np.ceil(len(y_tr) / bs))
+    total = steps * recipe.train.epochs
+    warm = min(steps * recipe.train.warmup_epochs, max(total - 1, 0))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=recipe.train.learning_rate * (0.1 if warm else 1.0), decay_steps=max(total - warm, 1),
+        warmup_target=recipe.train.learning_rate if warm else None, warmup_steps=warm, alpha=0.01)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.train.weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.train.label_smoothing),
+                  metrics=["accuracy"])
+    log(f"model {m.name}: {model.count_params():,} parameters, input {pp.input_size}px, {n_classes} classes")
+
+    x_va_in = normalize(x_va, pp)
+    tracker = _BestOnValidation(x_va_in, y_va, n_classes, recipe.train.patience,
+                                recipe.train.time_limit_minutes * 60.0, t_start, log)
+    hist = model.fit(ds_train, epochs=recipe.train.epochs, callbacks=[tracker], verbose=0)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    history["val_balanced_accuracy"] = tracker.scores
+    history["val_loss"] = tracker.losses
+    history["best_epoch"] = tracker.best_epoch + 1
+    if tracker.best_weights is not None:
+        model.set_weights(tracker.best_weights)
+    model.save(run_dir / "model.keras")
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    plot_curves(run_dir / "curves.png", history)
+
+    val_probs = model.predict(x_va_in, batch_size=128, verbose=0)
+    test_probs = model.predict(normalize(x_te, pp), batch_size=128, verbose=0)
+    report = build_report(names, test_probs, y_te, val_probs, y_va, recipe.evaluate)
+    report.update({
+        "split": "test", "task": recipe.task, "model": m.name, "unit": data.split.unit,
+        "epochs_run": len(tracker.scores), "best_epoch": tracker.best_epoch + 1,
+        "train_seconds": round(time.monotonic() - t_start, 1), "versions": library_versions(),
+    })
+    write_report(run_dir, report, names, test_probs, y_te)
+    np.savez_compressed(run_dir / "test_predictions.npz", probs=test_probs, y=y_te)
+    log(f"test balanced accuracy {report['balanced_accuracy']:.4f}, macro F1 {report['macro_f1']:.4f} "
+        f"({report['n']} images); report in {run_dir / 'report.json'}")
+    return run_dir
+
+
+class _BestOnValidation:
+    """Keras callback: validation balanced accuracy each epoch, keep the best
+    weights, optional patience and wall-clock limit."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Impl(keras.callbacks.Callback):
+            def __init__(self, x_val, y_val, n_classes, patience, time_limit, t_start, log):
+                super().__init__()
+                self.x_val, self.y_val, self.n = x_val, y_val, n_classes
+                self.patience, self.time_limit, self.t_start, self.log = patience, time_limit, t_start, log
+                self.scores, self.losses = [], []
+                self.best, self.best_epoch, self.best_weights = -1.0, -1, None
+
+            def on_epoch_end(self, epoch, logs=None):
+                probs = self.model.predict(self.x_val, batch_size=128, verbose=0)
+                pred = probs.argmax(1)
+                recalls = [float((pred[self.y_val == c] == c).mean()) for c in range(self.n) if (self.y_val == c).any()]
+                score = float(np.mean(recalls))
+                eps = 1e-7
+                loss = float(-np.mean(np.log(probs[np.arange(len(self.y_val)), self.y_val] + eps)))
+                self.scores.append(score)
+                self.losses.append(loss)
+                if score > self.best:
+                    self.best, self.best_epoch = score, epoch
+                    self.best_weights = self.model.get_weights()
+                elapsed = time.monotonic() - self.t_start
+                self.log(f"epoch {epoch + 1}: loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
+                         f"val_loss {loss:.4f} val_bal_acc {score:.4f} [{elapsed:.0f} s]")
+                if self.patience and epoch - self.best_epoch >= self.patience:
+                    self.model.stop_training = True
+                if self.time_limit and elapsed >= self.time_limit:
+                    self.log("time limit reached: stopping")
+                    self.model.stop_training = True
+
+        return Impl(*args, **kwargs)
