@@ -39,6 +39,80 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from convert.build import ParityError, convert_run
+
+    try:
+        convert_run(args.run_dir, out=args.out, variant=args.variant, representative_count=args.representative,
+                    parity_floor=args.parity_floor, name=args.name, version=args.version)
+    except ParityError as exc:
+        print(f"leukoscope convert: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _bundle(path: str | None):
+    from device.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+def _model_info(args) -> int:
+    from device.bundle import summary
+
+    info = summary(_bundle(args.bundle))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"bundle:   {info['path']}")
+    print(f"model:    {info['name']} {info['version']} ({info['task']}, {info['quantization']}, "
+          f"{info['model_bytes']:,} bytes, created {info['created_at']})")
+    print(f"sha256:   {info['sha256']['model.tflite']}")
+    print(f"input:    {info['input']['size']}x{info['input']['size']} {info['input']['color_order']}, "
+          f"{info['input']['dtype']}")
+    print("labels:   " + ", ".join(f"{l['name']} ({l['category']})" for l in info["labels"]))
+    print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in (info["thresholds"] or {}).items()))
+    for d in info["datasets"] or []:
+        print(f"data:     {d['name']} ({d['licence']}), split by {d['split_unit']}")
+    for name, m in (info["metrics"] or {}).items():
+        print(f"test {name}: balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
+    if info["parity"]:
+        print(f"parity:   top-1 agreement {info['parity']['top1_agreement']:.4f}")
+    print("A screening aid, not a diagnosis.")
+    return 0
+
+
+def _classify(args) -> int:
+    from device.bundle import BundleError
+    from device.classifier import Classifier
+    from device.imageio import ImageError, read_image
+    from device.preprocess import prepare_cell
+
+    bundle = _bundle(args.bundle)
+    clf = Classifier(bundle, threads=args.threads)
+    status = 0
+    for path in args.images:
+        try:
+            crop = prepare_cell(read_image(path), bundle.preprocessing, from_dataset=True)
+        except ImageError as exc:
+            print(json.dumps({"path": path, "error": str(exc)}) if args.json else f"{path}: {exc}",
+                  file=sys.stdout if args.json else sys.stderr)
+            status = 1
+            continue
+        p = clf.classify(crop[None])[0]
+        if args.json:
+            print(json.dumps({"path": path, "label": p.shown_label, "predicted": p.label, "category": p.category,
+                              "probability": round(p.probability, 4), "flag": p.flag,
+                              "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}}))
+        else:
+            note = f"  [{p.flag}: left for review]" if p.flag else ""
+            top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"{path}: {p.label} ({p.category}) {p.probability:.3f}{note}  | "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in top))
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="leukoscope", description=(
         "Leukoscope: find, classify and count white blood cells. A screening aid, never a diagnosis."))
@@ -57,6 +131,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", action="append", metavar="NAME=PATH",
                    help="where dataset NAME lives now, if it moved since training")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("convert", help="convert a trained run into a TFLite model bundle (needs 'train')")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="bundle path (default: RUN_DIR/<name>-<variant>.lkb)")
+    p.add_argument("--variant", default="int8", choices=["int8", "float16", "dynamic"])
+    p.add_argument("--representative", type=int, default=300, help="representative images from the training split")
+    p.add_argument("--parity-floor", type=float, default=0.99,
+                   help="refuse the bundle when top-1 agreement with the float model is lower")
+    p.add_argument("--name")
+    p.add_argument("--version")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("model", help="model bundles")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    q = msub.add_parser("info", help="show a bundle's metadata (default: the bundle the device uses)")
+    q.add_argument("--bundle")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_model_info)
+
+    p = sub.add_parser("classify", help="classify already-cropped single-cell images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--bundle")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_classify)
     return ap
 
 
@@ -64,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"leukoscope {args.command}: {exc}", file=sys.stderr)
         return 2
 

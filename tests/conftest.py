@@ -57,3 +57,29 @@ def cnmc_copy(tmp_path) -> Path:
                         seed += 1
                         write_image(root / f"fold_{fold}" / cls / f"UID_{subject}_{img}_{cell}_{cls}.bmp", seed, fmt="BMP")
     return root.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real TensorFlow training on a tiny slice of the real PBC data, shared by the tests."""
+    pytest.importorskip("tensorflow")
+    from training.config import recipe_from_dict
+    from training.train import train
+
+    recipe = recipe_from_dict({
+        "task": "differential", "name": "tiny", "seed": 5,
+        "data": {"sources": [{"kind": "pbc", "path": str(PBC)}], "max_per_class": 6},
+        "preprocessing": {"input_size": 32, "crop_fraction": 0.7},
+        "model": {"name": "leukonet", "width": 0.25},
+        "train": {"epochs": 3, "batch_size": 16, "warmup_epochs": 0, "learning_rate": 0.003},
+    })
+    return train(recipe, out_root=tmp_path_factory.mktemp("runs"), config_text="# tiny\n", log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory):
+    """The tiny run converted to a real int8 bundle."""
+    from convert.build import convert_run
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-int8.lkb"
+    return convert_run(tiny_run, out=out, representative_count=48, parity_floor=0.9, log=lambda *_: None)
