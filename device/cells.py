@@ -18,8 +18,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CellFinderSettings:
-    # Stain threshold on B - G (0..255); None = Otsu on the field, floored at min_threshold.
-    threshold: float | None = None
+    # Stain threshold on B - G (0..255); 0 = Otsu on the field, floored at min_threshold.
+    threshold: float = 0.0
     min_threshold: float = 55.0
     # Sizes relative to the field's area / shorter side, so any camera resolution works.
     min_area_fraction: float = 0.008  # smallest nucleus kept (platelets are far smaller)
@@ -50,7 +50,7 @@ def stain_map(rgb: np.ndarray) -> np.ndarray:
 
 def nucleus_mask(rgb: np.ndarray, s: CellFinderSettings) -> tuple[np.ndarray, np.ndarray]:
     stain = cv2.GaussianBlur(stain_map(rgb), (5, 5), 0)
-    if s.threshold is None:
+    if not s.threshold:
         otsu, _ = cv2.threshold(stain, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         t = max(float(otsu), s.min_threshold)
     else:

@@ -16,25 +16,25 @@ from device.bundle import Bundle, BundleError
 from device.preprocess import normalize
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 
-        return Interpreter, "ai-edge-litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
 
-        return Interpreter, "tflite-runtime"
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
+def _interpreter_class(only: str | None = None):
+    """The first interpreter that imports, in order of preference (or only the one named)."""
+    for name in RUNTIMES if only is None else (only,):
+        try:
+            if name == "ai-edge-litert":
+                from ai_edge_litert.interpreter import Interpreter
+            elif name == "tflite-runtime":
+                from tflite_runtime.interpreter import Interpreter
+            else:
+                import tensorflow as tf
 
-        return tf.lite.Interpreter, "tensorflow"
-    except ImportError:
-        raise RuntimeError("no TFLite interpreter installed: pip install ai-edge-litert") from None
+                Interpreter = tf.lite.Interpreter
+            return Interpreter, name
+        except ImportError:
+            continue
+    raise RuntimeError(f"no TFLite interpreter installed ({only or 'pip install ai-edge-litert'})")
 
 
 def ood_scores(emb: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
@@ -63,10 +63,10 @@ class CellPrediction:
 
 
 class Classifier:
-    def __init__(self, bundle: Bundle, threads: int = 1):
+    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None):
         self.bundle = bundle
         self.pp = bundle.preprocessing
-        Interpreter, self.runtime = _interpreter_class()
+        Interpreter, self.runtime = _interpreter_class(runtime)
         try:
             self._interp = Interpreter(model_content=bundle.model_bytes, num_threads=max(1, int(threads)))
             self._interp.allocate_tensors()

@@ -83,6 +83,20 @@ def _model_info(args) -> int:
     return 0
 
 
+def _model_test(args) -> int:
+    from convert.verify import verify_bundle
+
+    r = verify_bundle(_bundle(args.bundle), _data_roots(args.data_root))
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['n']} recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
+              f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: {r['recorded_balanced_accuracy']:.4f})")
+        if r["files_with_other_content"]:
+            print(f"skipped {len(r['files_with_other_content'])} files whose content differs from the record")
+    return 0
+
+
 def _classify(args) -> int:
     from device.bundle import BundleError
     from device.classifier import Classifier
@@ -110,6 +124,63 @@ def _classify(args) -> int:
             top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
             print(f"{path}: {p.label} ({p.category}) {p.probability:.3f}{note}  | "
                   + ", ".join(f"{k} {v:.3f}" for k, v in top))
+    return status
+
+
+def _load_config(path):
+    from device.config import load_config
+
+    return load_config(path)
+
+
+def _serve(args) -> int:
+    import logging
+
+    from device.serve import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = _load_config(args.config)
+    if args.port is not None:
+        cfg.server.port = args.port
+    if args.host:
+        cfg.server.host = args.host
+    if args.data_dir:
+        cfg.storage.data_dir = args.data_dir
+    return serve(cfg)
+
+
+def _analyze(args) -> int:
+    from device.imageio import ImageError, read_image
+    from device.models import load_active
+    from device.pipeline import Analyzer
+
+    cfg = _load_config(args.config)
+    bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir, cfg.model.threads)
+    analyzer = Analyzer(clf, cfg.cells, cfg.qc)
+    status = 0
+    for path in args.images:
+        try:
+            img = read_image(path)
+        except ImageError as exc:
+            status = 1
+            if args.json:
+                print(json.dumps({"path": path, "error": str(exc)}))
+            else:
+                print(f"{path}: {exc}", file=sys.stderr)
+            continue
+        res = analyzer.analyze(img, skip_qc=args.skip_qc)
+        cells = [{"box": list(c.found.box), "label": c.prediction.shown_label, "predicted": c.prediction.label,
+                  "category": "uncertain" if c.prediction.flag else c.prediction.category,
+                  "probability": round(c.prediction.probability, 4), "flag": c.prediction.flag} for c in res.cells]
+        if args.json:
+            print(json.dumps({"path": path, "width": img.shape[1], "height": img.shape[0], "qc": res.qc.figures(),
+                              "analysed": res.qc.ok or args.skip_qc, "cells": cells, "model": bundle.name}))
+        else:
+            print(f"{path}: QC {res.qc.message} (focus {res.qc.focus:.1f}, brightness {res.qc.brightness:.0f}, "
+                  f"stain {res.qc.stain_fraction:.2f})")
+            for c in cells:
+                print(f"  {c['box']}: {c['label']} ({c['category']}) {c['probability']:.3f}"
+                      + (f" [{c['flag']}]" if c["flag"] else ""))
     return status
 
 
@@ -149,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bundle")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_info)
+    q = msub.add_parser("test", help="recompute a bundle's test figures from its recorded test-file list")
+    q.add_argument("--bundle")
+    q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_model_test)
 
     p = sub.add_parser("classify", help="classify already-cropped single-cell images")
     p.add_argument("images", nargs="+")
@@ -156,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser("serve", help="run the appliance: camera, analysis, storage and the local page")
+    p.add_argument("--config", help="config TOML (default: built-in defaults)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("analyze", help="run the whole-field pipeline on image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--config")
+    p.add_argument("--bundle")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--skip-qc", action="store_true", help="analyse fields even when they fail quality control")
+    p.set_defaults(func=_analyze)
     return ap
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # A 12 MP Pi HQ camera still is 4056x3040; 50 MP leaves room for larger sensors.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
 

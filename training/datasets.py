@@ -13,7 +13,7 @@ from typing import Callable
 
 from device import labels
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+from device.imageio import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""Frame -> committed result, on one thread, with the default bundle and a real SQLite file.
+
+Median and p90 time from a 640x480 frame to its committed result, time per cell,
+peak RSS, and time from process start to ready (a real `leukoscope serve`).
+
+    python -m bench.pipeline [--fields 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import result
+
+REPO = Path(__file__).resolve().parent.parent
+BCCD = REPO.parent / "shared/data/bccd/BCCD/JPEGImages"
+
+
+def time_to_ready(data_dir: Path) -> float:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock_path = str(data_dir / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(60)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), "--data-dir",
+                             str(data_dir / "serve")], cwd=REPO, env=dict(os.environ, NOTIFY_SOCKET=sock_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not sock.recv(4096).startswith(b"READY=1"):
+            pass
+        return time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        sock.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fields", type=int, default=200)
+    args = ap.parse_args(argv)
+
+    from device import records
+    from device.camera import ReplayCamera
+    from device.config import AppConfig
+    from device.models import load_active
+    from device.pipeline import Analyzer
+    from device.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="leukoscope-pipeline-"))
+    ready = [time_to_ready(tmp) for _ in range(3)]
+
+    cfg = AppConfig()
+    bundle, clf, _ = load_active("", tmp, threads=1)
+    analyzer = Analyzer(clf, cfg.cells, cfg.qc)
+    store = Store(tmp / "data")
+    cam = ReplayCamera(BCCD if BCCD.is_dir() else None)
+    cam.open()
+    sid = records.create_sample(store, "bench", "bench")
+    totals, per_cell, n_cells = [], [], 0
+    for _ in range(args.fields):
+        frame = cam.capture()
+        t0 = time.perf_counter()
+        analysis = analyzer.analyze(frame.image)
+        records.save_field(store, sid, frame.image, analysis, "bench", frame.captured_at, frame.source)
+        dt = (time.perf_counter() - t0) * 1000
+        totals.append(dt)
+        if analysis.cells:
+            per_cell.append(analysis.timings_ms["classify"] / len(analysis.cells))
+            n_cells += len(analysis.cells)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {
+        "fields": args.fields, "cells": n_cells, "frame_to_commit_median_ms": round(float(np.median(totals)), 2),
+        "frame_to_commit_p90_ms": round(float(np.percentile(totals, 90)), 2),
+        "classify_per_cell_median_ms": round(float(np.median(per_cell)), 3) if per_cell else None,
+        "peak_rss_mb": round(rss_mb, 1), "ready_s_median": round(float(np.median(ready)), 3),
+        "ready_s_max": round(max(ready), 3), "threads": 1, "model": bundle.name,
+        "targets": {"frame_to_commit_ms": 100, "rss_mb": 150, "ready_s": 3},
+    }
+    print(f"frame -> committed result: median {figures['frame_to_commit_median_ms']} ms, "
+          f"p90 {figures['frame_to_commit_p90_ms']} ms; {figures['classify_per_cell_median_ms']} ms per cell; "
+          f"peak RSS {figures['peak_rss_mb']} MB; ready in {figures['ready_s_median']} s")
+    result({"bench": "pipeline", **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Recompute a bundle's test figures from its recorded test-file list, with the
+device's own interpreter (no TensorFlow): ``leukoscope model test``."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from device.bundle import Bundle
+from device.classifier import Classifier
+from device.imageio import read_image
+from device.preprocess import prepare_cell
+from training import metrics
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: int = 2) -> dict:
+    if "test_files.csv" not in bundle.files:
+        raise ValueError("this bundle records no test files")
+    rows = list(csv.DictReader(io.StringIO(bundle.files["test_files.csv"].decode())))
+    roots = dict(roots or {})
+    names = bundle.labels
+    index = {n: i for i, n in enumerate(names)}
+    crops, y, mismatched = [], [], []
+    for row in rows:
+        root = Path(roots.get(row["dataset"], SHARED_DATA / row["dataset"]))
+        path = root / row["relpath"]
+        data = path.read_bytes() if path.is_file() else None
+        if data is None:
+            raise FileNotFoundError(f"{path} is missing; pass --data-root {row['dataset']}=PATH")
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            mismatched.append(row["relpath"])
+            continue
+        crops.append(prepare_cell(read_image(path), bundle.preprocessing, from_dataset=True))
+        y.append(index[row["label"]])
+    clf = Classifier(bundle, threads=threads)
+    probs = np.concatenate([clf.raw(np.stack(crops[i : i + 64]))[0] for i in range(0, len(crops), 64)])
+    m = metrics.classification_metrics(np.array(y), probs, names)
+    recorded = bundle.metadata.get("metrics", {}).get(bundle.metadata["input"].get("quantization"), {})
+    return {"n": m["n"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+            "accuracy": m["accuracy"], "recorded_balanced_accuracy": recorded.get("balanced_accuracy"),
+            "files_with_other_content": mismatched, "per_class_sensitivity":
+            {k: v["sensitivity"] for k, v in m["per_class"].items()}}

@@ -1,0 +1,177 @@
+"""Sample records: create, add analysed fields, review cells, finish, search, delete."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+from device import labels as vocab
+from device.imageio import encode_jpeg
+from device.pipeline import FieldAnalysis
+from device.sample import CountedCell, SampleSummary, summarize
+from device.store import Store, now
+
+
+class RecordError(ValueError):
+    """A request that cannot be carried out; the message is for the operator."""
+
+
+def create_sample(store: Store, code: str, user: str, operator_id: int | None = None, patient_name: str = "",
+                  patient_age: str = "", patient_sex: str = "", note: str = "", target: int = 100,
+                  model_name: str = "", model_sha256: str = "") -> int:
+    code = code.strip()
+    if not code:
+        raise RecordError("a sample id is required")
+    with store.transaction() as tx:
+        cur = tx.execute(
+            "INSERT INTO samples (sample_code, patient_name, patient_age, patient_sex, note, operator_id, target, "
+            "model_name, model_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (code, patient_name.strip(), patient_age.strip(), patient_sex.strip(), note.strip(), operator_id,
+             int(target), model_name, model_sha256, now()))
+        sid = cur.lastrowid
+        store.audit(user, "create-sample", f"sample:{sid}", {"sample_code": code}, conn=tx)
+    return sid
+
+
+def get_sample(store: Store, sample_id: int) -> sqlite3.Row:
+    row = store.connect().execute(
+        "SELECT s.*, u.username AS operator FROM samples s LEFT JOIN users u ON u.id = s.operator_id WHERE s.id = ?",
+        (sample_id,)).fetchone()
+    if row is None:
+        raise RecordError(f"no sample {sample_id}")
+    return row
+
+
+def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, user: str,
+               captured_at: str | None = None, source: str = "") -> int:
+    """Images first (atomically), then the rows in one transaction."""
+    sample = get_sample(store, sample_id)
+    if sample["status"] != "open":
+        raise RecordError("this sample is finished; start a new sample to capture more")
+    t0 = time.perf_counter()
+    field_jpeg = encode_jpeg(image, quality=92)
+    crops = [encode_jpeg(c.crop, quality=90) for c in analysis.cells]
+    store.check_space(len(field_jpeg) + sum(map(len, crops)))
+    written = []
+    try:
+        field_rel = store.write_file(store.new_name(sample_id, ".jpg"), field_jpeg)
+        written.append(field_rel)
+        crop_rels = []
+        for data in crops:
+            rel = store.write_file(store.new_name(sample_id, ".jpg"), data)
+            written.append(rel)
+            crop_rels.append(rel)
+        with store.transaction() as tx:
+            h, w = image.shape[:2]
+            cur = tx.execute(
+                "INSERT INTO fields (sample_id, image_path, captured_at, source, width, height, qc_ok, qc_message, "
+                "qc_json, analysis_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
+                 json.dumps(analysis.qc.figures()), analysis.timings_ms.get("total")))
+            fid = cur.lastrowid
+            for c, rel in zip(analysis.cells, crop_rels):
+                p = c.prediction
+                tx.execute(
+                    "INSERT INTO cells (field_id, sample_id, x1, y1, x2, y2, crop_path, label, category, probability, "
+                    "probabilities_json, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (fid, sample_id, *c.found.box, rel, p.label, p.category, p.probability,
+                     json.dumps({k: round(v, 5) for k, v in p.probabilities.items()}), p.flag))
+            store.audit(user, "capture", f"sample:{sample_id}", {"field": fid, "cells": len(crop_rels),
+                                                                  "qc": analysis.qc.message,
+                                                                  "save_ms": round((time.perf_counter() - t0) * 1000, 1)},
+                        conn=tx)
+    except BaseException:
+        store.remove_files(written)  # nothing points to them: the transaction did not commit
+        raise
+    return fid
+
+
+def fields_of(store: Store, sample_id: int) -> list[sqlite3.Row]:
+    return store.connect().execute("SELECT * FROM fields WHERE sample_id = ? ORDER BY id", (sample_id,)).fetchall()
+
+
+def cells_of(store: Store, sample_id: int, field_id: int | None = None) -> list[sqlite3.Row]:
+    sql = ("SELECT c.*, u.username AS reviewer FROM cells c LEFT JOIN users u ON u.id = c.reviewer_id "
+           "WHERE c.sample_id = ?")
+    args: tuple = (sample_id,)
+    if field_id is not None:
+        sql += " AND c.field_id = ?"
+        args += (field_id,)
+    return store.connect().execute(sql + " ORDER BY c.id", args).fetchall()
+
+
+def summary_of(store: Store, sample_id: int, rules, target: int | None = None) -> SampleSummary:
+    sample = get_sample(store, sample_id)
+    counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in cells_of(store, sample_id)]
+    return summarize(counted, target if target is not None else sample["target"], rules)
+
+
+def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_id: int | None) -> None:
+    """Confirm (label = the model's) or reclassify a cell. A label outside the vocabulary is refused."""
+    if label is not None:
+        vocab.label(label)
+    with store.transaction() as tx:
+        row = tx.execute("SELECT c.*, s.status FROM cells c JOIN samples s ON s.id = c.sample_id WHERE c.id = ?",
+                         (cell_id,)).fetchone()
+        if row is None:
+            raise RecordError(f"no cell {cell_id}")
+        if row["status"] != "open":
+            raise RecordError("this sample is finished; its cells can no longer be changed")
+        tx.execute("UPDATE cells SET operator_label = ?, reviewer_id = ?, reviewed_at = ? WHERE id = ?",
+                   (label, user_id, now(), cell_id))
+        action = "confirm-cell" if label == row["label"] else "reclassify-cell"
+        store.audit(user, action, f"cell:{cell_id}",
+                    {"sample": row["sample_id"], "model": row["label"], "from": row["operator_label"], "to": label},
+                    conn=tx)
+
+
+def finish_sample(store: Store, sample_id: int, user: str, rules) -> SampleSummary:
+    summary = summary_of(store, sample_id, rules)
+    with store.transaction() as tx:
+        cur = tx.execute("UPDATE samples SET status = 'finished', finished_at = ?, result_json = ? "
+                         "WHERE id = ? AND status = 'open'", (now(), json.dumps(summary.to_dict()), sample_id))
+        if cur.rowcount != 1:
+            raise RecordError("this sample is already finished")
+        store.audit(user, "finish-sample", f"sample:{sample_id}",
+                    {"leukocytes": summary.leukocytes, "flags": [f["message"] for f in summary.flags]}, conn=tx)
+    return summary
+
+
+def search_samples(store: Store, text: str = "", date_from: str = "", date_to: str = "", flag: str = "",
+                   limit: int = 200) -> list[sqlite3.Row]:
+    sql = "SELECT s.*, u.username AS operator FROM samples s LEFT JOIN users u ON u.id = s.operator_id WHERE 1=1"
+    args: list = []
+    if text:
+        sql += " AND (s.sample_code LIKE ? ESCAPE '\\' OR s.patient_name LIKE ? ESCAPE '\\')"
+        pat = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        args += [pat, pat]
+    if date_from:
+        sql += " AND s.created_at >= ?"
+        args.append(date_from)
+    if date_to:
+        sql += " AND s.created_at < date(?, '+1 day')"
+        args.append(date_to)
+    if flag == "refer":
+        sql += " AND s.result_json LIKE '%\"level\": \"refer\"%'"
+    elif flag == "review":
+        sql += " AND s.result_json LIKE '%\"level\": \"review\"%'"
+    elif flag == "none":
+        sql += " AND s.result_json LIKE '%\"flags\": []%'"
+    elif flag == "open":
+        sql += " AND s.status = 'open'"
+    sql += " ORDER BY s.id DESC LIMIT ?"
+    args.append(int(limit))
+    return store.connect().execute(sql, args).fetchall()
+
+
+def delete_sample(store: Store, sample_id: int, user: str, reason: str = "") -> None:
+    sample = get_sample(store, sample_id)
+    conn = store.connect()
+    files = [r[0] for r in conn.execute("SELECT image_path FROM fields WHERE sample_id = ? UNION "
+                                        "SELECT crop_path FROM cells WHERE sample_id = ?", (sample_id, sample_id))]
+    with store.transaction() as tx:
+        tx.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
+        store.audit(user, "delete-sample", f"sample:{sample_id}",
+                    {"sample_code": sample["sample_code"], "reason": reason, "files": len(files)}, conn=tx)
+    # rows first, files after: a crash in between leaves orphans that the start-up check removes
+    store.remove_files(files)

@@ -1,0 +1,106 @@
+"""Per-sample counting: cells over many fields -> counts, malignant fraction, flags."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from device import labels as vocab
+
+DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person "
+              "reviewing the smear.")
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """Raise ``message`` when the count (or fraction of counted leukocytes) of a
+    category reaches the given minimum. ``category`` may also be "uncertain"."""
+    category: str
+    message: str
+    level: str = "review"  # "review" or "refer"
+    min_count: int = 0
+    min_fraction: float = 0.0
+
+    def __post_init__(self):
+        if self.category not in (*vocab.CATEGORIES, vocab.UNCERTAIN):
+            raise ValueError(f"flag rule: unknown category {self.category!r}")
+        if self.level not in ("review", "refer"):
+            raise ValueError("flag rule: level must be 'review' or 'refer'")
+        if self.min_count <= 0 and self.min_fraction <= 0:
+            raise ValueError("flag rule: give min_count or min_fraction")
+
+
+DEFAULT_RULES = (
+    FlagRule("malignant", "Blast-like cells present: a qualified reviewer must examine the smear", "review", min_count=1),
+    FlagRule("malignant", "Suspicious for acute leukaemia: refer", "refer", min_fraction=0.20),
+    FlagRule("atypical", "Atypical or immature cells present: review", "review", min_count=1),
+    FlagRule(vocab.UNCERTAIN, "Cells the model could not classify confidently: review them", "review", min_count=1),
+)
+
+
+@dataclass(frozen=True)
+class CountedCell:
+    label: str  # the model's label
+    category: str
+    flag: str | None = None  # the model's uncertainty flag
+    operator_label: str | None = None  # a reviewer's label overrides the model
+
+    @property
+    def final(self) -> tuple[str, str]:
+        if self.operator_label:
+            return self.operator_label, vocab.category_of(self.operator_label)
+        if self.flag:
+            return vocab.UNCERTAIN, vocab.UNCERTAIN
+        return self.label, self.category
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class SampleSummary:
+    by_label: dict[str, int]
+    by_category: dict[str, int]
+    uncertain: int
+    leukocytes: int  # counted white cells: normal + malignant + atypical (uncertain and non-leukocytes apart)
+    malignant: int
+    malignant_fraction: float
+    malignant_ci: tuple[float, float]
+    target: int
+    progress: float
+    flags: list[dict] = field(default_factory=list)
+    disclaimer: str = DISCLAIMER
+
+    def to_dict(self) -> dict:
+        return {"by_label": self.by_label, "by_category": self.by_category, "uncertain": self.uncertain,
+                "leukocytes": self.leukocytes, "malignant": self.malignant,
+                "malignant_fraction": self.malignant_fraction, "malignant_ci": list(self.malignant_ci),
+                "target": self.target, "progress": self.progress, "flags": self.flags,
+                "disclaimer": self.disclaimer}
+
+
+def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) -> SampleSummary:
+    finals = [c.final for c in cells]
+    by_label = dict(sorted(Counter(lbl for lbl, _ in finals).items()))
+    by_category = {c: 0 for c in (*vocab.CATEGORIES, vocab.UNCERTAIN)}
+    for _, cat in finals:
+        by_category[cat] += 1
+    leukocytes = by_category["normal"] + by_category["malignant"] + by_category["atypical"]
+    malignant = by_category["malignant"]
+    fraction = malignant / leukocytes if leukocytes else 0.0
+    flags = []
+    for rule in rules:
+        count = by_category[rule.category]
+        frac = count / leukocytes if leukocytes else 0.0
+        if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
+            flags.append({"level": rule.level, "message": rule.message, "category": rule.category, "count": count})
+    return SampleSummary(by_label, by_category, by_category[vocab.UNCERTAIN], leukocytes, malignant, fraction,
+                         wilson_interval(malignant, leukocytes), target,
+                         min(1.0, leukocytes / target) if target else 1.0, flags)

@@ -1,0 +1,60 @@
+"""``leukoscope serve``: the appliance process (web page, capture loop, systemd integration)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from device import sdnotify
+from device.config import AppConfig
+from device.runtime import build_runtime
+
+log = logging.getLogger("leukoscope")
+
+
+def serve(cfg: AppConfig) -> int:
+    import waitress
+
+    from device.web import create_app
+
+    t0 = time.monotonic()
+    runtime = build_runtime(cfg)
+    app = create_app(runtime)
+    server = waitress.create_server(app, host=cfg.server.host, port=cfg.server.port, threads=cfg.server.threads,
+                                    ident="leukoscope", clear_untrusted_proxy_headers=True)
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: shutting down", signum)
+        stopping.set()
+        server.close()  # the waitress loop ends; the capture in progress finishes below
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def watchdog(interval: float):
+        while not stopping.wait(interval):
+            if runtime.loop.alive():
+                sdnotify.notify("WATCHDOG=1")
+            else:
+                log.error("capture loop is not responding: withholding the watchdog ping")
+
+    interval = sdnotify.watchdog_interval()
+    if interval:
+        threading.Thread(target=watchdog, args=(interval,), daemon=True, name="watchdog").start()
+    ready_s = time.monotonic() - t0
+    host, port = server.effective_host, server.effective_port
+    print(f"Leukoscope ready on http://{host}:{port}/ in {ready_s:.2f} s "
+          f"(model {runtime.bundle.name}, camera {runtime.camera.camera.name}, data {cfg.data_dir})", flush=True)
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {host}:{port}")
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not stopping.is_set():
+            raise
+    finally:
+        sdnotify.notify("STOPPING=1")
+        runtime.stop()
+        log.info("stopped cleanly")
+    return 0

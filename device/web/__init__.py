@@ -1,0 +1,105 @@
+"""The local web page: a Flask app factory. The only global state is the app it returns."""
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, g, redirect, request, session, url_for
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from device import labels as vocab
+from device.runtime import Runtime
+from device.sample import DISCLAIMER
+
+# Reachable without signing in: everything else redirects to the login page.
+PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
+MAX_UPLOAD_BYTES = 40 * 1024 * 1024
+
+
+def _secret_key(data_dir: Path) -> bytes:
+    """Created once, readable by the service only; sessions survive restarts."""
+    path = data_dir / "secret_key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def create_app(runtime: Runtime, testing: bool = False) -> Flask:
+    cfg = runtime.config
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=_secret_key(cfg.data_dir),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="leukoscope_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg.web.session_hours),
+        MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        TESTING=testing,
+    )
+    app.extensions["leukoscope"] = runtime
+    CSRFProtect(app)
+
+    from device.web import auth, views
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(views.bp)
+    app.add_url_rule("/health", "health", views.health)
+
+    @app.before_request
+    def require_login():
+        g.user = auth.current_user(runtime.store)
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if not auth.has_users(runtime.store):
+            return redirect(url_for("auth.setup"))
+        if g.user is None:
+            return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))
+        return None
+
+    @app.after_request
+    def security_headers(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        resp.headers.setdefault("Content-Security-Policy",
+                                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                "frame-ancestors 'none'; form-action 'self'")
+        if request.endpoint != "static":
+            resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return views.error_page(400, "The form expired or was not sent by this page. Reload the page and try again.")
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return views.error_page(413, f"The upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return views.error_page(404, "There is nothing at this address.")
+
+    @app.errorhandler(405)
+    def not_allowed(exc):
+        return views.error_page(405, "That action is not available here.")
+
+    @app.errorhandler(500)
+    def server_error(exc):
+        return views.error_page(500, "Something went wrong on the appliance. Nothing was lost; try again.")
+
+    @app.context_processor
+    def inject():
+        return {"disclaimer": DISCLAIMER, "clinic_name": cfg.web.clinic_name, "user": g.get("user"),
+                "category_of": lambda n: vocab.category_of(n) if n != vocab.UNCERTAIN else vocab.UNCERTAIN,
+                "display": lambda n: vocab.label(n).display if n != vocab.UNCERTAIN else "Uncertain"}
+
+    return app

@@ -1,0 +1,113 @@
+"""The whole device path on real BCCD fields, the default bundle and a real SQLite file."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from device.bundle import load_bundle
+from device.config import AppConfig
+from device.runtime import build_runtime
+from tests.conftest import BCCD, REPO
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    cfg = AppConfig()
+    cfg.storage.data_dir = str(tmp_path / "data")
+    cfg.camera.folder = str(tmp_path / "fields")
+    shutil.copytree(REPO / "device/assets/fields", tmp_path / "fields")
+    cfg.sample.target_cells = 5
+    rt = build_runtime(cfg)
+    yield rt
+    rt.stop()
+
+
+def test_default_bundle_loads_without_tensorflow_code_path():
+    b = load_bundle()
+    assert b.metadata["task"] == "differential"
+    assert b.metadata["input"]["dtype"] == "int8"
+    assert len(b.model_bytes) <= 2 * 1024 * 1024
+    assert "CC BY 4.0" in json.dumps(b.metadata["datasets"])
+
+
+def test_capture_loop_stores_fields_cells_and_counts(runtime):
+    from device import records
+
+    store = runtime.store
+    sid = records.create_sample(store, "S-001", "tester", target=5)
+    results = [runtime.loop.capture(sid, "tester") for _ in range(14)]
+    ok = [r for r in results if r["qc_ok"]]
+    rejected = [r for r in results if not r["qc_ok"]]
+    # the bundled out-of-focus field is refused in words, the rest analysed
+    assert len(rejected) == 1 and "out of focus" in rejected[0]["qc_message"]
+    assert rejected[0]["cells"] == []
+    assert sum(len(r["cells"]) for r in ok) >= 12
+    for r in ok:
+        for c in r["cells"]:
+            x1, y1, x2, y2 = c["box"]
+            assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+            assert c["category"] in ("normal", "atypical", "non-leukocyte", "malignant", "uncertain")
+    conn = store.connect()
+    n_fields = conn.execute("SELECT COUNT(*) FROM fields WHERE sample_id = ?", (sid,)).fetchone()[0]
+    n_cells = conn.execute("SELECT COUNT(*) FROM cells WHERE sample_id = ?", (sid,)).fetchone()[0]
+    assert n_fields == 14 and n_cells == sum(len(r["cells"]) for r in results)
+    for (path,) in conn.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells"):
+        assert (store.data_dir / path).is_file()
+    summary = results[-1]["summary"]
+    assert summary["leukocytes"] + summary["uncertain"] + summary["by_category"]["non-leukocyte"] == n_cells
+    assert summary["target"] == 5 and "not a diagnosis" in summary["disclaimer"]
+    assert store.consistency_check().repaired == 0
+    summ = records.finish_sample(store, sid, "tester", runtime.config.sample.flags)
+    assert summ.leukocytes == summary["leukocytes"]
+    with pytest.raises(records.RecordError, match="finished"):
+        records.save_field(store, sid, None, None, "tester")
+
+
+def test_capture_reports_a_vanished_camera_and_recovers(runtime, tmp_path):
+    import time
+
+    from device import records
+    from device.capture import CaptureError
+
+    sid = records.create_sample(runtime.store, "S-002", "tester")
+    assert runtime.loop.capture(sid, "tester")["field_id"]
+    (tmp_path / "fields").rename(tmp_path / "gone")
+    with pytest.raises(CaptureError, match="camera not available"):
+        runtime.loop.capture(sid, "tester")
+    assert runtime.loop.state()["camera"]["status"] == "disconnected"
+    (tmp_path / "gone").rename(tmp_path / "fields")
+    t0 = time.monotonic()
+    while True:
+        try:
+            runtime.loop.capture(sid, "tester")
+            break
+        except CaptureError:
+            assert time.monotonic() - t0 < 5.0
+            time.sleep(0.1)
+    assert runtime.loop.state()["camera"]["status"] == "ok"
+
+
+def test_analyze_command_prints_boxes_and_labels():
+    imgs = [BCCD / "BCCD/JPEGImages/BloodImage_00010.jpg", REPO / "device/assets/fields/BloodImage_00004z-out-of-focus.jpg"]
+    out = subprocess.run([sys.executable, "-m", "device.cli", "analyze", "--json", *map(str, imgs)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    a, b = (json.loads(line) for line in out.stdout.splitlines())
+    assert a["analysed"] and len(a["cells"]) >= 2
+    for c in a["cells"]:
+        assert len(c["box"]) == 4 and {"label", "category", "probability"} <= set(c)
+    assert {"focus", "brightness", "clipped", "stain_fraction"} <= set(a["qc"])
+    assert not b["analysed"] and b["cells"] == [] and "out of focus" in b["qc"]["problems"][0]
+
+
+def test_analyze_refuses_an_unreadable_file(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    out = subprocess.run([sys.executable, "-m", "device.cli", "analyze", "--json", str(bad)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "not an image file" in json.loads(out.stdout)["error"]

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from device.sample import CountedCell, FlagRule, summarize, wilson_interval
+from device.store import Store
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(20, 100)
+    assert lo == pytest.approx(0.1333, abs=1e-3) and hi == pytest.approx(0.2888, abs=1e-3)
+    assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(0, 50)[1] == pytest.approx(0.0713, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_counts_flags_and_review_override():
+    cells = ([CountedCell("lymphocyte", "normal")] * 70 + [CountedCell("pre-b", "malignant")] * 25
+             + [CountedCell("platelet", "non-leukocyte")] * 3 + [CountedCell("lymphocyte", "normal", "low-confidence")] * 2)
+    s = summarize(cells, target=100)
+    assert s.leukocytes == 95 and s.malignant == 25 and s.uncertain == 2
+    assert s.by_category["non-leukocyte"] == 3
+    assert s.malignant_fraction == pytest.approx(25 / 95)
+    assert s.progress == pytest.approx(0.95)
+    levels = {f["level"]: f["message"] for f in s.flags}
+    assert "refer" in levels and "leukaemia" in levels["refer"]
+    assert "screening aid" in s.disclaimer.lower()
+    # a reviewer resolves the uncertain cells and one blast turns out to be a lymphocyte
+    reviewed = cells[:94] + [CountedCell("pre-b", "malignant", None, "lymphocyte")] + cells[95:98] + [
+        CountedCell("lymphocyte", "normal", "low-confidence", "lymphocyte")] * 2
+    s2 = summarize(reviewed)
+    assert s2.uncertain == 0 and s2.malignant == 24 and s2.leukocytes == 97
+
+
+def test_no_flags_for_a_normal_sample_and_custom_rules():
+    s = summarize([CountedCell("neutrophil", "normal")] * 10)
+    assert s.flags == [] and s.malignant_fraction == 0.0
+    rule = FlagRule("normal", "many normals", "review", min_count=5)
+    assert summarize([CountedCell("neutrophil", "normal")] * 10, rules=[rule]).flags[0]["message"] == "many normals"
+    with pytest.raises(ValueError):
+        FlagRule("bogus", "x", min_count=1)
+
+
+def test_store_schema_wal_and_foreign_keys(tmp_path):
+    store = Store(tmp_path)
+    conn = store.connect()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO fields (sample_id, image_path, captured_at, width, height, qc_ok, qc_message, "
+                       "qc_json) VALUES (999, 'x', 'now', 1, 1, 1, 'ok', '{}')")
+    store.close()
+    assert Store(tmp_path).migrate() == 1  # re-opening migrates nothing
+
+
+def test_consistency_check_repairs_orphans_and_dangling_rows(tmp_path):
+    from device import records
+
+    store = Store(tmp_path)
+    sid = records.create_sample(store, "S1", "tester")
+    kept = store.write_file(store.new_name(sid, ".jpg"), b"field")
+    gone = store.new_name(sid, ".jpg")
+    with store.transaction() as tx:
+        for path in (kept, gone):
+            tx.execute("INSERT INTO fields (sample_id, image_path, captured_at, width, height, qc_ok, qc_message, "
+                       "qc_json) VALUES (?, ?, 'now', 1, 1, 1, 'ok', '{}')", (sid, path))
+    orphan = store.write_file(store.new_name(sid, ".jpg"), b"written but never committed")
+    (tmp_path / "images" / str(sid) / ".abc.jpg.123.tmp").write_bytes(b"half")
+    report = store.consistency_check()
+    assert report.integrity == "ok"
+    assert report.orphan_files_removed == [orphan]
+    assert len(report.temp_files_removed) == 1
+    assert [r.split(":")[2] for r in report.rows_without_files] == [gone]
+    assert not (tmp_path / orphan).exists() and (tmp_path / kept).exists()
+    assert store.connect().execute("SELECT COUNT(*) FROM fields").fetchone()[0] == 1
+    audit = store.connect().execute("SELECT action FROM audit WHERE action = 'startup-repair'").fetchall()
+    assert len(audit) == 1
+    assert store.consistency_check().repaired == 0  # a second run finds nothing
