@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     import keras
 
     from convert.build import convert_run
-        from device.bundle import Bundle, load_bundle
+    from device.bundle import Bundle, load_bundle
     from device.classifier import Classifier
     from device.preprocess import normalize
     from training.data import load_records

@@ -25,17 +25,17 @@ REPO = Path(__file__).resolve().parent.parent
 BCCD = REPO.parent / "shared/data/bccd/BCCD/JPEGImages"
 
 
-def time_to_ready(data_dir: Path) -> float:
+def time_to_ready(data_dir: Path, i: int) -> float:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sock_path = str(data_dir / "notify.sock")
+    sock_path = str(data_dir / f"notify-{i}.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(60)
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), "--data-dir",
-                             str(data_dir / "serve")], cwd=REPO, env=dict(os.environ, NOTIFY_SOCKET=sock_path),
+                             str(data_dir / f"serve-{i}")], cwd=REPO, env=dict(os.environ, NOTIFY_SOCKET=sock_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not sock.recv(4096).startswith(b"READY=1"):
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from device.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="leukoscope-pipeline-"))
-    ready = [time_to_ready(tmp) for _ in range(3)]
+    ready = [time_to_ready(tmp, i) for i in range(3)]
 
     cfg = AppConfig()
     bundle, clf, _ = load_active("", tmp, threads=1)

@@ -1,7 +1,7 @@
 """Train and evaluate a shipped recipe on the real data; print test figures.
 
     python -m bench.train_eval --task differential           # full run (<= 60 min on 2 cores)
-    python -m bench.train_eval --task differential --quick   # a few hundred images, 2 epochs (CI)
+    python -m bench.train_eval --task differential --quick   # a few hundred images, 4 short epochs (CI)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ RECIPES = {"differential": "training/configs/pbc-differential.toml"}
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="differential", choices=sorted(RECIPES))
-    ap.add_argument("--quick", action="store_true", help="a few hundred images, two epochs")
+    ap.add_argument("--quick", action="store_true", help="a few hundred images, four short epochs")
     ap.add_argument("--out", default="runs/bench", help="where run folders go")
     args = ap.parse_args(argv)
 
@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     recipe = load_recipe(path)
     if args.quick:
         recipe.data.max_per_class = 40
-        recipe.train.epochs = 2
+        recipe.train.epochs = 4
+        recipe.train.batch_size = 16  # enough steps for batch-norm statistics to settle
         recipe.train.warmup_epochs = 0
         recipe.name = f"{recipe.name}-quick"
     t0 = time.monotonic()

@@ -88,7 +88,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Write a file so that a power cut leaves either the old file or the whole new one.
 
     Temporary file in the same directory, fsync, rename, then fsync the directory
@@ -99,6 +99,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # mkstemp creates 0600
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

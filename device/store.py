@@ -192,7 +192,7 @@ class Store:
 
     def write_file(self, rel: str, data: bytes) -> str:
         try:
-            write_atomic(self.data_dir / rel, data)
+            write_atomic(self.data_dir / rel, data, mode=0o640)  # patient images: not world-readable
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(exc.errno, "storage full: the capture was not saved; export and delete old samples") from None

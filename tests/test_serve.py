@@ -82,7 +82,8 @@ def test_serve_binds_loopback_by_default(tmp_path):
         wait_health(port)
         out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip():
-            assert "127.0.0.1:" in out.stdout and "0.0.0.0" not in out.stdout
+            local = [line.split()[3] for line in out.stdout.splitlines()]
+            assert local == [f"127.0.0.1:{port}"], out.stdout
         else:  # no ss here: connecting over another local address must fail
             addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
             for addr in addrs:

@@ -1,0 +1,53 @@
+"""Every bench command runs in its fast mode and ends with one parseable RESULT line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_bench(*args, timeout=600) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), out.stdout[-2000:]
+    return json.loads(last[len("RESULT "):])
+
+
+def test_train_eval_quick(tmp_path):
+    pytest.importorskip("tensorflow")
+    r = run_bench("bench.train_eval", "--task", "differential", "--quick", "--out", str(tmp_path))
+    assert r["quick"] and r["test_images"] == 8 * 40
+    assert 0.0 <= r["balanced_accuracy"] <= 1.0
+    # two epochs on 40 images per class already beat chance (1/8) by far
+    assert r["balanced_accuracy"] > 0.3, r
+
+
+def test_latency_quick():
+    pytest.importorskip("tensorflow")
+    r = run_bench("bench.latency", "--quick")
+    assert r["runtime"] == "ai-edge-litert"
+    assert r["int8_litert_1t"]["median_ms"] > 0
+    assert r["int8_litert_over_keras"] < 1.0  # the full bench reports the real ratio
+
+
+def test_detect_bccd_test_split():
+    r = run_bench("bench.detect_bccd", "--split", "test")
+    assert r["images"] == 72 and r["recall"] >= 0.98
+
+
+def test_pipeline_short():
+    r = run_bench("bench.pipeline", "--fields", "15")
+    assert r["fields"] == 15 and r["frame_to_commit_median_ms"] > 0 and r["peak_rss_mb"] > 0
+
+
+def test_blast_flag():
+    r = run_bench("bench.blast_flag")
+    assert r["blasts"]["n"] == 22 and r["normal_types"]["n"] == 63
