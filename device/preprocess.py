@@ -113,6 +113,14 @@ def stain_normalize(img: np.ndarray, reference) -> np.ndarray:
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def stain_reference(images) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Mean Lab statistics of prepared (resized, not yet normalised) crops: the target of ``stain_normalize``."""
+    stats = [lab_stats(img) for img in images]
+    mean = tuple(float(x) for x in np.mean([m for m, _ in stats], axis=0))
+    std = tuple(float(x) for x in np.mean([sd for _, sd in stats], axis=0))
+    return mean, std
+
+
 def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = False) -> np.ndarray:
     """An RGB uint8 cell image -> uint8 (S, S, 3) in the model's colour order.
 
@@ -124,13 +132,14 @@ def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = Fal
     if from_dataset:
         img = center_fraction(img, pp.crop_fraction)
     img = to_square(img, pp.square)
-    if pp.stain_reference is not None:
-        img = stain_normalize(img, pp.stain_reference)
     if pp.enhance:
         img = enhance(img)
     s = pp.input_size
     interp = cv2.INTER_AREA if img.shape[0] > s else cv2.INTER_LINEAR
     img = cv2.resize(img, (s, s), interpolation=interp)
+    # After resizing: cheaper, and the reference is measured at exactly this stage.
+    if pp.stain_reference is not None:
+        img = stain_normalize(img, pp.stain_reference)
     if pp.color_order == "BGR":
         img = img[..., ::-1]
     return np.ascontiguousarray(img)
@@ -145,8 +154,9 @@ def normalize(batch: np.ndarray, pp: Preprocessing) -> np.ndarray:
 def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) -> np.ndarray:
     """A square crop centred on ``box`` (x1, y1, x2, y2), side = box side * context.
 
-    Parts outside the field are filled by reflection, so a cell near the edge
-    is still centred in its crop.
+    Parts outside the field are filled with the field's median colour (plain
+    background), so a cell near the edge is still centred in its crop and no
+    mirrored copies of cells are invented.
     """
     x1, y1, x2, y2 = box
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
@@ -155,9 +165,8 @@ def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) 
     h, w = field.shape[:2]
     pad = max(0, -left, -top, left + side - w, top + side - h)
     if pad:
-        # Reflection cannot reach further than the image itself.
-        pad_mode = cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
-        field = cv2.copyMakeBorder(field, pad, pad, pad, pad, pad_mode)
+        background = [int(v) for v in np.median(field[::8, ::8].reshape(-1, 3), axis=0)]
+        field = cv2.copyMakeBorder(field, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
         left += pad
         top += pad
     return np.ascontiguousarray(field[top : top + side, left : left + side])

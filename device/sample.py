@@ -73,16 +73,27 @@ class SampleSummary:
     malignant: int
     malignant_fraction: float
     malignant_ci: tuple[float, float]
+    seen: int  # white cells toward the target: counted leukocytes plus uncertain cells awaiting review
     target: int
     progress: float
     flags: list[dict] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
 
+    def rows(self) -> list[dict]:
+        out = []
+        for name, n in self.by_label.items():
+            if name == vocab.UNCERTAIN:
+                out.append({"label": name, "display": "Uncertain", "category": vocab.UNCERTAIN, "count": n})
+            else:
+                lab = vocab.label(name)
+                out.append({"label": name, "display": lab.display, "category": lab.category, "count": n})
+        return out
+
     def to_dict(self) -> dict:
-        return {"by_label": self.by_label, "by_category": self.by_category, "uncertain": self.uncertain,
+        return {"by_label": self.by_label, "rows": self.rows(), "by_category": self.by_category, "uncertain": self.uncertain,
                 "leukocytes": self.leukocytes, "malignant": self.malignant,
                 "malignant_fraction": self.malignant_fraction, "malignant_ci": list(self.malignant_ci),
-                "target": self.target, "progress": self.progress, "flags": self.flags,
+                "seen": self.seen, "target": self.target, "progress": self.progress, "flags": self.flags,
                 "disclaimer": self.disclaimer}
 
 
@@ -101,6 +112,7 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) 
         frac = count / leukocytes if leukocytes else 0.0
         if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
             flags.append({"level": rule.level, "message": rule.message, "category": rule.category, "count": count})
+    seen = leukocytes + by_category[vocab.UNCERTAIN]
     return SampleSummary(by_label, by_category, by_category[vocab.UNCERTAIN], leukocytes, malignant, fraction,
-                         wilson_interval(malignant, leukocytes), target,
-                         min(1.0, leukocytes / target) if target else 1.0, flags)
+                         wilson_interval(malignant, leukocytes), seen, target,
+                         min(1.0, seen / target) if target else 1.0, flags)

@@ -83,3 +83,68 @@ def tiny_bundle(tiny_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-int8.lkb"
     return convert_run(tiny_run, out=out, representative_count=48, parity_floor=0.9, log=lambda *_: None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_app(tmp_path):
+    """The real app and runtime, served by waitress on 127.0.0.1 in this process."""
+    import shutil
+    import threading
+
+    import waitress
+
+    from device.config import AppConfig
+    from device.runtime import build_runtime
+    from device.web import create_app
+
+    cfg = AppConfig()
+    cfg.storage.data_dir = str(tmp_path / "data")
+    shutil.copytree(REPO / "device/assets/fields", tmp_path / "fields")
+    cfg.camera.folder = str(tmp_path / "fields")
+    cfg.sample.target_cells = 5
+    cfg.web.clinic_name = "Test Clinic Ngong"
+    rt = build_runtime(cfg)
+    app = create_app(rt)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        yield base, app, rt, tmp_path
+    finally:
+        server.close()
+        thread.join(10)
+        rt.stop()
+
+
+def csrf_of(html: str) -> str:
+    import re
+
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def signed_in(base: str, username: str = "admin", password: str = "correct-horse-9", create: bool = True):
+    """A requests session signed in over real HTTP (creating the administrator on first start)."""
+    import requests
+
+    s = requests.Session()
+    r = s.get(base + "/")
+    if create and r.url.endswith("/setup"):
+        r = s.post(base + "/setup", data={"csrf_token": csrf_of(r.text), "username": username,
+                                          "password": password, "confirm": password})
+        assert r.ok, r.text
+        return s
+    r = s.get(base + "/login")
+    r = s.post(base + "/login", data={"csrf_token": csrf_of(r.text), "username": username, "password": password})
+    assert r.ok and "/login" not in r.url, r.text[:500]
+    return s

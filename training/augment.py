@@ -25,6 +25,17 @@ def _stain_jitter(img: tf.Tensor, sigma: float, seed) -> tf.Tensor:
     return tf.clip_by_value(256.0 * tf.exp(-od) - 1.0, 0.0, 255.0)
 
 
+def _blur(img: tf.Tensor, max_sigma: float, seed) -> tf.Tensor:
+    sigma = tf.random.stateless_uniform((), seed, 0.0, max_sigma) + 1e-3
+    r = tf.range(-3.0, 4.0)
+    k = tf.exp(-0.5 * tf.square(r / sigma))
+    k = k / tf.reduce_sum(k)
+    kx = tf.tile(tf.reshape(k, (1, 7, 1, 1)), (1, 1, 3, 1))
+    ky = tf.tile(tf.reshape(k, (7, 1, 1, 1)), (1, 1, 3, 1))
+    x = tf.nn.depthwise_conv2d(img[None], kx, (1, 1, 1, 1), "SAME")
+    return tf.nn.depthwise_conv2d(x, ky, (1, 1, 1, 1), "SAME")[0]
+
+
 def _affine(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
     size = tf.cast(tf.shape(img)[0], tf.float32)
     r = tf.random.stateless_uniform((4,), seed, -1.0, 1.0)
@@ -44,7 +55,7 @@ def _affine(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
 
 def augment_image(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
     """uint8 (H, W, 3) -> uint8, the same size. ``seed`` is a shape-(2,) int tensor."""
-    seeds = tf.random.experimental.stateless_split(seed, 8)
+    seeds = tf.random.experimental.stateless_split(seed, 9)
     x = tf.cast(img, tf.float32)
     if cfg.flip:
         x = tf.image.stateless_random_flip_left_right(x, seeds[0])
@@ -54,6 +65,8 @@ def augment_image(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
         x = tf.image.rot90(x, k)
     if cfg.zoom or cfg.shear or cfg.shift:
         x = _affine(x, cfg, seeds[3])
+    if cfg.blur:
+        x = _blur(x, cfg.blur, seeds[7])
     if cfg.stain:
         x = _stain_jitter(x, cfg.stain, seeds[4])
     if cfg.brightness:

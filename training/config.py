@@ -24,6 +24,10 @@ class DataConfig:
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     # Cap per class after the split (0 = all); for quick runs and tests.
     max_per_class: int = 0
+    # Reinhard stain normalisation of every crop to the training split's mean colour
+    # statistics (measured at training time, stored in the bundle): against colour
+    # differences between labs, stains and cameras.
+    stain_normalize: bool = False
 
 
 @dataclass
@@ -60,6 +64,7 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     stain: float = 0.05  # HED channel jitter (scale and shift)
+    blur: float = 0.0  # maximum Gaussian blur sigma in pixels: softer optics than the training scanner
 
 
 @dataclass

@@ -83,6 +83,20 @@ def new_run_dir(out_root: Path, recipe: Recipe) -> Path:
     return run_dir
 
 
+def with_stain_reference(records: list[Record], pp, seed: int, n: int = 400):
+    """Measure the stain reference on a seeded sample of the training split only."""
+    from dataclasses import replace
+
+    from device.preprocess import stain_reference
+    from training.data import load_images
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(records), min(n, len(records)), replace=False)
+    plain = replace(pp, stain_reference=None)
+    crops = load_images([records[i].path for i in sorted(idx)], plain)
+    return replace(pp, stain_reference=stain_reference(crops))
+
+
 def configure_tensorflow(seed: int, threads: int) -> None:
     import keras
     import tensorflow as tf
@@ -123,6 +137,11 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
 
     pp = recipe.preprocessing
     names = data.class_names
+    if recipe.data.stain_normalize:
+        pp = with_stain_reference(data.part("train"), pp, recipe.seed)
+        recipe.preprocessing = pp
+        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        log(f"stain reference (Lab mean, std): {pp.stain_reference}")
     x_tr, y_tr = load_records(data.part("train"), pp, names)
     x_va, y_va = load_records(data.part("val"), pp, names)
     x_te, y_te = load_records(data.part("test"), pp, names)

@@ -189,8 +189,11 @@ def review_cell(cell_id: int):
     if row is None:
         abort(404)
     wants_json = request.accept_mimetypes.best == "application/json"
+    if not label:
+        msg = "Choose the cell type first."
+        return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     try:
-        records.review_cell(r.store, cell_id, label or row["label"], g.user["username"], g.user["id"])
+        records.review_cell(r.store, cell_id, label, g.user["username"], g.user["id"])
     except (records.RecordError, KeyError) as exc:
         msg = str(exc).strip('"') if not isinstance(exc, KeyError) else "Unknown label."
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)

@@ -10,11 +10,11 @@
     const bar = document.getElementById("progress-bar");
     if (bar) bar.style.width = Math.round(100 * s.progress) + "%";
     const count = document.getElementById("count");
-    if (count) count.textContent = s.leukocytes;
+    if (count) count.textContent = s.seen;
     const table = document.getElementById("counts");
     if (table) {
-      table.innerHTML = Object.entries(s.by_label).map(([k, n]) =>
-        `<tr><td>${esc(k)}</td><td>${n}</td></tr>`).join("");
+      table.innerHTML = s.rows.map((r) =>
+        `<tr><td><span class="dot ${catClass(r.category)}"></span>${esc(r.display)}</td><td>${r.count}</td></tr>`).join("");
     }
     const flags = document.getElementById("flags");
     if (flags) flags.innerHTML = s.flags.map((f) => `<li class="${esc(f.level)}">${esc(f.message)}</li>`).join("");
@@ -24,7 +24,6 @@
     const box = document.getElementById("last-field");
     const msg = document.getElementById("qc-message");
     if (!box) return;
-    const w = r.qc_ok ? null : null;
     const img = new Image();
     img.onload = () => {
       const rects = r.cells.map((c) => `<rect class="${catClass(c.category)}" x="${c.box[0]}" y="${c.box[1]}" width="${c.box[2] - c.box[0]}" height="${c.box[3] - c.box[1]}"></rect>`).join("");
@@ -69,6 +68,7 @@
     const submitter = ev.submitter;
     const data = new FormData();
     const label = submitter && submitter.name === "label" ? submitter.value : form.querySelector("select").value;
+    if (!label) { alert("Choose the cell type first."); return; }
     data.append("label", label);
     const resp = await fetch(form.action, { method: "POST", body: data, headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
     if (resp.ok) {

@@ -1,0 +1,110 @@
+"""Every route of the real app over real HTTP: sign-in required, CSRF on every POST, accounts."""
+from __future__ import annotations
+
+import re
+
+import requests
+
+from tests.conftest import csrf_of, signed_in
+
+PUBLIC = {"auth.login", "auth.setup", "static", "health"}
+
+
+def concrete(rule) -> str:
+    """A URL for a rule, with every variable filled."""
+    url = rule.rule
+    for arg in rule.arguments:
+        url = re.sub(rf"<(?:[a-z]+:)?{arg}>", "1" if arg not in ("fmt", "filename") else (
+            "csv" if arg == "fmt" else "app.css"), url)
+    return url
+
+
+def test_every_route_needs_a_session_except_the_public_ones(live_app):
+    base, app, rt, _ = live_app
+    signed_in(base)  # an administrator exists, so the login page is the gate
+    anon = requests.Session()
+    rules = [r for r in app.url_map.iter_rules()]
+    assert len(rules) > 20
+    for rule in rules:
+        url = base + concrete(rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            resp = anon.request(method, url, allow_redirects=False)
+            if rule.endpoint in PUBLIC:
+                assert resp.status_code < 500, (rule, method, resp.status_code)
+                continue
+            if method == "GET":
+                assert resp.status_code == 302 and "/login" in resp.headers["Location"], (rule.rule, resp.status_code)
+            else:  # a POST without a token is refused before anything else
+                assert resp.status_code in (302, 400), (rule.rule, method, resp.status_code)
+                assert resp.status_code == 400 or "/login" in resp.headers["Location"]
+
+
+def test_every_post_without_csrf_token_is_refused(live_app):
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    posts = [r for r in app.url_map.iter_rules() if "POST" in r.methods]
+    assert len(posts) >= 8
+    for rule in posts:
+        resp = s.post(base + concrete(rule), data={"label": "lymphocyte", "sample_code": "X"}, allow_redirects=False)
+        assert resp.status_code == 400, (rule.rule, resp.status_code)
+        assert "expired or was not sent by this page" in resp.text
+
+
+def test_first_start_then_operators_then_lockout(live_app):
+    base, app, rt, _ = live_app
+    r = requests.get(base + "/", allow_redirects=True)
+    assert r.url.endswith("/setup") and "Create the administrator" in r.text
+    admin = signed_in(base, "admin", "correct-horse-9")
+    page = admin.get(base + "/users")
+    r = admin.post(base + "/users", data={"csrf_token": csrf_of(page.text), "username": "nurse.amina",
+                                          "password": "short", "confirm": "short", "role": "operator"})
+    assert r.status_code == 400 and "at least 8 characters" in r.text
+    r = admin.post(base + "/users", data={"csrf_token": csrf_of(page.text), "username": "nurse.amina",
+                                          "password": "long-enough-1", "confirm": "long-enough-1", "role": "operator"})
+    assert r.ok and "nurse.amina" in r.text
+    # a second setup is impossible once an administrator exists
+    assert requests.get(base + "/setup").url.endswith("/login")
+    op = signed_in(base, "nurse.amina", "long-enough-1", create=False)
+    assert op.get(base + "/users", allow_redirects=False).status_code == 403
+    assert op.get(base + "/settings", allow_redirects=False).status_code == 403
+    # five wrong passwords lock the account, even against the right one
+    s = requests.Session()
+    for _ in range(5):
+        page = s.get(base + "/login")
+        r = s.post(base + "/login", data={"csrf_token": csrf_of(page.text), "username": "nurse.amina",
+                                          "password": "wrong-password"})
+        assert r.status_code == 401
+    page = s.get(base + "/login")
+    r = s.post(base + "/login", data={"csrf_token": csrf_of(page.text), "username": "nurse.amina",
+                                      "password": "long-enough-1"})
+    assert r.status_code == 401 and "locked" in r.text
+    actions = [row[0] for row in rt.store.connect().execute("SELECT action FROM audit")]
+    assert actions.count("login-failed") == 5 and "login-refused-locked" in actions and "create-user" in actions
+
+
+def test_session_cookie_flags_and_logout(live_app):
+    base, app, rt, _ = live_app
+    signed_in(base)
+    s = requests.Session()
+    page = s.get(base + "/login")
+    r = s.post(base + "/login", data={"csrf_token": csrf_of(page.text), "username": "admin",
+                                      "password": "correct-horse-9"}, allow_redirects=False)
+    assert r.status_code == 302
+    set_cookie = r.headers["Set-Cookie"]
+    assert set_cookie.startswith("leukoscope_session=")
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    page = s.get(base + "/")
+    r = s.post(base + "/logout", data={"csrf_token": csrf_of(page.text)})
+    assert r.url.endswith("/login")
+    assert s.get(base + "/history", allow_redirects=False).status_code == 302
+
+
+def test_headers_and_no_external_assets(live_app):
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    r = s.get(base + "/")
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY"
+    for page in ("/", "/history", "/settings", "/users", "/audit"):
+        html = s.get(base + page).text
+        assert not re.search(r'(src|href)="(https?:)?//', html), page  # nothing from the internet
