@@ -44,6 +44,7 @@ class CaptureLoop:
         self.heartbeat = time.monotonic()
         self.busy = False
         self.captures = 0
+        self._pending_camera: SupervisedCamera | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -77,6 +78,17 @@ class CaptureLoop:
             raise CaptureError(job.error)
         return job.result
 
+    def submit(self, sample_id: int, user: str) -> None:
+        """Queue a capture without waiting for it (the push-button)."""
+        try:
+            self._jobs.put_nowait(_Job(sample_id, user))
+        except queue.Full:
+            raise CaptureError("the appliance is busy with earlier captures") from None
+
+    def replace_camera(self, camera: SupervisedCamera) -> None:
+        """Switch camera back-end; done by the worker between captures, never during one."""
+        self._pending_camera = camera
+
     def want_preview(self) -> None:
         self._preview_wanted_until = time.monotonic() + 3.0
 
@@ -102,6 +114,9 @@ class CaptureLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
+            if self._pending_camera is not None:
+                old, self.camera, self._pending_camera = self.camera, self._pending_camera, None
+                old.close()
             try:
                 job = self._jobs.get(timeout=self.preview_interval)
             except queue.Empty:

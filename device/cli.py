@@ -127,10 +127,11 @@ def _classify(args) -> int:
     return status
 
 
-def _load_config(path):
-    from device.config import load_config
+def _load_config(path, data_dir: str | None = None):
+    """The config file plus the settings saved from the page (in the data folder)."""
+    from device.settings import load_effective
 
-    return load_config(path)
+    return load_effective(path, data_dir)
 
 
 def _serve(args) -> int:
@@ -139,13 +140,11 @@ def _serve(args) -> int:
     from device.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, args.data_dir)
     if args.port is not None:
         cfg.server.port = args.port
     if args.host:
         cfg.server.host = args.host
-    if args.data_dir:
-        cfg.storage.data_dir = args.data_dir
     return serve(cfg)
 
 

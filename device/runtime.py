@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from device.bundle import Bundle
 from device.camera import SupervisedCamera, make_camera
@@ -27,8 +27,32 @@ class Runtime:
     loop: CaptureLoop
     repair: RepairReport
     model_problems: list[str] = field(default_factory=list)
+    active: tuple[int, str] | None = None  # the open sample shown on a capture page: what the button captures
+    button: object | None = None
+
+    def press(self) -> None:
+        """The push-button: capture into the sample on screen."""
+        if self.active is None:
+            log.warning("push-button pressed with no open sample on screen")
+            return
+        self.loop.submit(*self.active)
+
+    def apply_config(self, new: AppConfig) -> list[str]:
+        """Use changed settings now; returns what was applied."""
+        old, applied = self.config, []
+        self.config = new
+        self.analyzer.qc_settings = new.qc
+        self.analyzer.cell_settings = new.cells
+        self.loop.rules = new.sample.flags
+        if asdict(old.camera) != asdict(new.camera):
+            self.loop.replace_camera(SupervisedCamera(camera_from_config(new)))
+            applied.append("camera restarted")
+        applied.append("settings in use")
+        return applied
 
     def stop(self) -> None:
+        if self.button is not None:
+            self.button.close()
         self.loop.stop()
         self.store.close()
 
@@ -48,7 +72,15 @@ def build_runtime(cfg: AppConfig, start: bool = True) -> Runtime:
     analyzer = Analyzer(classifier, cfg.cells, cfg.qc)
     camera = SupervisedCamera(camera_from_config(cfg))
     loop = CaptureLoop(camera, analyzer, store, cfg.sample.flags)
+    runtime = Runtime(cfg, store, bundle, classifier, analyzer, camera, loop, repair, problems)
     if start:
         camera.poll()
         loop.start()
-    return Runtime(cfg, store, bundle, classifier, analyzer, camera, loop, repair, problems)
+        if cfg.gpio.button_pin:
+            from device.button import start_button
+
+            try:
+                runtime.button = start_button(cfg.gpio.button_pin, runtime.press)
+            except Exception as exc:  # noqa: BLE001 - no GPIO on this machine: the page still works
+                log.error("capture button on GPIO %d not available: %s", cfg.gpio.button_pin, exc)
+    return runtime

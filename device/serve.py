@@ -14,6 +14,7 @@ log = logging.getLogger("leukoscope")
 
 
 def serve(cfg: AppConfig) -> int:
+    """Serve until SIGTERM/SIGINT. ``cfg`` already includes the page's saved settings."""
     import waitress
 
     from device.web import create_app

@@ -98,7 +98,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
 
     @app.context_processor
     def inject():
-        return {"disclaimer": DISCLAIMER, "clinic_name": cfg.web.clinic_name, "user": g.get("user"),
+        return {"disclaimer": DISCLAIMER, "clinic_name": runtime.config.web.clinic_name, "user": g.get("user"),
                 "category_of": lambda n: vocab.category_of(n) if n != vocab.UNCERTAIN else vocab.UNCERTAIN,
                 "display": lambda n: vocab.label(n).display if n != vocab.UNCERTAIN else "Uncertain"}
 

@@ -91,6 +91,7 @@ def sample(sample_id: int):
                        or (c["flag"] and not c["operator_label"])]
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
                                model=r.bundle)
+    r.active = (sample_id, g.user["username"])  # the push-button now captures into this sample
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
@@ -164,7 +165,8 @@ def preview_still():
 def status():
     r = rt()
     return jsonify(camera=r.loop.state()["camera"], busy=r.loop.busy, model=r.bundle.name,
-                   model_problems=r.model_problems)
+                   model_problems=r.model_problems, captures=r.loop.captures,
+                   active_sample=r.active[0] if r.active else None)
 
 
 @bp.route("/samples/<int:sample_id>/review")
@@ -275,14 +277,29 @@ def audit():
     return render_template("audit.html", rows=rows)
 
 
-@bp.route("/settings", methods=["GET"])
+@bp.route("/settings", methods=["GET", "POST"])
 @admin_required
 def settings():
-    r = rt()
-    from device.config import dumps
+    from device import settings as st
+    from device.config import ConfigError
 
-    return render_template("settings.html", config_text=dumps(r.config), model=r.bundle,
-                           problems=r.model_problems)
+    r = rt()
+    error = None
+    if request.method == "POST":
+        try:
+            changes = st.parse_form(request.form, r.config)
+            new = st.save_overrides(r.config, changes)
+        except ConfigError as exc:
+            error = str(exc)
+        else:
+            applied = r.apply_config(new)
+            r.store.audit(g.user["username"], "settings-changed", detail=changes)
+            flash("Settings saved: " + ", ".join(applied) + ".")
+            return redirect(url_for("views.settings"))
+    values = {f"{s}.{k}": getattr(getattr(r.config, s), k) for s, k, _, _ in st.EDITABLE}
+    return render_template("settings.html", fields=st.EDITABLE, values=values,
+                           flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
+                           model=r.bundle, problems=r.model_problems, error=error), 400 if error else 200
 
 
 @bp.route("/settings/model", methods=["POST"])

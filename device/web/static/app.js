@@ -2,6 +2,7 @@
 // live view reconnect, review without reloading. Works without it too (plain forms).
 (function () {
   "use strict";
+  let captures = null; // the appliance's capture counter, from /api/status
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const catClass = (c) => "cat-" + String(c).replace(/[^a-z-]/g, "");
@@ -52,6 +53,7 @@
       if (!resp.ok) throw new Error(body.error || "capture failed");
       renderField(body);
       renderSummary(body.summary);
+      if (captures !== null) captures += 1;
     } catch (e) {
       err.textContent = e.message;
       err.hidden = false;
@@ -106,6 +108,12 @@
           const s = await r.json();
           status.textContent = "camera " + s.camera.status + (s.camera.error ? ": " + s.camera.error : "");
           status.className = "status " + s.camera.status;
+          // a capture made elsewhere (the push-button) into the sample on screen: show it
+          const root = document.querySelector(".capture");
+          const btn = document.getElementById("capture");
+          if (root && captures !== null && s.captures > captures && !btn.disabled &&
+              String(s.active_sample) === root.dataset.sample) location.reload();
+          captures = s.captures;
         } catch (e) { /* the page keeps working; the next poll retries */ }
       }, 2000);
     }

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from device.config import AppConfig, ConfigError, config_from_dict
+from device.settings import load_effective, parse_form, save_overrides
+from tests.conftest import csrf_of, signed_in
+
+
+def test_saved_settings_layer_over_the_config_file(tmp_path):
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[sample]\ntarget_cells = 200\n')
+    cfg = load_effective(cfg_file)
+    assert cfg.sample.target_cells == 200
+    new = save_overrides(cfg, {"sample": {"target_cells": 150}, "qc": {"min_focus": 3.5}})
+    assert new.sample.target_cells == 150
+    again = load_effective(cfg_file)
+    assert again.sample.target_cells == 150 and again.qc.min_focus == 3.5
+    assert again.storage.data_dir == str(tmp_path / "data")
+    with pytest.raises(ConfigError):
+        save_overrides(cfg, {"camera": {"backend": "webcam9000"}})
+    assert load_effective(cfg_file).camera.backend == "replay"  # the refused change was not written
+
+
+def test_form_parsing_names_the_bad_field():
+    with pytest.raises(ConfigError, match="Target white cells"):
+        parse_form({"sample.target_cells": "lots"}, AppConfig())
+    with pytest.raises(ConfigError, match="Flag rules"):
+        parse_form({"flags_toml": "[server]\nport = 1"}, AppConfig())
+    changes = parse_form({"flags_toml": '[[sample.flags]]\ncategory = "malignant"\nmessage = "refer now"\n'
+                                        'level = "refer"\nmin_count = 3\n'}, AppConfig())
+    cfg = config_from_dict(changes)
+    assert cfg.sample.flags[0].min_count == 3 and cfg.sample.flags[0].message == "refer now"
+
+
+def test_settings_page_changes_apply_live(live_app):
+    base, app, rt, tmp = live_app
+    s = signed_in(base)
+    page = s.get(base + "/settings")
+    form = {"csrf_token": csrf_of(page.text), "web.clinic_name": "Kisumu Health Centre", "sample.target_cells": "7",
+            "storage.retention_days": "0", "camera.backend": "replay", "camera.folder": str(tmp / "fields"),
+            "camera.device": "0", "qc.min_focus": "4.0", "qc.min_brightness": "60", "qc.max_brightness": "235",
+            "qc.max_clipped": "0.05", "qc.min_stain_fraction": "0.03", "flags_toml": ""}
+    r = s.post(base + "/settings", data=form)
+    assert r.ok and "Settings saved" in r.text
+    assert rt.config.sample.target_cells == 7 and "Kisumu Health Centre" in s.get(base + "/").text
+    bad = dict(form, **{"qc.min_focus": "sharp"})
+    r = s.post(base + "/settings", data=bad)
+    assert r.status_code == 400 and "Minimum focus score" in r.text
+    assert rt.config.qc.min_focus == 4.0
+    assert rt.store.connect().execute("SELECT COUNT(*) FROM audit WHERE action = 'settings-changed'").fetchone()[0] == 1
+
+
+def test_push_button_captures_into_the_sample_on_screen(live_app):
+    from gpiozero.pins.mock import MockFactory
+
+    from device import records
+    from device.button import start_button
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    sid = records.create_sample(rt.store, "BTN-1", "admin")
+    factory = MockFactory()
+    button = start_button(17, rt.press, pin_factory=factory)
+    try:
+        factory.pin(17).drive_low()  # pressed before any sample is on screen: nothing happens
+        factory.pin(17).drive_high()
+        time.sleep(0.3)
+        assert rt.loop.captures == 0
+        s.get(base + f"/samples/{sid}")  # the capture page makes it the active sample
+        factory.pin(17).drive_low()
+        factory.pin(17).drive_high()
+        t0 = time.monotonic()
+        while rt.loop.captures < 1:
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.05)
+        n = rt.store.connect().execute("SELECT COUNT(*) FROM fields WHERE sample_id = ?", (sid,)).fetchone()[0]
+        assert n == 1
+    finally:
+        button.close()
