@@ -45,6 +45,7 @@ class CaptureLoop:
         self.busy = False
         self.captures = 0
         self._pending_camera: SupervisedCamera | None = None
+        self.on_idle = []  # callables run on this thread between captures (model switch, ...)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +146,11 @@ class CaptureLoop:
                 job.done.set()
 
     def _idle(self) -> None:
+        for fn in self.on_idle:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - an idle task must never stop captures
+                pass
         if time.monotonic() < self._preview_wanted_until:
             try:
                 jpeg = encode_jpeg(self.camera.preview(), quality=75)

@@ -183,6 +183,98 @@ def _analyze(args) -> int:
     return status
 
 
+def _data_dir_of(args) -> Path:
+    return _load_config(getattr(args, "config", None), getattr(args, "data_dir", None)).data_dir
+
+
+def _backup(args) -> int:
+    from device.backup import backup
+
+    m = backup(_data_dir_of(args), Path(args.dest))
+    print(f"backup written to {args.dest}: {m['counts']['samples']} samples, {m['counts']['fields']} fields, "
+          f"{m['counts']['cells']} cells, {m['files']} image files"
+          + (f"; {len(m['missing'])} deleted after the snapshot" if m["missing"] else ""))
+    return 0
+
+
+def _restore(args) -> int:
+    from device.backup import restore
+
+    r = restore(Path(args.src), _data_dir_of(args), force=args.force)
+    print(f"restored {r['manifest']['counts']['samples']} samples from {args.src}; "
+          f"start-up check: {r['repair']}")
+    return 0
+
+
+def _retention(args) -> int:
+    from device import records
+    from device.store import Store
+
+    cfg = _load_config(args.config, args.data_dir)
+    days = args.days if args.days is not None else cfg.storage.retention_days
+    if days <= 0:
+        print("retention is off (storage.retention_days = 0): nothing deleted")
+        return 0
+    deleted = records.apply_retention(Store(cfg.data_dir), days)
+    print(f"deleted {len(deleted)} sample(s) older than {days} days")
+    return 0
+
+
+def _model_install(args) -> int:
+    from device import models
+
+    cfg = _load_config(args.config, args.data_dir)
+    data = Path(args.bundle_file).read_bytes()
+    b = models.install(data, cfg.data_dir, cfg.model.threads)
+    print(f"installed {b.name} as the current model (the previous one is kept for roll-back); "
+          "a running appliance switches to it within seconds")
+    return 0
+
+
+def _model_rollback(args) -> int:
+    from device import models
+
+    cfg = _load_config(args.config, args.data_dir)
+    b = models.rollback(cfg.data_dir)
+    print(f"rolled back: {b.name} is the current model again")
+    return 0
+
+
+def _config_defaults(args) -> int:
+    from device.config import commented_defaults
+
+    sys.stdout.write(commented_defaults())
+    return 0
+
+
+def _kiosk(args) -> int:
+    import shutil
+    import time
+    import urllib.request
+
+    health = args.url.rstrip("/") + "/health"
+    t0 = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(health, timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() - t0 > args.wait:
+            print(f"the appliance did not answer at {health} within {args.wait} s", file=sys.stderr)
+            return 1
+        time.sleep(1)
+    browser = next((b for b in ("chromium-browser", "chromium") if shutil.which(b)), None)
+    if browser is None:
+        print("no Chromium installed (apt install chromium)", file=sys.stderr)
+        return 1
+    os.execvp(browser, [browser, "--kiosk", "--noerrdialogs", "--disable-infobars", "--no-first-run",
+                        "--disable-session-crashed-bubble", "--disable-features=Translate", "--incognito",
+                        "--disable-background-networking", "--check-for-update-interval=31536000",
+                        f"--app={args.url}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="leukoscope", description=(
         "Leukoscope: find, classify and count white blood cells. A screening aid, never a diagnosis."))
@@ -224,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_test)
+    q = msub.add_parser("install", help="validate a bundle and make it the current model (the old one is kept)")
+    q.add_argument("bundle_file")
+    q.add_argument("--config")
+    q.add_argument("--data-dir")
+    q.set_defaults(func=_model_install)
+    q = msub.add_parser("rollback", help="go back to the previous model")
+    q.add_argument("--config")
+    q.add_argument("--data-dir")
+    q.set_defaults(func=_model_rollback)
 
     p = sub.add_parser("classify", help="classify already-cropped single-cell images")
     p.add_argument("images", nargs="+")
@@ -246,6 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--skip-qc", action="store_true", help="analyse fields even when they fail quality control")
     p.set_defaults(func=_analyze)
+
+    for name, func, helptext in (("backup", _backup, "write a consistent snapshot of records and images"),
+                                 ("restore", _restore, "bring a backup back (stop the appliance first)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("dest" if name == "backup" else "src")
+        p.add_argument("--config")
+        p.add_argument("--data-dir")
+        if name == "restore":
+            p.add_argument("--force", action="store_true", help="replace the records already in the data folder")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("retention", help="delete records older than storage.retention_days (audited)")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.add_argument("--days", type=int, help="override the configured number of days")
+    p.set_defaults(func=_retention)
+
+    p = sub.add_parser("config", help="configuration helpers")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    q = csub.add_parser("defaults", help="print every setting with its default, commented out")
+    q.set_defaults(func=_config_defaults)
+
+    p = sub.add_parser("kiosk", help="wait for the appliance, then open its page full-screen")
+    p.add_argument("--url", default="http://127.0.0.1:8080/")
+    p.add_argument("--wait", type=float, default=300)
+    p.set_defaults(func=_kiosk)
     return ap
 
 
@@ -253,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as exc:
         print(f"leukoscope {args.command}: {exc}", file=sys.stderr)
         return 2
 

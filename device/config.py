@@ -178,3 +178,19 @@ def load_config(path: str | Path | None = None) -> AppConfig:
 
 def dumps(cfg: AppConfig) -> str:
     return tomli_w.dumps(cfg.to_dict())
+
+
+def commented_defaults() -> str:
+    """Every setting with its default, commented out: the installer's /etc/leukoscope/config.toml.
+    Uncomment a line to change it."""
+    lines = ["# Leukoscope configuration. Every setting is shown with its default, commented out.",
+             "# Uncomment and edit a line to change it; restart the service (systemctl restart leukoscope).",
+             "# Settings changed on the page's Settings screen are kept in <data_dir>/settings.toml and win.", ""]
+    for line in dumps(AppConfig()).splitlines():
+        if not line.strip():
+            lines.append("")
+        elif line.startswith("["):
+            lines.append(line if not line.startswith("[[") else "# " + line)
+        else:
+            lines.append("# " + line)
+    return "\n".join(lines) + "\n"

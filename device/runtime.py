@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 
-from device.bundle import Bundle
+from device.bundle import Bundle, BundleError, load_bundle
 from device.camera import SupervisedCamera, make_camera
 from device.capture import CaptureLoop
 from device.classifier import Classifier
 from device.config import AppConfig
-from device.models import load_active
+from device.models import load_active, models_dir
 from device.pipeline import Analyzer
 from device.store import RepairReport, Store
 
@@ -29,6 +30,41 @@ class Runtime:
     model_problems: list[str] = field(default_factory=list)
     active: tuple[int, str] | None = None  # the open sample shown on a capture page: what the button captures
     button: object | None = None
+    _model_key: tuple | None = None
+    _model_checked: float = 0.0
+
+    def check_model(self, every: float = 2.0) -> None:
+        """Switch to a newly installed (or rolled-back) bundle; keep the last good one if it is refused."""
+        if self.config.model.bundle:
+            return  # a bundle named in the config is not replaced behind its back
+        t = time.monotonic()
+        if t - self._model_checked < every:
+            return
+        self._model_checked = t
+        path = models_dir(self.config.data_dir) / "current.lkb"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        key = (st.st_mtime_ns, st.st_size)
+        if key == self._model_key:
+            return
+        self._model_key = key
+        try:
+            bundle = load_bundle(path)
+            classifier = Classifier(bundle, threads=self.config.model.threads)
+        except BundleError as exc:
+            self.model_problems.append(f"new model refused, still using {self.bundle.name}: {exc}")
+            log.error("new model refused: %s", exc)
+            self.store.audit("system", "model-refused", str(path), str(exc))
+            return
+        if bundle.sha256 == self.bundle.sha256 and bundle.name == self.bundle.name:
+            return
+        previous = self.bundle.name
+        self.bundle, self.classifier = bundle, classifier
+        self.analyzer.classifier = classifier
+        self.store.audit("system", "model-switched", bundle.name, {"from": previous, "sha256": bundle.sha256})
+        log.info("model switched from %s to %s", previous, bundle.name)
 
     def press(self) -> None:
         """The push-button: capture into the sample on screen."""
@@ -73,6 +109,11 @@ def build_runtime(cfg: AppConfig, start: bool = True) -> Runtime:
     camera = SupervisedCamera(camera_from_config(cfg))
     loop = CaptureLoop(camera, analyzer, store, cfg.sample.flags)
     runtime = Runtime(cfg, store, bundle, classifier, analyzer, camera, loop, repair, problems)
+    current = models_dir(cfg.data_dir) / "current.lkb"
+    if current.exists():
+        st = current.stat()
+        runtime._model_key = (st.st_mtime_ns, st.st_size)
+    loop.on_idle.append(runtime.check_model)
     if start:
         camera.poll()
         loop.start()

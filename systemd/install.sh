@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Install Leukoscope on Raspberry Pi OS Bookworm (Python 3.11) or Trixie (Python 3.13).
+#
+#   sudo systemd/install.sh                 install or update (idempotent)
+#   sudo systemd/install.sh --dry-run       print every step, change nothing
+#   sudo systemd/install.sh --uninstall     remove the program and units; keep records and config
+#   sudo systemd/install.sh --uninstall --purge   ... and the records, config and the system user
+#   systemd/install.sh --root DIR           write the files under DIR only (no apt, users or systemctl)
+#
+# Options: --prefix DIR (default /opt/leukoscope), --no-kiosk.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=/opt/leukoscope
+ROOT=""
+DRY=0
+UNINSTALL=0
+PURGE=0
+KIOSK=1
+while (($#)); do
+    case "$1" in
+        --dry-run) DRY=1 ;;
+        --uninstall) UNINSTALL=1 ;;
+        --purge) PURGE=1 ;;
+        --no-kiosk) KIOSK=0 ;;
+        --prefix) PREFIX=$2; shift ;;
+        --root) ROOT=$(realpath -m "$2"); shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+VENV=$PREFIX/venv
+ETC=$ROOT/etc/leukoscope
+UNITS=$ROOT/etc/systemd/system
+USER_UNITS=$ROOT/etc/systemd/user
+SYSTEM_UNITS=(leukoscope.service leukoscope-retention.service leukoscope-retention.timer)
+
+step() { printf '\n== %s\n' "$*"; }
+run() {
+    printf '+ %s\n' "$*"
+    ((DRY)) || "$@"
+}
+host() {  # steps that change the host itself: skipped when staging under --root
+    if [ -n "$ROOT" ]; then printf '+ (skipped under --root) %s\n' "$*"; else run "$@"; fi
+}
+
+if ((UNINSTALL)); then
+    step "stopping and removing the units"
+    host systemctl disable --now "${SYSTEM_UNITS[@]}" || true
+    host systemctl --global disable leukoscope-kiosk.service || true
+    for u in "${SYSTEM_UNITS[@]}"; do run rm -f "$UNITS/$u"; done
+    run rm -f "$USER_UNITS/leukoscope-kiosk.service"
+    host systemctl daemon-reload
+    step "removing the program"
+    run rm -rf "$ROOT$PREFIX"
+    if ((PURGE)); then
+        step "purging records, configuration and the system user"
+        run rm -rf "$ETC" "$ROOT/var/lib/leukoscope"
+        if id leukoscope >/dev/null 2>&1; then host userdel leukoscope; fi
+    else
+        echo "kept: $ETC (configuration) and /var/lib/leukoscope (records); --purge removes them"
+    fi
+    exit 0
+fi
+
+step "checking the system"
+PY=$(command -v python3 || true)
+[ -n "$PY" ] || { echo "python3 not found" >&2; exit 1; }
+PYV=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed, found $PYV" >&2; exit 1; }
+CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-unknown}")
+echo "python $PYV, release $CODENAME, source $SRC, prefix $PREFIX${ROOT:+, staged under $ROOT}"
+
+step "system packages"
+PKGS=(python3-venv python3-pip)
+# picamera2 only comes from apt; it is absent on plain Debian, which is fine with a USB or replay camera
+if apt-cache show python3-picamera2 >/dev/null 2>&1 || ((DRY)); then PKGS+=(python3-picamera2); fi
+if ((KIOSK)); then
+    if apt-cache show chromium-browser >/dev/null 2>&1; then PKGS+=(chromium-browser); else PKGS+=(chromium); fi
+fi
+host apt-get update -qq
+host env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PKGS[@]}"
+
+step "system user"
+if id leukoscope >/dev/null 2>&1; then
+    echo "user leukoscope exists"
+else
+    host useradd --system --home-dir /var/lib/leukoscope --no-create-home --shell /usr/sbin/nologin leukoscope
+fi
+for g in video render gpio; do
+    if getent group "$g" >/dev/null; then host usermod -a -G "$g" leukoscope; fi
+done
+
+step "program (venv with --system-site-packages, so apt's picamera2 is visible)"
+if [ -x "$ROOT$VENV/bin/python" ]; then
+    echo "venv $VENV exists: updating"
+else
+    run mkdir -p "$ROOT$PREFIX"
+    host "$PY" -m venv --system-site-packages "$VENV"
+fi
+host "$VENV/bin/python" -m pip install --quiet --upgrade pip
+host "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC[device]"
+
+step "configuration"
+run mkdir -p "$ETC"
+if [ -e "$ETC/config.toml" ]; then
+    echo "$ETC/config.toml exists: kept as it is"
+else
+    # staged: the project's own interpreter ($PYTHON) writes it, since no venv was built
+    if [ -n "$ROOT" ]; then GEN=("${PYTHON:-$PY}" -m device.cli config defaults); else GEN=("$VENV/bin/leukoscope" config defaults); fi
+    printf '+ %s > %s\n' "${GEN[*]}" "$ETC/config.toml"
+    if ((!DRY)); then
+        if ! (cd "$SRC" && "${GEN[@]}") > "$ETC/config.toml.tmp"; then
+            rm -f "$ETC/config.toml.tmp"
+            echo "install.sh: could not write the configuration" >&2
+            exit 1
+        fi
+        chmod 0644 "$ETC/config.toml.tmp"
+        mv "$ETC/config.toml.tmp" "$ETC/config.toml"
+    fi
+fi
+
+step "systemd units"
+run mkdir -p "$UNITS" "$USER_UNITS"
+install_unit() {  # source, destination: the prefix is written into ExecStart
+    printf '+ install %s -> %s\n' "$1" "$2"
+    ((DRY)) && return 0
+    sed "s#/opt/leukoscope#$PREFIX#g" "$1" > "$2.tmp"
+    chmod 0644 "$2.tmp"
+    mv "$2.tmp" "$2"
+}
+for u in "${SYSTEM_UNITS[@]}"; do install_unit "$SRC/systemd/$u" "$UNITS/$u"; done
+if ((KIOSK)); then install_unit "$SRC/systemd/leukoscope-kiosk.service" "$USER_UNITS/leukoscope-kiosk.service"; fi
+host systemctl daemon-reload
+host systemctl enable --now leukoscope.service leukoscope-retention.timer
+if ((KIOSK)); then host systemctl --global enable leukoscope-kiosk.service; fi
+host systemctl restart leukoscope.service
+
+step "done"
+echo "Leukoscope runs as the 'leukoscope' service on http://127.0.0.1:8080/ (records in /var/lib/leukoscope)."
+echo "Open the page and create the administrator. Logs: journalctl -u leukoscope"

@@ -1,0 +1,259 @@
+"""The box: systemd units, installer, backup/restore, retention, model update and roll-back."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from device.bundle import load_bundle, pack
+from device.config import AppConfig, load_config
+from tests.conftest import REPO, csrf_of, free_port, signed_in
+
+UNITS = ["leukoscope.service", "leukoscope-kiosk.service", "leukoscope-retention.service",
+         "leukoscope-retention.timer"]
+LEUKOSCOPE = Path(sys.executable).with_name("leukoscope")
+
+
+def staged_unit(tmp_path, name):
+    """The unit as the installer writes it, pointing at this machine's real leukoscope command."""
+    text = (REPO / "systemd" / name).read_text().replace("/opt/leukoscope/venv/bin/leukoscope", str(LEUKOSCOPE))
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_verify_clean(tmp_path, name):
+    assert LEUKOSCOPE.exists()
+    for other in UNITS:  # the timer refers to its service
+        staged_unit(tmp_path, other)
+    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+
+
+def test_service_hardening_score(tmp_path):
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(staged_unit(tmp_path, "leukoscope.service"))],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r"Overall exposure level for leukoscope\.service: ([0-9.]+)", out.stdout)
+    assert m, out.stdout[-2000:] + out.stderr
+    score = float(m.group(1))
+    print(f"systemd-analyze security score: {score}")
+    assert score <= 4.0
+    unit = (REPO / "systemd/leukoscope.service").read_text()
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=leukoscope",
+                "DeviceAllow=char-video4linux", "DeviceAllow=char-media", "DeviceAllow=char-dma_heap",
+                "SystemCallFilter=", "ProtectSystem=strict", "NoNewPrivileges=yes"):
+        assert key in unit, key
+
+
+def run_installer(*args):
+    import os
+
+    return subprocess.run(["bash", str(REPO / "systemd/install.sh"), *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=dict(os.environ, PYTHON=sys.executable))
+
+
+def test_installer_dry_run_prints_every_step_and_changes_nothing():
+    before = Path("/etc/leukoscope").exists(), Path("/opt/leukoscope").exists()
+    out = run_installer("--dry-run")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("apt-get install", "python3-picamera2", "useradd --system", "venv --system-site-packages",
+                   "pip install --quiet --upgrade " + str(REPO) + "[device]", "config defaults > /etc/leukoscope/config.toml",
+                   "/etc/systemd/system/leukoscope.service", "systemctl enable --now leukoscope.service",
+                   "systemctl --global enable leukoscope-kiosk.service"):
+        assert needle in text, needle
+    assert (Path("/etc/leukoscope").exists(), Path("/opt/leukoscope").exists()) == before
+
+
+def test_installer_staged_is_idempotent_and_uninstalls(tmp_path):
+    root = tmp_path / "root"
+    first = run_installer("--root", str(root), "--prefix", "/opt/lk")
+    assert first.returncode == 0, first.stderr
+    cfg_path = root / "etc/leukoscope/config.toml"
+    assert load_config(cfg_path) == AppConfig()  # commented defaults: no effect until edited
+    uncommented = "\n".join(line[2:] if line.startswith("# ") and "=" in line or line.startswith("# [[")
+                            or line.startswith("#     ") or line.startswith("# ]") else line
+                            for line in cfg_path.read_text().splitlines())
+    assert load_config_text(uncommented, tmp_path) == AppConfig()  # and every default is written right
+    unit = (root / "etc/systemd/system/leukoscope.service").read_text()
+    assert "ExecStart=/opt/lk/venv/bin/leukoscope serve" in unit
+    assert (root / "etc/systemd/user/leukoscope-kiosk.service").exists()
+    cfg_path.write_text(cfg_path.read_text().replace('# clinic_name = "Leukoscope"', 'clinic_name = "Kisumu"'))
+    second = run_installer("--root", str(root), "--prefix", "/opt/lk")
+    assert second.returncode == 0 and "exists: kept as it is" in second.stdout
+    assert load_config(cfg_path).web.clinic_name == "Kisumu"
+    out = run_installer("--root", str(root), "--prefix", "/opt/lk", "--uninstall")
+    assert out.returncode == 0
+    assert not (root / "etc/systemd/system/leukoscope.service").exists() and cfg_path.exists()
+    out = run_installer("--root", str(root), "--prefix", "/opt/lk", "--uninstall", "--purge")
+    assert out.returncode == 0 and not cfg_path.exists()
+
+
+def load_config_text(text, tmp_path):
+    p = tmp_path / "uncommented.toml"
+    p.write_text(text)
+    return load_config(p)
+
+
+# -- against a running daemon ---------------------------------------------------
+
+class Daemon:
+    def __init__(self, tmp_path, data_dir):
+        self.port = free_port()
+        self.data_dir = data_dir
+        fields = tmp_path / "fields"
+        if not fields.exists():
+            shutil.copytree(REPO / "device/assets/fields", fields)
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 1000\n')
+        self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port",
+                                      str(self.port), "--data-dir", str(data_dir)], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.health()
+                break
+            except OSError:
+                assert time.monotonic() - t0 < 30 and self.proc.poll() is None, "daemon did not start"
+                time.sleep(0.05)
+
+    def health(self):
+        with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self):
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+def new_sample(s, base, code):
+    page = s.get(base + "/")
+    r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": code})
+    return int(r.url.rstrip("/").split("/")[-1]), csrf_of(r.text)
+
+
+def test_backup_mid_capture_restores_every_record_and_image(tmp_path):
+    d = Daemon(tmp_path, tmp_path / "data")
+    try:
+        s = signed_in(d.base)
+        sid, token = new_sample(s, d.base, "B-1")
+        stop = threading.Event()
+        done = []
+
+        def capture_forever():
+            while not stop.is_set():
+                r = s.post(f"{d.base}/samples/{sid}/capture", headers={"X-CSRFToken": token, "Accept": "application/json"})
+                done.append(r.status_code)
+
+        worker = threading.Thread(target=capture_forever)
+        worker.start()
+        while len(done) < 5:
+            time.sleep(0.05)
+        out = subprocess.run([sys.executable, "-m", "device.cli", "backup", str(tmp_path / "bk"), "--data-dir",
+                              str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        while len(done) < 10:  # captures went on during and after the backup
+            time.sleep(0.05)
+        stop.set()
+        worker.join(30)
+        assert set(done) == {200}
+    finally:
+        d.stop()
+    manifest = json.loads((tmp_path / "bk/leukoscope-backup.json").read_text())
+    assert manifest["missing"] == [] and manifest["counts"]["fields"] >= 5
+    out = subprocess.run([sys.executable, "-m", "device.cli", "restore", str(tmp_path / "bk"), "--data-dir",
+                          str(tmp_path / "restored")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    conn = sqlite3.connect(tmp_path / "restored/leukoscope.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("samples", "fields", "cells")}
+    assert counts == {k: manifest["counts"][k] for k in counts}
+    original = tmp_path / "data"
+    for (rel,) in conn.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells"):
+        assert (tmp_path / "restored" / rel).read_bytes() == (original / rel).read_bytes()
+    # the restored records serve again, with the same administrator
+    d2 = Daemon(tmp_path, tmp_path / "restored")
+    try:
+        s2 = signed_in(d2.base, create=False)
+        assert "B-1" in s2.get(d2.base + "/history").text
+    finally:
+        d2.stop()
+    # restoring over existing records needs --force
+    out = subprocess.run([sys.executable, "-m", "device.cli", "restore", str(tmp_path / "bk"), "--data-dir",
+                          str(tmp_path / "restored")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--force" in out.stderr
+
+
+def test_retention_deletes_old_records_with_audit(tmp_path):
+    from device import records
+    from device.store import Store
+
+    store = Store(tmp_path)
+    old = records.create_sample(store, "OLD", "t")
+    new = records.create_sample(store, "NEW", "t")
+    with store.transaction() as tx:
+        tx.execute("UPDATE samples SET created_at = '2020-01-01T00:00:00+00:00' WHERE id = ?", (old,))
+    args = [sys.executable, "-m", "device.cli", "retention", "--data-dir", str(tmp_path)]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "retention is off" in out.stdout  # off by default
+    out = subprocess.run(args + ["--days", "365"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "deleted 1 sample" in out.stdout, out.stderr
+    ids = [r[0] for r in store.connect().execute("SELECT id FROM samples")]
+    assert ids == [new]
+    audit = store.connect().execute("SELECT username, detail FROM audit WHERE action = 'delete-sample'").fetchall()
+    assert len(audit) == 1 and audit[0][0] == "retention" and "365-day retention" in audit[0][1]
+
+
+def test_model_update_and_rollback_against_a_running_daemon(tmp_path):
+    default = load_bundle()
+    with zipfile.ZipFile(default.path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(files["metadata.json"])
+    meta["version"] = "1.1-test"
+    files["metadata.json"] = json.dumps(meta).encode()
+    newer = tmp_path / "newer.lkb"
+    newer.write_bytes(pack(files))
+    bad = tmp_path / "bad.lkb"
+    bad.write_bytes(newer.read_bytes()[:5000])
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "device.cli", "model", *args, "--data-dir", str(tmp_path / "data")],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    def wait_model(name, timeout=8.0):
+        t0 = time.monotonic()
+        while d.health()["model"] != name:
+            assert time.monotonic() - t0 < timeout, d.health()
+            time.sleep(0.1)
+
+    d = Daemon(tmp_path, tmp_path / "data")
+    try:
+        assert d.health()["model"] == "pbc-differential 1.0"
+        assert cli("install", str(newer)).returncode == 0
+        wait_model("pbc-differential 1.1-test")
+        out = cli("install", str(bad))
+        assert out.returncode == 2 and "truncated or corrupt" in out.stderr
+        time.sleep(2.5)
+        assert d.health()["model"] == "pbc-differential 1.1-test"  # the last good one stays
+        assert cli("install", str(REPO / "device/assets/models/default.lkb")).returncode == 0
+        wait_model("pbc-differential 1.0")
+        out = cli("rollback")
+        assert out.returncode == 0 and "1.1-test" in out.stdout
+        wait_model("pbc-differential 1.1-test")
+    finally:
+        d.stop()
