@@ -25,6 +25,8 @@ class CaptureError(RuntimeError):
 class _Job:
     sample_id: int
     user: str
+    image: object | None = None  # an uploaded field instead of the camera's
+    source: str = ""
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: str | None = None
@@ -67,8 +69,9 @@ class CaptureLoop:
         return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < max_silence
 
     # -- requests from the web layer ---------------------------------------
-    def capture(self, sample_id: int, user: str, timeout: float = 60.0) -> dict:
-        job = _Job(sample_id, user)
+    def capture(self, sample_id: int, user: str, timeout: float = 60.0, image=None, source: str = "") -> dict:
+        """Capture from the camera (or analyse ``image``, an uploaded RGB field) into the sample."""
+        job = _Job(sample_id, user, image, source)
         try:
             self._jobs.put(job, timeout=2.0)
         except queue.Full:
@@ -164,13 +167,17 @@ class CaptureLoop:
 
     def _capture(self, job: _Job) -> dict:
         self.store.check_space()
-        try:
-            frame = self.camera.capture()
-        except CameraError as exc:
-            raise CaptureError(f"camera not available: {exc}") from None
-        analysis = self.analyzer.analyze(frame.image)
-        fid = records.save_field(self.store, job.sample_id, frame.image, analysis, job.user,
-                                 captured_at=frame.captured_at, source=frame.source)
+        if job.image is not None:
+            image, captured_at, source = job.image, None, job.source
+        else:
+            try:
+                frame = self.camera.capture()
+            except CameraError as exc:
+                raise CaptureError(f"camera not available: {exc}") from None
+            image, captured_at, source = frame.image, frame.captured_at, frame.source
+        analysis = self.analyzer.analyze(image)
+        fid = records.save_field(self.store, job.sample_id, image, analysis, job.user,
+                                 captured_at=captured_at, source=source)
         self.captures += 1
         summary = records.summary_of(self.store, job.sample_id, self.rules)
         return {

@@ -119,6 +119,34 @@ def capture(sample_id: int):
     return redirect(url_for("views.sample", sample_id=sample_id))
 
 
+@bp.route("/samples/<int:sample_id>/upload", methods=["POST"])
+def upload_field(sample_id: int):
+    """A field photographed elsewhere (a phone on the eyepiece, a file): analysed like a capture."""
+    from device.imageio import ImageError, decode_image
+
+    s = _sample_or_404(sample_id)
+    if s["status"] != "open":
+        return error_page(409, "This sample is finished.")
+    f = request.files.get("image")
+    if f is None or not f.filename:
+        return error_page(400, "Choose an image file to upload.")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:80]
+    try:
+        image = decode_image(f.read(), name=name)
+    except ImageError as exc:
+        return error_page(415, str(exc))
+    try:
+        result = rt().loop.capture(sample_id, g.user["username"], image=image, source=f"upload:{name}")
+    except CaptureError as exc:
+        return error_page(503, str(exc))
+    if request.accept_mimetypes.best == "application/json":
+        result["image_url"] = url_for("views.field_image", sample_id=sample_id, field_id=result["field_id"])
+        return jsonify(result)
+    if not result["qc_ok"]:
+        flash(f"Field not analysed: {result['qc_message']}", "error")
+    return redirect(url_for("views.sample", sample_id=sample_id))
+
+
 @bp.route("/samples/<int:sample_id>/fields/<int:field_id>.jpg")
 def field_image(sample_id: int, field_id: int):
     row = rt().store.connect().execute("SELECT image_path FROM fields WHERE id = ? AND sample_id = ?",

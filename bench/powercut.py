@@ -1,0 +1,160 @@
+"""Power cuts: kill -9 the appliance at random moments during captures, restart, check.
+
+After every kill: PRAGMA integrity_check is ok, every field and cell row has its
+image file, no unfinished sample shows as finished; after every restart the
+start-up check's repairs are collected from the audit log.
+
+    python -m bench.powercut [--cycles 200] [--seed 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from bench import result
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_records(db: Path, data_dir: Path) -> dict:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        missing = [rel for (rel,) in conn.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells")
+                   if not (data_dir / rel).is_file()]
+        bad_finished = conn.execute("SELECT COUNT(*) FROM samples WHERE status = 'finished' AND "
+                                    "(finished_at IS NULL OR result_json IS NULL)").fetchone()[0]
+        bad_open = conn.execute("SELECT COUNT(*) FROM samples WHERE status = 'open' AND "
+                                "(finished_at IS NOT NULL OR result_json IS NOT NULL)").fetchone()[0]
+        fields = conn.execute("SELECT COUNT(*) FROM fields").fetchone()[0]
+        return {"integrity": integrity, "missing_files": missing, "bad_finished": bad_finished, "bad_open": bad_open,
+                "fields": fields}
+    finally:
+        conn.close()
+
+
+def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
+    import requests
+
+    from tests.conftest import csrf_of, signed_in
+
+    rng = random.Random(seed)
+    data_dir = workdir / "data"
+    fields_dir = workdir / "fields"
+    if not fields_dir.exists():
+        shutil.copytree(REPO / "device/assets/fields", fields_dir)
+    cfg = workdir / "config.toml"
+    cfg.write_text(f'[camera]\nfolder = "{fields_dir}"\n[sample]\ntarget_cells = 100000\n')
+    session: requests.Session | None = None
+    sample_url = None
+    stats = {"cycles": 0, "captures_answered": 0, "kills": 0, "startup_repairs": 0,
+             "orphans_removed": 0, "failures": []}
+    t_start = time.monotonic()
+    for cycle in range(cycles):
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port", str(port),
+                                 "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        t0 = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() - t0 > 60:
+                    stats["failures"].append(f"cycle {cycle}: the appliance did not restart")
+                    proc.kill()
+                    return stats
+                time.sleep(0.02)
+        if session is None:
+            session = signed_in(base)
+        if sample_url is None or rng.random() < 0.1:
+            if sample_url is not None and rng.random() < 0.5:  # finish the old sample now and then
+                page = session.get(base + sample_url)
+                session.post(base + sample_url + "/finish", data={"csrf_token": csrf_of(page.text)})
+            page = session.get(base + "/")
+            r = session.post(base + "/samples", data={"csrf_token": csrf_of(page.text),
+                                                      "sample_code": f"PC-{cycle}"})
+            sample_url = "/samples/" + r.url.rstrip("/").split("/")[-1]
+        token = csrf_of(session.get(base + sample_url).text)
+        stop = threading.Event()
+
+        def capture():
+            while not stop.is_set():
+                try:
+                    r = session.post(base + sample_url + "/capture", timeout=10,
+                                     headers={"X-CSRFToken": token, "Accept": "application/json"})
+                    if r.status_code == 200:
+                        stats["captures_answered"] += 1
+                except requests.RequestException:
+                    return  # the process died under it: expected
+
+        threads = [threading.Thread(target=capture) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.02, 0.5))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        stop.set()
+        for t in threads:
+            t.join(15)
+        stats["kills"] += 1
+        state = check_records(data_dir / "leukoscope.db", data_dir)
+        problems = []
+        if state["integrity"] != "ok":
+            problems.append(f"integrity {state['integrity']}")
+        if state["missing_files"]:
+            problems.append(f"rows without files: {state['missing_files'][:3]}")
+        if state["bad_finished"] or state["bad_open"]:
+            problems.append("sample status inconsistent")
+        if problems:
+            stats["failures"].append(f"cycle {cycle}: " + "; ".join(problems))
+        stats["cycles"] = cycle + 1
+    # one last start: the start-up check runs and reports what it repaired
+    conn = sqlite3.connect(data_dir / "leukoscope.db")
+    repairs = [json.loads(d) for (d,) in conn.execute("SELECT detail FROM audit WHERE action = 'startup-repair'")]
+    conn.close()
+    stats["startup_repairs"] = len(repairs)
+    stats["orphans_removed"] = sum(len(r["orphan_files_removed"]) + len(r["temp_files_removed"]) for r in repairs)
+    stats["rows_without_files_repaired"] = sum(len(r["rows_without_files"]) for r in repairs)
+    stats["fields_stored"] = check_records(data_dir / "leukoscope.db", data_dir)["fields"]
+    stats["seconds"] = round(time.monotonic() - t_start, 1)
+    return stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cycles", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    stats = run(args.cycles, Path(tempfile.mkdtemp(prefix="leukoscope-powercut-")), args.seed)
+    print(f"{stats['cycles']} power cuts, {stats['fields_stored']} fields stored, {len(stats['failures'])} failures; "
+          f"start-up check repaired {stats['orphans_removed']} orphan/temp files in {stats['startup_repairs']} restarts")
+    result({"bench": "powercut", **{k: v for k, v in stats.items() if k != "failures"},
+            "failures": stats["failures"][:20]})
+    return 0 if not stats["failures"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
