@@ -114,12 +114,22 @@ def live_app(tmp_path):
     rt = build_runtime(cfg)
     app = create_app(rt)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    closing = threading.Event()
+
+    def serve():
+        try:
+            server.run()
+        except OSError:
+            if not closing.is_set():  # closing from another thread can wake select() on a closed socket
+                raise
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.effective_port}"
     try:
         yield base, app, rt, tmp_path
     finally:
+        closing.set()
         server.close()
         thread.join(10)
         rt.stop()

@@ -51,3 +51,25 @@ def test_pipeline_short():
 def test_blast_flag():
     r = run_bench("bench.blast_flag")
     assert r["blasts"]["n"] == 22 and r["normal_types"]["n"] == 63
+
+
+def test_load_short():
+    r = run_bench("bench.load", "--clients", "10", "--seconds", "4")
+    assert r["errors"] == 0 and r["status"]["requests"] > 20
+    assert r["status_p95_ms"] is not None
+
+
+def test_soak_short():
+    r = run_bench("bench.soak", "--cycles", "120", "--warmup", "30")
+    assert r["errors"] == 0 and r["cycles"] == 120
+    assert r["rss_growth_mb"] < 30  # the full bench holds it to 10 MB over 10,000 cycles
+
+
+def test_fuzz_bench_counts_cases():
+    r = run_bench("bench.fuzz", "--examples", "10")
+    assert r["failed"] == 0 and r["properties"] == 7 and r["cases_run"] >= 70
+
+
+def test_powercut_bench_short():
+    r = run_bench("bench.powercut", "--cycles", "5")
+    assert r["cycles"] == 5 and r["failures"] == []

@@ -153,7 +153,7 @@ def field_image(sample_id: int, field_id: int):
                                        (field_id, sample_id)).fetchone()
     if row is None:
         abort(404)
-    return send_file(rt().store.path(row["image_path"]), mimetype="image/jpeg")
+    return _send_stored(row["image_path"])
 
 
 @bp.route("/cells/<int:cell_id>.jpg")
@@ -161,7 +161,18 @@ def cell_image(cell_id: int):
     row = rt().store.connect().execute("SELECT crop_path FROM cells WHERE id = ?", (cell_id,)).fetchone()
     if row is None:
         abort(404)
-    return send_file(rt().store.path(row["crop_path"]), mimetype="image/jpeg")
+    return _send_stored(row["crop_path"])
+
+
+def _send_stored(rel: str):
+    """A stored image, never anything outside the data folder whatever the database says."""
+    try:
+        path = rt().store.path(rel)
+    except ValueError:
+        abort(404)
+    if not path.is_file():
+        abort(404)
+    return send_file(path, mimetype="image/jpeg")
 
 
 @bp.route("/preview.mjpg")

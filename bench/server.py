@@ -1,0 +1,60 @@
+"""A real `leukoscope serve` process for the load and soak benches (loopback only)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Appliance:
+    def __init__(self, workdir: Path, extra_config: str = ""):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        fields = workdir / "fields"
+        if not fields.exists():
+            shutil.copytree(REPO / "device/assets/fields", fields)
+        cfg = workdir / "config.toml"
+        cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 1000000\n{extra_config}')
+        self.data_dir = workdir / "data"
+        self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port",
+                                      str(self.port), "--data-dir", str(self.data_dir)], cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        t0 = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(self.base + "/health", timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() - t0 > 60:
+                    raise RuntimeError("the appliance did not start")
+                time.sleep(0.05)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def open_sample(session, base: str, code: str) -> tuple[str, str]:
+    from tests.conftest import csrf_of
+
+    page = session.get(base + "/")
+    r = session.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": code})
+    return r.url, csrf_of(r.text)
