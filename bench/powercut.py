@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from bench import result
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from bench.server import Appliance
 
 def check_records(db: Path, data_dir: Path) -> dict:
     conn = sqlite3.connect(db, timeout=30)
@@ -60,33 +44,19 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
 
     rng = random.Random(seed)
     data_dir = workdir / "data"
-    fields_dir = workdir / "fields"
-    if not fields_dir.exists():
-        shutil.copytree(REPO / "device/assets/fields", fields_dir)
-    cfg = workdir / "config.toml"
-    cfg.write_text(f'[camera]\nfolder = "{fields_dir}"\n[sample]\ntarget_cells = 100000\n')
+    extra_config = ""
     session: requests.Session | None = None
     sample_url = None
     stats = {"cycles": 0, "captures_answered": 0, "kills": 0, "startup_repairs": 0,
              "orphans_removed": 0, "failures": []}
     t_start = time.monotonic()
     for cycle in range(cycles):
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port", str(port),
-                                 "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        t0 = time.monotonic()
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t0 > 60:
-                    stats["failures"].append(f"cycle {cycle}: the appliance did not restart")
-                    proc.kill()
-                    return stats
-                time.sleep(0.02)
+        try:
+            app = Appliance(workdir, extra_config, data_dir)
+        except RuntimeError:
+            stats["failures"].append(f"cycle {cycle}: the appliance did not restart")
+            return stats
+        base = app.base
         if session is None:
             session = signed_in(base)
         if sample_url is None or rng.random() < 0.1:
@@ -114,8 +84,7 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.02, 0.5))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        app.kill()
         stop.set()
         for t in threads:
             t.join(15)

@@ -11,19 +11,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Appliance:
-    def __init__(self, workdir: Path, extra_config: str = ""):
-        import socket
+def free_port() -> int:
+    import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Appliance:
+    """Starts ``leukoscope serve`` with the replay camera over a copy of the bundled fields and
+    waits until /health answers. ``data_dir`` defaults to ``workdir/data``."""
+
+    def __init__(self, workdir: Path, extra_config: str = "", data_dir: Path | None = None):
+        self.port = free_port()
         fields = workdir / "fields"
         if not fields.exists():
             shutil.copytree(REPO / "device/assets/fields", fields)
         cfg = workdir / "config.toml"
         cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 1000000\n{extra_config}')
-        self.data_dir = workdir / "data"
+        self.data_dir = Path(data_dir) if data_dir else workdir / "data"
         self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port",
                                       str(self.port), "--data-dir", str(self.data_dir)], cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -38,6 +45,17 @@ class Appliance:
                     raise RuntimeError("the appliance did not start")
                 time.sleep(0.05)
 
+    def health(self) -> dict:
+        import json
+
+        with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def kill(self) -> None:
+        """A power cut, as far as the process can tell."""
+        self.proc.kill()
+        self.proc.wait()
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -47,9 +65,9 @@ class Appliance:
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
 
-    def stop(self) -> None:
+    def stop(self) -> int:
         self.proc.terminate()
-        self.proc.wait(30)
+        return self.proc.wait(30)
 
 
 def open_sample(session, base: str, code: str) -> tuple[str, str]:

@@ -107,7 +107,8 @@ class ConfigError(ValueError):
     pass
 
 
-def _build(cls, raw: dict, where: str):
+def build_section(cls, raw: dict, where: str):
+    """A dataclass from a TOML table: unknown keys and wrong types refused, naming the section."""
     if not isinstance(raw, dict):
         raise ConfigError(f"[{where}] must be a table")
     known = {f.name: f for f in fields(cls)}
@@ -144,14 +145,14 @@ def config_from_dict(raw: dict) -> AppConfig:
         if name == "sample":
             value = dict(value)
             rules = value.pop("flags", None)
-            section = _build(SampleConfig, value, "sample")
+            section = build_section(SampleConfig, value, "sample")
             if rules is not None:
                 try:
                     section.flags = [FlagRule(**r) for r in rules]
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"[[sample.flags]]: {exc}") from None
         else:
-            section = _build(cls, value, name)
+            section = build_section(cls, value, name)
         setattr(cfg, name, section)
     if cfg.camera.backend not in ("replay", "opencv", "picamera2"):
         raise ConfigError(f"[camera] backend: {cfg.camera.backend!r} is not one of replay, opencv, picamera2")

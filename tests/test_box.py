@@ -17,7 +17,8 @@ import pytest
 
 from device.bundle import load_bundle, pack
 from device.config import AppConfig, load_config
-from tests.conftest import REPO, csrf_of, free_port, signed_in
+from bench.server import Appliance
+from tests.conftest import REPO, csrf_of, signed_in
 
 UNITS = ["leukoscope.service", "leukoscope-kiosk.service", "leukoscope-retention.service",
          "leukoscope-retention.timer"]
@@ -109,36 +110,9 @@ def load_config_text(text, tmp_path):
 
 # -- against a running daemon ---------------------------------------------------
 
-class Daemon:
-    def __init__(self, tmp_path, data_dir):
-        self.port = free_port()
-        self.data_dir = data_dir
-        fields = tmp_path / "fields"
-        if not fields.exists():
-            shutil.copytree(REPO / "device/assets/fields", fields)
-        cfg = tmp_path / "config.toml"
-        cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 1000\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port",
-                                      str(self.port), "--data-dir", str(data_dir)], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.base = f"http://127.0.0.1:{self.port}"
-        t0 = time.monotonic()
-        while True:
-            try:
-                self.health()
-                break
-            except OSError:
-                assert time.monotonic() - t0 < 30 and self.proc.poll() is None, "daemon did not start"
-                time.sleep(0.05)
-
-    def health(self):
-        with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
-            return json.loads(r.read())
-
-    def stop(self):
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        return out
+def Daemon(tmp_path, data_dir):
+    """A real appliance process on 127.0.0.1 (replay camera) over ``data_dir``."""
+    return Appliance(tmp_path, data_dir=data_dir)
 
 
 def new_sample(s, base, code):

@@ -56,3 +56,93 @@ def test_unknown_backend_and_missing_picamera2():
     except ImportError:
         with pytest.raises(CameraError, match="apt install python3-picamera2"):
             Picamera2Camera().open()
+
+
+class _FakeRequest:
+    def __init__(self, cam):
+        self.cam = cam
+
+    def make_array(self, stream):
+        assert stream == "main"
+        return self.cam.bgr
+
+    def get_metadata(self):
+        return {"ExposureTime": 10000, "AnalogueGain": 1.5, "SensorTemperature": 40}
+
+    def release(self):
+        self.cam.released += 1
+
+
+class FakePicamera2:
+    """The part of picamera2's API that Picamera2Camera uses; the Pi camera is absent here."""
+
+    instances = []
+    fail_capture = False
+
+    def __init__(self):
+        import numpy as np
+
+        rgb = np.zeros((480, 640, 3), np.uint8)
+        rgb[..., 0] = 200  # a red field, stored B, G, R like picamera2's "RGB888"
+        self.bgr = rgb[..., ::-1].copy()
+        self.released = 0
+        self.started = False
+        FakePicamera2.instances.append(self)
+
+    def create_still_configuration(self, main, lores, display, buffer_count):
+        return {"main": main, "lores": lores}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def capture_request(self):
+        if FakePicamera2.fail_capture:
+            raise RuntimeError("Device or resource busy")
+        return _FakeRequest(self)
+
+    def capture_array(self, stream):
+        import numpy as np
+
+        assert stream == "lores"
+        h, w = self.config["lores"]["size"][1], self.config["lores"]["size"][0]
+        return np.full((h * 3 // 2, w), 128, np.uint8)  # YUV420 grey
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        pass
+
+
+def test_picamera2_backend_through_its_api(monkeypatch):
+    import sys
+    import types
+
+    from device.camera import Picamera2Camera
+
+    module = types.ModuleType("picamera2")
+    module.Picamera2 = FakePicamera2
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    cam = Picamera2Camera(preview_size=(320, 240))
+    sup = SupervisedCamera(cam, min_backoff=0.05)
+    frame = sup.capture()
+    assert frame.image.shape == (480, 640, 3)
+    assert tuple(frame.image[0, 0]) == (200, 0, 0)  # channels put back in RGB order
+    assert frame.metadata == {"ExposureTime": 10000, "AnalogueGain": 1.5}
+    assert FakePicamera2.instances[-1].released == 1
+    assert FakePicamera2.instances[-1].config["lores"]["size"] == (320, 240)
+    prev = sup.preview()
+    assert prev.shape == (240, 320, 3)
+    FakePicamera2.fail_capture = True  # "busy" after a crash elsewhere
+    try:
+        with pytest.raises(CameraError, match="busy"):
+            sup.capture()
+        assert sup.state()["status"] == "disconnected"
+    finally:
+        FakePicamera2.fail_capture = False
+    time.sleep(0.1)
+    assert sup.capture().image.shape == (480, 640, 3)  # reopened with a fresh Picamera2
+    assert len(FakePicamera2.instances) >= 2

@@ -10,13 +10,7 @@ import sys
 import time
 import urllib.request
 
-from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import REPO, free_port
 
 
 def start_server(tmp_path, extra_env=None, config=None):

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from device import labels
+from device.config import ConfigError, build_section
 from device.preprocess import Preprocessing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,14 +94,6 @@ class Recipe:
         return d
 
 
-def _section(cls, raw: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"[{where}]: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**raw)
-
-
 def resolve_data_path(path: str, base: Path | None = None) -> Path:
     """Absolute as given; relative to the working directory, else to the config file, else to the repo root."""
     p = Path(path).expanduser()
@@ -123,7 +116,7 @@ def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
         s = dict(s)
         kind, path = s.pop("kind"), s.pop("path")
         sources.append(Source(kind, str(resolve_data_path(path, base)), s.pop("options", s)))
-    data = _section(DataConfig, data_raw, "data")
+    data = build_section(DataConfig, data_raw, "data")
     data.sources = sources
     recipe = Recipe(
         task=raw.pop("task"),
@@ -131,10 +124,10 @@ def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
         name=raw.pop("name", ""),
         data=data,
         preprocessing=Preprocessing.from_dict(raw.pop("preprocessing", {})),
-        model=_section(ModelConfig, raw.pop("model", {}), "model"),
-        train=_section(TrainConfig, raw.pop("train", {}), "train"),
-        augment=_section(AugmentConfig, raw.pop("augment", {}), "augment"),
-        evaluate=_section(EvalConfig, raw.pop("evaluate", {}), "evaluate"),
+        model=build_section(ModelConfig, raw.pop("model", {}), "model"),
+        train=build_section(TrainConfig, raw.pop("train", {}), "train"),
+        augment=build_section(AugmentConfig, raw.pop("augment", {}), "augment"),
+        evaluate=build_section(EvalConfig, raw.pop("evaluate", {}), "evaluate"),
     )
     if raw:
         raise ValueError(f"unknown recipe sections: {sorted(raw)}")
