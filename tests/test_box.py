@@ -198,7 +198,8 @@ def test_model_update_and_rollback_against_a_running_daemon(tmp_path):
     with zipfile.ZipFile(default.path) as zf:
         files = {n: zf.read(n) for n in zf.namelist()}
     meta = json.loads(files["metadata.json"])
-    meta["version"] = "1.1-test"
+    meta["version"] = "9.9-test"
+    newer_name = f"{meta['name']} 9.9-test"
     files["metadata.json"] = json.dumps(meta).encode()
     newer = tmp_path / "newer.lkb"
     newer.write_bytes(pack(files))
@@ -217,17 +218,17 @@ def test_model_update_and_rollback_against_a_running_daemon(tmp_path):
 
     d = Daemon(tmp_path, tmp_path / "data")
     try:
-        assert d.health()["model"] == "pbc-differential 1.0"
+        assert d.health()["model"] == default.name
         assert cli("install", str(newer)).returncode == 0
-        wait_model("pbc-differential 1.1-test")
+        wait_model(newer_name)
         out = cli("install", str(bad))
         assert out.returncode == 2 and "truncated or corrupt" in out.stderr
         time.sleep(2.5)
-        assert d.health()["model"] == "pbc-differential 1.1-test"  # the last good one stays
+        assert d.health()["model"] == newer_name  # the last good one stays
         assert cli("install", str(REPO / "device/assets/models/default.lkb")).returncode == 0
-        wait_model("pbc-differential 1.0")
+        wait_model(default.name)
         out = cli("rollback")
-        assert out.returncode == 0 and "1.1-test" in out.stdout
-        wait_model("pbc-differential 1.1-test")
+        assert out.returncode == 0 and "9.9-test" in out.stdout
+        wait_model(newer_name)
     finally:
         d.stop()

@@ -37,3 +37,21 @@ def test_the_block_really_blocks():
     out = subprocess.run([sys.executable, "-c", BLOCK_TF + "import tensorflow"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "not installed on this box" in out.stderr
+
+
+def test_default_bundle_classifies_a_field_without_tensorflow():
+    code = BLOCK_TF + """
+from device.bundle import load_bundle
+from device.classifier import Classifier
+from device.imageio import read_image
+from device.pipeline import Analyzer
+b = load_bundle()
+clf = Classifier(b, threads=1)
+res = Analyzer(clf).analyze(read_image('device/assets/fields/BloodImage_00000.jpg'))
+assert res.qc.ok and len(res.cells) >= 1, res
+assert 'tensorflow' not in sys.modules
+print(clf.runtime, b.name, len(res.cells))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "ai-edge-litert"
