@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import requests
 
@@ -108,3 +109,53 @@ def test_headers_and_no_external_assets(live_app):
     for page in ("/", "/history", "/settings", "/users", "/audit"):
         html = s.get(base + page).text
         assert not re.search(r'(src|href)="(https?:)?//', html), page  # nothing from the internet
+
+
+def test_live_views_are_limited_and_released(live_app):
+    import socket
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    host, port = base.split("//")[1].split(":")
+
+    def open_stream():
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(f"GET /preview.mjpg HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        return sock, head.decode("latin-1")
+
+    streams = [open_stream() for _ in range(3)]
+    assert all("multipart/x-mixed-replace" in h for _, h in streams)
+    r = s.get(base + "/preview.mjpg", timeout=10)  # a fourth viewer gets a still frame
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert s.get(base + "/api/status", timeout=5).status_code == 200  # the server still answers
+    for sock, _ in streams:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # closed streams give their places back
+        sock, head = open_stream()
+        sock.close()
+        if "multipart/x-mixed-replace" in head:
+            break
+        assert time.monotonic() < deadline
+
+
+def test_login_redirects_only_within_the_appliance():
+    from device.web.auth import safe_next
+
+    assert safe_next("/history?q=1") == "/history?q=1"
+    for bad in ("//evil.example", "/\\evil.example", "https://evil.example", "javascript:alert(1)", "evil", ""):
+        assert safe_next(bad) is None, bad
+
+
+def test_only_one_first_administrator(tmp_path):
+    from device.store import Store
+    from device.web.auth import create_first_admin
+
+    store = Store(tmp_path)
+    assert create_first_admin(store, "first", "password-1") is not None
+    assert create_first_admin(store, "second", "password-2") is None
+    assert [r[0] for r in store.connect().execute("SELECT username FROM users")] == ["first"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from device.sample import DISCLAIMER
 # Reachable without signing in: everything else redirects to the login page.
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024
+MAX_LIVE_VIEWS = 3  # concurrent MJPEG streams; each holds one of the server's threads
 
 
 def _secret_key(data_dir: Path) -> bytes:
@@ -45,6 +47,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
         TESTING=testing,
     )
     app.extensions["leukoscope"] = runtime
+    app.extensions["leukoscope_streams"] = threading.BoundedSemaphore(MAX_LIVE_VIEWS)
     CSRFProtect(app)
 
     from device.web import auth, views

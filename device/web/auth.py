@@ -68,6 +68,25 @@ def create_user(store: Store, username: str, password: str, role: str, by: str) 
         return cur.lastrowid
 
 
+def create_first_admin(store: Store, username: str, password: str) -> int | None:
+    """The administrator, only while no account exists: one statement, so two forms cannot both win."""
+    pw_hash = generate_password_hash(password)
+    with store.transaction() as tx:
+        cur = tx.execute("INSERT INTO users (username, password_hash, role, created_at) SELECT ?, ?, 'admin', ? "
+                         "WHERE NOT EXISTS (SELECT 1 FROM users)", (username, pw_hash, now()))
+        if cur.rowcount != 1:
+            return None
+        store.audit(username, "create-user", f"user:{cur.lastrowid}", {"username": username, "role": "admin"}, conn=tx)
+        return cur.lastrowid
+
+
+def safe_next(target: str) -> str | None:
+    """Only a path on this appliance: never another host (//host, /\\host, scheme:)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or ":" in target.split("?")[0]:
+        return None
+    return target
+
+
 @bp.route("/setup", methods=["GET", "POST"])
 def setup():
     store = runtime().store
@@ -79,10 +98,9 @@ def setup():
         password = request.form.get("password", "")
         error = validate_new_account(username, password, request.form.get("confirm", ""))
         if error is None:
-            with store._write_lock:  # two first-start forms at once must not make two administrators
-                if has_users(store):
-                    return redirect(url_for("auth.login"))
-            uid = create_user(store, username, password, "admin", username)
+            uid = create_first_admin(store, username, password)
+            if uid is None:  # another first-start form won the race
+                return redirect(url_for("auth.login"))
             session.clear()
             session.update(uid=uid, ver=f"{uid}:admin")
             session.permanent = True
@@ -113,8 +131,7 @@ def login():
             session.clear()
             session.update(uid=row["id"], ver=_session_version(row))
             session.permanent = True
-            nxt = request.args.get("next", "")
-            return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else url_for("views.index"))
+            return redirect(safe_next(request.args.get("next", "")) or url_for("views.index"))
         else:
             error = "Wrong user name or password."
             if row is not None:

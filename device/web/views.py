@@ -179,6 +179,9 @@ def _send_stored(rel: str):
 def preview():
     loop = rt().loop
     boundary = "frame"
+    streams = current_app.extensions["leukoscope_streams"]  # each live view holds a server thread
+    if not streams.acquire(blocking=False):
+        return preview_still()  # more viewers than allowed: a still frame; the page refreshes it
 
     def stream():
         last, t_end = None, time.monotonic() + 300  # bounded: the page reconnects
@@ -187,9 +190,12 @@ def preview():
             if jpeg is None or jpeg is last:
                 continue
             last = jpeg
-            yield (f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n").encode() + jpeg + b"\r\n"
+            yield (f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                   ).encode() + jpeg + b"\r\n"
 
-    return Response(stream(), mimetype=f"multipart/x-mixed-replace; boundary={boundary}")
+    resp = Response(stream(), mimetype=f"multipart/x-mixed-replace; boundary={boundary}")
+    resp.call_on_close(streams.release)  # the server closes every response, even one never read
+    return resp
 
 
 @bp.route("/preview.jpg")
