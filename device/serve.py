@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 from device import sdnotify
 from device.config import AppConfig
@@ -13,13 +12,24 @@ from device.runtime import build_runtime
 log = logging.getLogger("leukoscope")
 
 
+def process_age() -> float:
+    """Seconds since this process started (from /proc), so "ready in" includes imports."""
+    import os
+
+    try:
+        ticks = int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def serve(cfg: AppConfig) -> int:
     """Serve until SIGTERM/SIGINT. ``cfg`` already includes the page's saved settings."""
     import waitress
 
     from device.web import create_app
 
-    t0 = time.monotonic()
     runtime = build_runtime(cfg)
     app = create_app(runtime)
     server = waitress.create_server(app, host=cfg.server.host, port=cfg.server.port, threads=cfg.server.threads,
@@ -44,7 +54,7 @@ def serve(cfg: AppConfig) -> int:
     interval = sdnotify.watchdog_interval()
     if interval:
         threading.Thread(target=watchdog, args=(interval,), daemon=True, name="watchdog").start()
-    ready_s = time.monotonic() - t0
+    ready_s = process_age()
     host, port = server.effective_host, server.effective_port
     print(f"Leukoscope ready on http://{host}:{port}/ in {ready_s:.2f} s "
           f"(model {runtime.bundle.name}, camera {runtime.camera.camera.name}, data {cfg.data_dir})", flush=True)
