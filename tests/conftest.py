@@ -131,7 +131,7 @@ def live_app(tmp_path):
     finally:
         closing.set()
         server.close()
-        thread.join(10)
+        thread.join(3)  # a daemon thread: an open live-view socket may keep its loop alive a little
         rt.stop()
 
 

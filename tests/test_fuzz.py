@@ -170,5 +170,5 @@ def live_server(tmp_path_factory):
     yield base, s, token
     closing.set()
     server.close()
-    t.join(10)
+    t.join(3)
     rt.stop()
