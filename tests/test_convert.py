@@ -67,13 +67,15 @@ def test_parity_floor_refuses_a_bundle(tiny_run, tmp_path):
     assert not (tmp_path / "x.lkb").exists()
 
 
-def test_float16_variant(tiny_run, tmp_path):
+@pytest.mark.parametrize("variant", ["float16", "dynamic"])
+def test_float_input_variants(tiny_run, tmp_path, variant):
     from convert.build import convert_run
 
-    out = convert_run(tiny_run, out=tmp_path / "f16.lkb", variant="float16", representative_count=16,
+    out = convert_run(tiny_run, out=tmp_path / f"{variant}.lkb", variant=variant, representative_count=16,
                       parity_floor=0.95, log=lambda *_: None)
     b = load_bundle(out)
-    assert b.metadata["input"]["dtype"] == "float32"
+    assert b.metadata["input"]["dtype"] == "float32" and b.metadata["input"]["quantization"] == variant
+    assert b.metadata["parity"]["top1_agreement"] >= 0.95
     assert Classifier(b).raw(np.zeros((2, 32, 32, 3), np.uint8))[0].shape == (2, 8)
 
 
