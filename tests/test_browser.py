@@ -45,6 +45,8 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     page = ctx.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # a CSP violation or a missing resource shows up on the console: none allowed
+    page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
 
     # first start: create the administrator
     page.goto(base + "/")
@@ -73,6 +75,9 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     page.click("text=Start sample")
     expect(page.locator("h1")).to_have_text("S-2026-0042")
     expect(page.locator("#camera-status")).to_contain_text("ok")
+    expect(page.locator("#progress-bar")).to_have_js_property("value", 0)
+    page.wait_for_timeout(1500)  # the live view's first frames
+    assert page.locator("#preview").evaluate("img => img.naturalWidth") > 0, "live view shows nothing"
 
     # capture until the target (5 white cells); one capture by the space bar
     target = rt.config.sample.target_cells
@@ -88,6 +93,7 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
         expect(page.locator("#capture")).to_be_enabled()
         shot(page, f"800-04-capture-{captures:02d}")
     expect(page.locator("#last-field svg rect").first).to_be_visible()
+    expect(page.locator("#progress-bar")).to_have_js_property("value", 1)
     n_cells = rt.store.connect().execute("SELECT COUNT(*) FROM cells").fetchone()[0]
     assert n_cells >= target
 

@@ -9,7 +9,7 @@
 
   function renderSummary(s) {
     const bar = document.getElementById("progress-bar");
-    if (bar) bar.style.width = Math.round(100 * s.progress) + "%";
+    if (bar) bar.value = s.progress;
     const count = document.getElementById("count");
     if (count) count.textContent = s.seen;
     const table = document.getElementById("counts");
