@@ -37,9 +37,13 @@ def serve(cfg: AppConfig) -> int:
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
+        if stopping.is_set():
+            return  # a second signal must not interrupt the clean-up below
         log.info("signal %d: shutting down", signum)
         stopping.set()
-        server.close()  # the waitress loop ends; the capture in progress finishes below
+        # waitress's run() ends on SystemExit and stops its request threads; closing only the
+        # listener is not enough: idle keep-alive connections would keep its loop alive.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -61,11 +65,9 @@ def serve(cfg: AppConfig) -> int:
     sdnotify.notify(f"READY=1\nSTATUS=serving on {host}:{port}")
     try:
         server.run()
-    except (OSError, ValueError):
-        if not stopping.is_set():
-            raise
     finally:
         sdnotify.notify("STOPPING=1")
-        runtime.stop()
+        server.close()
+        runtime.stop()  # the capture in progress finishes: never a half-written record
         log.info("stopped cleanly")
     return 0

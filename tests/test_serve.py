@@ -95,3 +95,25 @@ def test_bad_config_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "webcam9000" in out.stderr
+
+
+def test_sigterm_with_idle_keep_alive_connections(tmp_path):
+    """Open, idle keep-alive connections must not hold the process past systemd's stop timeout."""
+    import requests
+
+    for i in range(4):
+        proc, port = start_server(tmp_path / str(i))
+        try:
+            wait_health(port)
+            sessions = [requests.Session() for _ in range(3)]
+            for s in sessions:
+                assert s.get(f"http://127.0.0.1:{port}/health", timeout=5).ok  # connection stays open
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=15)
+            assert proc.returncode == 0, out
+            assert time.monotonic() - t0 < 10, time.monotonic() - t0
+            assert "stopped cleanly" in out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
