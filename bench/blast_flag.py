@@ -24,14 +24,12 @@ NORMAL_TYPES = ("LYT", "MON", "NGS", "NGB", "EOS", "BAS")
 
 
 def frame_cell(img: np.ndarray, pp, settings) -> np.ndarray:
-    from device.cells import find_cells
+    from device.cells import central_cell, find_cells
     from device.preprocess import crop_box, prepare_cell
 
-    h, w = img.shape[:2]
-    found = find_cells(img, settings)
-    if not found:
+    c = central_cell(find_cells(img, settings), img.shape)
+    if c is None:
         return prepare_cell(img, pp, from_dataset=True)
-    c = min(found, key=lambda f: ((f.box[0] + f.box[2]) / 2 - w / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - h / 2) ** 2)
     return prepare_cell(crop_box(img, c.box, pp.cell_context), pp)
 
 

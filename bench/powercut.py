@@ -70,7 +70,7 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
         token = csrf_of(session.get(base + sample_url).text)
         stop = threading.Event()
 
-        def capture():
+        def capture(session, base, sample_url, token, stop):
             while not stop.is_set():
                 try:
                     r = session.post(base + sample_url + "/capture", timeout=10,
@@ -80,7 +80,7 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
                 except requests.RequestException:
                     return  # the process died under it: expected
 
-        threads = [threading.Thread(target=capture) for _ in range(2)]
+        threads = [threading.Thread(target=capture, args=(session, base, sample_url, token, stop)) for _ in range(2)]
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.02, 0.5))

@@ -15,7 +15,6 @@ from device import labels as vocab
 from device.bundle import FORMAT, Bundle, load_bundle, pack
 from device.classifier import Classifier, ood_scores
 from device.preprocess import Preprocessing, normalize
-from training import metrics
 from training.config import recipe_from_dict
 from training.evaluate import records_from_manifest
 from training.report import build_report
@@ -45,18 +44,16 @@ def representative_records(records, count: int, seed: int):
 def measure_cell_context(paths: list[str], pp: Preprocessing) -> float | None:
     """How much wider the model's view is than the cell it is centred on, measured with
     the device's own cell finder on training images, so field crops match them."""
-    from device.cells import CellFinderSettings, find_cells
+    from device.cells import CellFinderSettings, central_cell, find_cells
     from device.imageio import read_image
 
     ratios = []
     for path in paths:
         img = read_image(path)
-        found = find_cells(img, CellFinderSettings(min_area_fraction=0.002, max_cells=10))
-        if not found:
+        c = central_cell(find_cells(img, CellFinderSettings(min_area_fraction=0.002, max_cells=10)), img.shape)
+        if c is None:
             continue
         h, w = img.shape[:2]
-        # the cell nearest the centre is the one the image is about
-        c = min(found, key=lambda b: ((b.box[0] + b.box[2]) / 2 - w / 2) ** 2 + ((b.box[1] + b.box[3]) / 2 - h / 2) ** 2)
         side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
         view = min(h, w) * pp.crop_fraction if pp.square == "crop" else max(h, w) * pp.crop_fraction
         if side > 0:

@@ -118,3 +118,11 @@ def find_cells(rgb: np.ndarray, settings: CellFinderSettings | None = None) -> l
         found.append(FoundCell(box, (int(nx1), int(ny1), int(nx2), int(ny2)), int(len(xs)), score))
     found.sort(key=lambda c: -c.nucleus_area)
     return found[: s.max_cells]
+
+
+def central_cell(found: list[FoundCell], shape: tuple[int, ...]) -> FoundCell | None:
+    """The found cell nearest the image centre: the one a single-cell image is about."""
+    h, w = shape[:2]
+    if not found:
+        return None
+    return min(found, key=lambda f: ((f.box[0] + f.box[2]) / 2 - w / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - h / 2) ** 2)

@@ -98,7 +98,6 @@ def _model_test(args) -> int:
 
 
 def _classify(args) -> int:
-    from device.bundle import BundleError
     from device.classifier import Classifier
     from device.imageio import ImageError, read_image
     from device.preprocess import prepare_cell

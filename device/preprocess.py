@@ -6,7 +6,7 @@ on the workstation and on the box.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np

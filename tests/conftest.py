@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_app(tmp_path):
-    """The real app and runtime, served by waitress on 127.0.0.1 in this process."""
+@contextmanager
+def serving(tmp_path: Path, **settings):
+    """The real app and runtime, served by waitress on 127.0.0.1 in this process:
+    yields (base URL, app, runtime). Replay camera over a copy of the bundled fields."""
     import shutil
     import threading
 
@@ -109,8 +111,8 @@ def live_app(tmp_path):
     cfg.storage.data_dir = str(tmp_path / "data")
     shutil.copytree(REPO / "device/assets/fields", tmp_path / "fields")
     cfg.camera.folder = str(tmp_path / "fields")
-    cfg.sample.target_cells = 5
-    cfg.web.clinic_name = "Test Clinic Ngong"
+    cfg.sample.target_cells = settings.get("target_cells", 5)
+    cfg.web.clinic_name = settings.get("clinic_name", "Test Clinic Ngong")
     rt = build_runtime(cfg)
     app = create_app(rt)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
@@ -125,14 +127,19 @@ def live_app(tmp_path):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{server.effective_port}"
     try:
-        yield base, app, rt, tmp_path
+        yield f"http://127.0.0.1:{server.effective_port}", app, rt
     finally:
         closing.set()
         server.close()
         thread.join(3)  # a daemon thread: an open live-view socket may keep its loop alive a little
         rt.stop()
+
+
+@pytest.fixture
+def live_app(tmp_path):
+    with serving(tmp_path) as (base, app, rt):
+        yield base, app, rt, tmp_path
 
 
 def csrf_of(html: str) -> str:

@@ -134,41 +134,11 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """One real server for the whole form fuzz (Hypothesis reruns the test body many times)."""
-    import shutil
-    import threading
-
-    import waitress
-
     from device import records
-    from device.config import AppConfig
-    from device.runtime import build_runtime
-    from device.web import create_app
+    from tests.conftest import serving
 
-    tmp = tmp_path_factory.mktemp("fuzz")
-    cfg = AppConfig()
-    cfg.storage.data_dir = str(tmp / "data")
-    shutil.copytree(REPO / "device/assets/fields", tmp / "fields")
-    cfg.camera.folder = str(tmp / "fields")
-    rt = build_runtime(cfg)
-    server = waitress.create_server(create_app(rt), host="127.0.0.1", port=0, threads=4)
-    closing = threading.Event()
-
-    def serve():
-        try:
-            server.run()
-        except OSError:
-            if not closing.is_set():
-                raise
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    base = f"http://127.0.0.1:{server.effective_port}"
-    s = signed_in(base)
-    sid = records.create_sample(rt.store, "FZ", "admin")
-    rt.loop.capture(sid, "admin")
-    token = csrf_of(s.get(base + "/").text)
-    yield base, s, token
-    closing.set()
-    server.close()
-    t.join(3)
-    rt.stop()
+    with serving(tmp_path_factory.mktemp("fuzz")) as (base, app, rt):
+        s = signed_in(base)
+        sid = records.create_sample(rt.store, "FZ", "admin")
+        rt.loop.capture(sid, "admin")
+        yield base, s, csrf_of(s.get(base + "/").text)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from device import labels
-from device.config import ConfigError, build_section
+from device.config import build_section
 from device.preprocess import Preprocessing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, g, redirect, request, session, url_for
+from flask import Flask, g, redirect, request, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from device import labels as vocab
