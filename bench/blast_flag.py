@@ -23,14 +23,17 @@ BLASTS = ("MYO", "MOB")
 NORMAL_TYPES = ("LYT", "MON", "NGS", "NGB", "EOS", "BAS")
 
 
-def frame_cell(img: np.ndarray, pp, settings) -> np.ndarray:
-    from device.cells import central_cell, find_cells
-    from device.preprocess import crop_box, prepare_cell
+def frame_cell(path: Path, pp) -> np.ndarray:
+    """The cell as the device frames it (its finder, at AML-LMU's pixel size); the whole
+    image when the finder finds none."""
+    from device.imageio import read_image
+    from device.preprocess import prepare_cell
+    from training.data import record_views
+    from training.datasets import AML_INFO, Record
 
-    c = central_cell(find_cells(img, settings), img.shape)
-    if c is None:
-        return prepare_cell(img, pp, from_dataset=True)
-    return prepare_cell(crop_box(img, c.box, pp.cell_context), pp)
+    img = read_image(path)
+    views = record_views(img, Record(str(path), path.name, "", None, AML_INFO.name, AML_INFO.um_per_px), pp)
+    return prepare_cell(views[0] if views else img, pp)
 
 
 def main(argv=None) -> int:
@@ -40,19 +43,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from device.bundle import load_bundle
-    from device.cells import CellFinderSettings
     from device.classifier import Classifier
-    from device.imageio import read_image
 
     bundle = load_bundle(args.bundle)
     clf = Classifier(bundle)
     pp = bundle.preprocessing
-    settings = CellFinderSettings(min_area_fraction=0.002, max_cells=10)
     groups = {"blasts": BLASTS, "normal_types": NORMAL_TYPES}
     out = {}
     for group, codes in groups.items():
         paths = [p for code in codes for p in sorted((args.root / code).glob("*.png"))]
-        crops = np.stack([frame_cell(read_image(p), pp, settings) for p in paths])
+        crops = np.stack([frame_cell(p, pp) for p in paths])
         preds = clf.classify(crops)
         marked = [p.flag is not None or p.category == "atypical" for p in preds]
         reasons = Counter(p.flag or ("atypical" if p.category == "atypical" else "forced-normal") for p in preds)

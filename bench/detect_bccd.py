@@ -1,96 +1,71 @@
-"""Cell finding on BCCD: recall and precision of WBC boxes at IoU >= 0.5.
+"""The field path on BCCD as other microscopes would show it: white-cell recall and
+precision at IoU >= 0.5, with QC on (a field QC rejects finds nothing).
 
-    python -m bench.detect_bccd            # all 364 fields
-    python -m bench.detect_bccd --split test   # upstream test list only (72 fields)
+    python -m bench.detect_bccd                        # the 364 fields as photographed
+    python -m bench.detect_bccd --magnification 0.5    # another objective (0.33, 0.5, 1, 1.5, 2)
+    python -m bench.detect_bccd --resolution 3         # another sensor, same optics
+    python -m bench.detect_bccd --split test --limit 40   # a fast subset
 """
 from __future__ import annotations
 
 import argparse
 import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 
 from bench import result
-
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd" / "BCCD"
-
-
-def load_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
-    out = []
-    for obj in ET.parse(xml_path).findall("object"):
-        if obj.findtext("name", "").strip() != "WBC":
-            continue
-        bb = obj.find("bndbox")
-        out.append(tuple(int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
-    return out
+from bench.views import BCCD_ROOT, bccd_fields, magnified, match, resampled
 
 
-def iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
+def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
+    from device.pipeline import FieldLocator
 
-
-def match(pred, truth, thr=0.5) -> int:
-    """Greedy one-to-one matching by IoU; returns true positives."""
-    pairs = sorted(((iou(p, t), i, j) for i, p in enumerate(pred) for j, t in enumerate(truth)), reverse=True)
-    used_p, used_t, tp = set(), set(), 0
-    for v, i, j in pairs:
-        if v < thr:
-            break
-        if i in used_p or j in used_t:
-            continue
-        used_p.add(i)
-        used_t.add(j)
-        tp += 1
-    return tp
-
-
-def evaluate(root: Path, names: list[str] | None = None, settings=None) -> dict:
-    from device.cells import find_cells
-    from device.imageio import read_image
-
-    xmls = sorted((root / "Annotations").glob("*.xml"))
-    if names is not None:
-        xmls = [x for x in xmls if x.stem in set(names)]
-    tp = fp = fn = 0
-    times, misses = [], []
-    for x in xmls:
-        truth = load_boxes(x)
-        img = read_image(root / "JPEGImages" / f"{x.stem}.jpg")
+    locator = FieldLocator(settings)  # as on the box: one microscope through the run
+    tp = fp = fn = rejected = 0
+    times, scales, misses = [], [], []
+    for v in views:
         t0 = time.perf_counter()
-        pred = [c.box for c in find_cells(img, settings)]
+        loc = locator.locate(v.image, skip_qc=skip_qc)
         times.append(time.perf_counter() - t0)
-        k = match(pred, truth)
-        tp += k
-        fp += len(pred) - k
-        fn += len(truth) - k
-        if k < len(truth) or k < len(pred):
-            misses.append(x.stem)
-    return {"images": len(xmls), "wbc": tp + fn, "tp": tp, "fp": fp, "fn": fn,
+        rejected += not loc.qc.ok
+        scales.append(loc.scale.um_per_px)
+        k, f, n = match([c.box for c in loc.cells], v.boxes, v.dont_care)
+        tp, fp, fn = tp + k, fp + f, fn + n
+        if f or n:
+            misses.append(v.name)
+    return {"fields": len(views), "wbc": tp + fn, "tp": tp, "fp": fp, "fn": fn, "qc_rejected": rejected,
             "recall": tp / (tp + fn) if tp + fn else 1.0, "precision": tp / (tp + fp) if tp + fp else 1.0,
+            "um_per_px_median": float(np.median(scales)) if scales else None,
             "ms_per_field_median": round(1000 * float(np.median(times)), 2), "imperfect": misses}
+
+
+def views_for(magnification: float = 1.0, resolution: float = 1.0, names=None, limit: int = 0):
+    views = bccd_fields(BCCD_ROOT, names)
+    if limit:
+        views = views[:limit]
+    views = magnified(views, magnification)
+    return [resampled(v, resolution) for v in views] if resolution != 1.0 else views
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--split", choices=["all", "train", "val", "test", "trainval"], default="all")
+    ap.add_argument("--magnification", type=float, default=1.0)
+    ap.add_argument("--resolution", type=float, default=1.0)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N fields (fast mode)")
+    ap.add_argument("--skip-qc", action="store_true")
     ap.add_argument("--show-misses", action="store_true")
     args = ap.parse_args(argv)
     names = None
     if args.split != "all":
-        names = (args.root / "ImageSets" / "Main" / f"{args.split}.txt").read_text().split()
-    r = evaluate(args.root, names)
+        names = (BCCD_ROOT / "ImageSets" / "Main" / f"{args.split}.txt").read_text().split()
+    r = evaluate(views_for(args.magnification, args.resolution, names, args.limit), skip_qc=args.skip_qc)
     if args.show_misses:
         print("imperfect fields:", " ".join(r["imperfect"]))
     r.pop("imperfect")
-    result({"bench": "detect_bccd", "split": args.split, **{k: (round(v, 4) if isinstance(v, float) else v)
-                                                             for k, v in r.items()}})
+    result({"bench": "detect_bccd", "split": args.split, "magnification": args.magnification,
+            "resolution": args.resolution, "qc": not args.skip_qc,
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}})
     return 0
 
 

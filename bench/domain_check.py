@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     bundle = load_bundle(args.bundle)
     cfg = AppConfig()
-    analyzer = Analyzer(Classifier(bundle), cfg.cells, cfg.qc)
+    analyzer = Analyzer(Classifier(bundle), cfg.field_settings())
     preds = []
     for xml in sorted((args.root / "Annotations").glob("*.xml")):
         truth = load_boxes(xml)

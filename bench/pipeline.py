@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     cfg = AppConfig()
     bundle, clf, _ = load_active("", tmp, threads=1)
-    analyzer = Analyzer(clf, cfg.cells, cfg.qc)
+    analyzer = Analyzer(clf, cfg.field_settings())
     store = Store(tmp / "data")
     cam = ReplayCamera(BCCD if BCCD.is_dir() else None)
     cam.open()

@@ -14,7 +14,7 @@ import numpy as np
 from device import labels as vocab
 from device.bundle import FORMAT, Bundle, load_bundle, pack
 from device.classifier import Classifier, ood_scores
-from device.preprocess import Preprocessing, normalize
+from device.preprocess import normalize
 from training.config import recipe_from_dict
 from training.evaluate import records_from_manifest
 from training.report import build_report
@@ -39,26 +39,6 @@ def representative_records(records, count: int, seed: int):
         k = min(len(members), max(1, round(count * len(members) / total)))
         chosen += [members[i] for i in sorted(rng.choice(len(members), k, replace=False))]
     return chosen
-
-
-def measure_cell_context(paths: list[str], pp: Preprocessing) -> float | None:
-    """How much wider the model's view is than the cell it is centred on, measured with
-    the device's own cell finder on training images, so field crops match them."""
-    from device.cells import CellFinderSettings, central_cell, find_cells
-    from device.imageio import read_image
-
-    ratios = []
-    for path in paths:
-        img = read_image(path)
-        c = central_cell(find_cells(img, CellFinderSettings(min_area_fraction=0.002, max_cells=10)), img.shape)
-        if c is None:
-            continue
-        h, w = img.shape[:2]
-        side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
-        view = min(h, w) * pp.crop_fraction if pp.square == "crop" else max(h, w) * pp.crop_fraction
-        if side > 0:
-            ratios.append(view / side)
-    return float(np.median(ratios)) if len(ratios) >= 5 else None
 
 
 def _summary(report: dict) -> dict:
@@ -87,7 +67,8 @@ at the smear.
 - Task: `{task}` — labels: {labels}.
 - Architecture: `{model}`, {quant} TFLite, input {size}x{size} RGB, {bytes:,} bytes.
 - Trained on: {datasets}. Split by {unit}{unit_note}.
-- Test split ({n} images, listed in `test_files.csv`): balanced accuracy {bal:.4f}, macro F1 {f1:.4f}
+- Test split ({n} cells cut by the device's own finder from {images} images listed in `test_files.csv`):
+  balanced accuracy {bal:.4f}, macro F1 {f1:.4f}
   ({quant}); float model {fbal:.4f} / {ff1:.4f}; int8-float top-1 agreement {agree:.4f}.
 - Cells whose top probability is below {review:.3f}, or whose features lie far from every trained
   class (unfamiliar), are shown as *uncertain* and left for review, never forced into a class.
@@ -119,10 +100,6 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     part = {s: [r for sp, r in pairs if sp == s] for s in ("train", "val", "test")}
 
     rep = representative_records(part["train"], representative_count, recipe.seed)
-    context = measure_cell_context([r.path for r in rep[:200]], pp)
-    if context is not None:
-        pp = Preprocessing.from_dict({**pp.to_dict(), "cell_context": round(context, 3)})
-        log(f"cell context measured on training images: crop side = {context:.2f} x cell box side")
     x_rep, _ = load_records(rep, pp, names)
     log(f"representative set: {len(rep)} training images, stratified")
 
@@ -209,10 +186,11 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     meta["model"] = recipe.model.name
     test_csv = io.StringIO()
     w = csv.writer(test_csv)
-    w.writerow(("dataset", "relpath", "label", "sha256"))
+    # With each image's pixel size and kind, so `leukoscope model test` cuts the same cells.
+    w.writerow(("dataset", "relpath", "label", "sha256", "um_per_px", "kind"))
     sha = {row["relpath"]: row["sha256"] for row in _manifest_rows(run_dir)}
     for r in part["test"]:
-        w.writerow((r.dataset, r.relpath, r.label, sha[r.relpath]))
+        w.writerow((r.dataset, r.relpath, r.label, sha[r.relpath], r.um_per_px or "", r.kind))
     files["test_files.csv"] = test_csv.getvalue().encode()
     unit_note = "" if summary["unit"] == "subject" else " (the data has no subject ids, so cells of one donor may be on both sides)"
     ds_text = "; ".join(f"{d['name']} ({d['licence']})" for d in meta["datasets"])
@@ -220,7 +198,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     card = MODEL_CARD.format(
         name=meta["name"], version=meta["version"], task=recipe.task, labels=", ".join(names), model=recipe.model.name,
         quant=variant, size=pp.input_size, bytes=len(tflite), datasets=ds_text, unit=summary["unit"], unit_note=unit_note,
-        n=rep_q["n"], bal=rep_q["balanced_accuracy"], f1=rep_q["macro_f1"], fbal=rep_f["balanced_accuracy"],
+        n=rep_q["n"], images=len(part["test"]), bal=rep_q["balanced_accuracy"], f1=rep_q["macro_f1"], fbal=rep_f["balanced_accuracy"],
         ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation)
     meta["model_card"] = card
     files["MODEL_CARD.md"] = card.encode()

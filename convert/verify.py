@@ -14,6 +14,8 @@ from device.classifier import Classifier
 from device.imageio import read_image
 from device.preprocess import prepare_cell
 from training import metrics
+from training.data import record_views
+from training.datasets import Record
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -35,8 +37,16 @@ def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: 
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             mismatched.append(row["relpath"])
             continue
-        crops.append(prepare_cell(read_image(path), bundle.preprocessing, from_dataset=True))
-        y.append(index[row["label"]])
+        pp = bundle.preprocessing
+        img = read_image(path)
+        if pp.crop_um:  # the device's own path, as in training
+            rec = Record(str(path), row["relpath"], row["label"], None, row["dataset"],
+                         float(row["um_per_px"]) if row.get("um_per_px") else None, row.get("kind") or "cell")
+            views = [prepare_cell(v, pp) for v in record_views(img, rec, pp)]
+        else:  # bundles before physical framing: the whole image, centre fraction
+            views = [prepare_cell(img, pp, from_dataset=True)]
+        crops += views
+        y += [index[row["label"]]] * len(views)
     clf = Classifier(bundle, threads=threads)
     probs = np.concatenate([clf.raw(np.stack(crops[i : i + 64]))[0] for i in range(0, len(crops), 64)])
     m = metrics.classification_metrics(np.array(y), probs, names)

@@ -21,17 +21,33 @@ class CellFinderSettings:
     # Stain threshold on B - G (0..255); 0 = Otsu on the field, floored at min_threshold.
     threshold: float = 0.0
     min_threshold: float = 55.0
-    # Sizes relative to the field's area / shorter side, so any camera resolution works.
-    min_area_fraction: float = 0.008  # smallest nucleus kept (platelets are far smaller)
-    join_fraction: float = 0.05  # closing kernel: joins the lobes of one nucleus
+    # Physical sizes (micrometres), converted at the field's measured scale, so any
+    # objective, camera or resolution gives the same finder. Values measured on BCCD.
+    min_nucleus_um2: float = 17.0  # smallest nucleus kept (platelets are far smaller)
+    typical_nucleus_um2: float = 26.0  # floor of the "one nucleus" size used to split clumps
+    join_um: float = 2.1  # closing kernel: joins the lobes of one nucleus
+    open_um: float = 0.6  # opening kernel: drops stain specks
     cell_scale: float = 1.35  # box side / nucleus side: the cytoplasm around the nucleus
-    min_box_fraction: float = 0.2  # a cell box is at least this fraction of the shorter side
+    min_box_um: float = 8.2  # a cell box is at least this wide
     split_ratio: float = 2.2  # components larger than this x the median nucleus are split
     max_cells: int = 60
+    # The finder runs on a copy resampled to this scale, so its cost does not grow
+    # with the camera's megapixels (crops for the classifier come from the full frame).
+    working_um_per_px: float = 0.2
     # Skip cells whose nucleus touches the field edge: they are incomplete, would be
     # classified from part of a cell, and may be counted again in the next field.
     skip_edge_cells: bool = False
     edge_margin: int = 2
+
+    def __post_init__(self):
+        for name in ("min_nucleus_um2", "typical_nucleus_um2", "join_um", "open_um", "cell_scale", "min_box_um",
+                     "split_ratio", "working_um_per_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.05 <= self.working_um_per_px <= 1.0:
+            raise ValueError("working_um_per_px must be within 0.05..1.0")
+        if self.max_cells < 1:
+            raise ValueError("max_cells must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -48,23 +64,27 @@ def stain_map(rgb: np.ndarray) -> np.ndarray:
     return np.clip(b - g, 0, 255).astype(np.uint8)
 
 
-def nucleus_mask(rgb: np.ndarray, s: CellFinderSettings) -> tuple[np.ndarray, np.ndarray]:
-    stain = cv2.GaussianBlur(stain_map(rgb), (5, 5), 0)
+def _odd(px: float) -> int:
+    return max(3, int(round(px)) | 1)
+
+
+def nucleus_mask(rgb: np.ndarray, s: CellFinderSettings, um_per_px: float) -> tuple[np.ndarray, np.ndarray]:
+    blur = _odd(0.4 / um_per_px)
+    stain = cv2.GaussianBlur(stain_map(rgb), (blur, blur), 0)
     if not s.threshold:
         otsu, _ = cv2.threshold(stain, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         t = max(float(otsu), s.min_threshold)
     else:
         t = s.threshold
     mask = (stain > t).astype(np.uint8)
-    side = min(rgb.shape[:2])
-    k_open = max(3, int(side * 0.006) | 1)
+    k_open = _odd(s.open_um / um_per_px)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_open, k_open)))
-    k_join = max(3, int(side * s.join_fraction) | 1)
+    k_join = _odd(s.join_um / um_per_px)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_join, k_join)))
     return mask, stain
 
 
-def _split(component: np.ndarray, parts_hint: int) -> list[np.ndarray]:
+def _split(component: np.ndarray) -> list[np.ndarray]:
     """Split touching nuclei with a watershed on the distance transform."""
     dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
     peaks = (dist > 0.6 * dist.max()).astype(np.uint8)
@@ -80,27 +100,32 @@ def _split(component: np.ndarray, parts_hint: int) -> list[np.ndarray]:
     return [p for p in parts if p.any()] or [component]
 
 
-def find_cells(rgb: np.ndarray, settings: CellFinderSettings | None = None) -> list[FoundCell]:
+def find_cells(rgb: np.ndarray, settings: CellFinderSettings | None = None,
+               um_per_px: float | None = None) -> list[FoundCell]:
+    """White cells of ``rgb``, whose pixels are ``um_per_px`` micrometres wide
+    (default: the working scale, i.e. ``rgb`` already resampled by ``locate_cells``)."""
     s = settings or CellFinderSettings()
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB field, got shape {rgb.shape}")
+    um = float(um_per_px or s.working_um_per_px)
+    px2 = um * um  # um^2 per pixel
     h, w = rgb.shape[:2]
-    mask, stain = nucleus_mask(rgb, s)
+    mask, stain = nucleus_mask(rgb, s, um)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    min_area = s.min_area_fraction * h * w
+    min_area = s.min_nucleus_um2 / px2
     comps = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     if not comps:
         return []
     median_area = float(np.median([stats[i, cv2.CC_STAT_AREA] for i in comps]))
-    typical = max(median_area, 0.012 * h * w)
+    typical = max(median_area, s.typical_nucleus_um2 / px2)
     nuclei: list[tuple[np.ndarray, tuple[int, int]]] = []
     for i in comps:
         x, y, cw, ch, area = stats[i]
         comp = (lab[y : y + ch, x : x + cw] == i).astype(np.uint8)
-        pieces = _split(comp, round(area / typical)) if area > s.split_ratio * typical else [comp]
+        pieces = _split(comp) if area > s.split_ratio * typical else [comp]
         nuclei += [(p, (x, y)) for p in pieces]
     found = []
-    side_min = s.min_box_fraction * min(h, w)
+    side_min = s.min_box_um / um
     for piece, (ox, oy) in nuclei:
         ys, xs = np.nonzero(piece)
         if len(xs) < min_area:
@@ -118,6 +143,38 @@ def find_cells(rgb: np.ndarray, settings: CellFinderSettings | None = None) -> l
         found.append(FoundCell(box, (int(nx1), int(ny1), int(nx2), int(ny2)), int(len(xs)), score))
     found.sort(key=lambda c: -c.nucleus_area)
     return found[: s.max_cells]
+
+
+def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` scaled by ``factor`` (area averaging when shrinking)."""
+    if abs(factor - 1.0) < 1e-3:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+def _scaled_box(box, fx: float, fy: float, w: int, h: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = box
+    return (max(0, int(round(x1 * fx))), max(0, int(round(y1 * fy))),
+            min(w, int(round(x2 * fx))), min(h, int(round(y2 * fy))))
+
+
+def locate_cells(rgb: np.ndarray, um_per_px: float, settings: CellFinderSettings | None = None,
+                 work: np.ndarray | None = None) -> list[FoundCell]:
+    """White cells of a full-resolution field whose pixels are ``um_per_px`` wide:
+    found on a copy at the working scale (``work``, made here if not given), boxes in
+    the field's own pixels."""
+    s = settings or CellFinderSettings()
+    if work is None:
+        work = resample(rgb, um_per_px / s.working_um_per_px)
+    h, w = rgb.shape[:2]
+    fx, fy = w / work.shape[1], h / work.shape[0]
+    out = []
+    for c in find_cells(work, s):
+        out.append(FoundCell(_scaled_box(c.box, fx, fy, w, h), _scaled_box(c.nucleus_box, fx, fy, w, h),
+                             int(round(c.nucleus_area * fx * fy)), c.score))
+    return out
 
 
 def central_cell(found: list[FoundCell], shape: tuple[int, ...]) -> FoundCell | None:

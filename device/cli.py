@@ -154,7 +154,7 @@ def _analyze(args) -> int:
 
     cfg = _load_config(args.config)
     bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir, cfg.model.threads)
-    analyzer = Analyzer(clf, cfg.cells, cfg.qc)
+    analyzer = Analyzer(clf, cfg.field_settings())
     status = 0
     for path in args.images:
         try:
@@ -166,16 +166,20 @@ def _analyze(args) -> int:
             else:
                 print(f"{path}: {exc}", file=sys.stderr)
             continue
-        res = analyzer.analyze(img, skip_qc=args.skip_qc)
+        res = analyzer.analyze(img, skip_qc=args.skip_qc, um_per_px=args.um_per_px)
         cells = [{"box": list(c.found.box), "label": c.prediction.shown_label, "predicted": c.prediction.label,
                   "category": "uncertain" if c.prediction.flag else c.prediction.category,
                   "probability": round(c.prediction.probability, 4), "flag": c.prediction.flag} for c in res.cells]
         if args.json:
             print(json.dumps({"path": path, "width": img.shape[1], "height": img.shape[0], "qc": res.qc.figures(),
+                              "scale": res.scale.to_dict(),
                               "analysed": res.qc.ok or args.skip_qc, "cells": cells, "model": bundle.name}))
         else:
-            print(f"{path}: QC {res.qc.message} (focus {res.qc.focus:.1f}, brightness {res.qc.brightness:.0f}, "
-                  f"stain {res.qc.stain_fraction:.2f})")
+            sc = res.scale
+            print(f"{path}: QC {res.qc.message} (edges {res.qc.edge_um:.2f} um, glass {res.qc.background:.0f}, "
+                  f"cells cover {res.qc.cell_fraction:.2f}); scale {sc.um_per_px:.4f} um/px ({sc.source}"
+                  + (f", {sc.red_cells} red cells, confidence {sc.confidence:.2f}" if sc.source == "red cells" else "")
+                  + ")")
             for c in cells:
                 print(f"  {c['box']}: {c['label']} ({c['category']}) {c['probability']:.3f}"
                       + (f" [{c['flag']}]" if c["flag"] else ""))
@@ -345,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--skip-qc", action="store_true", help="analyse fields even when they fail quality control")
+    p.add_argument("--um-per-px", type=float, default=None,
+                   help="the images' known pixel size (micrometres); default: measured from each field's red cells")
     p.set_defaults(func=_analyze)
 
     for name, func, helptext in (("backup", _backup, "write a consistent snapshot of records and images"),

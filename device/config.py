@@ -35,6 +35,10 @@ class CameraConfig:
     height: int = 1080
     still_size: list[int] = field(default_factory=list)  # picamera2: [] = the sensor's full size
     preview_size: list[int] = field(default_factory=lambda: [640, 480])
+    # Pixel size in the sample plane (micrometres per pixel), measured once with a stage
+    # micrometer. Each field's own red cells are the ruler; this value is used when a
+    # field has too few of them. The default suits a 100x objective on a typical camera.
+    um_per_pixel: float = 0.1
 
 
 @dataclass
@@ -80,6 +84,11 @@ class AppConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     web: WebConfig = field(default_factory=WebConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+
+    def field_settings(self):
+        from device.pipeline import FieldSettings
+
+        return FieldSettings(self.cells, self.qc, self.camera.um_per_pixel)
 
     @property
     def data_dir(self) -> Path:
@@ -133,8 +142,27 @@ def build_section(cls, raw: dict, where: str):
         raise ConfigError(f"[{where}]: {exc}") from None
 
 
+# Settings of earlier versions whose meaning is gone (sizes as fractions of the frame,
+# QC on the whole frame): dropped with a warning, so an updated box still starts.
+RETIRED = {"qc": {"min_focus", "min_brightness", "max_brightness", "min_stain_fraction"},
+           "cells": {"min_area_fraction", "join_fraction", "min_box_fraction"}}
+
+
+def _drop_retired(raw: dict) -> dict:
+    import logging
+
+    out = dict(raw)
+    for section, keys in RETIRED.items():
+        if isinstance(out.get(section), dict) and keys & set(out[section]):
+            gone = sorted(keys & set(out[section]))
+            logging.getLogger(__name__).warning("[%s] %s: retired settings ignored (physical sizes and "
+                                                "cell-based QC replaced them)", section, ", ".join(gone))
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def config_from_dict(raw: dict) -> AppConfig:
-    raw = dict(raw)
+    raw = _drop_retired(dict(raw))
     sections = {f.name: f for f in fields(AppConfig)}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
@@ -156,6 +184,8 @@ def config_from_dict(raw: dict) -> AppConfig:
         setattr(cfg, name, section)
     if cfg.camera.backend not in ("replay", "opencv", "picamera2"):
         raise ConfigError(f"[camera] backend: {cfg.camera.backend!r} is not one of replay, opencv, picamera2")
+    if not 0.01 <= cfg.camera.um_per_pixel <= 2.0:
+        raise ConfigError("[camera] um_per_pixel must be within 0.01..2.0 micrometres per pixel")
     if not 1 <= cfg.server.port <= 65535:
         raise ConfigError("[server] port must be within 1..65535")
     if cfg.sample.target_cells < 1:

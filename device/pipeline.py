@@ -1,18 +1,116 @@
-"""One field through the pipeline: QC -> find the white cells -> classify them in one batch."""
+"""One field through the pipeline: scale -> QC -> find the white cells -> classify them in one batch.
+
+The field's scale (um per pixel) is measured from its red cells; QC and the cell
+finder run on one copy resampled to a fixed working scale, so their cost and their
+sizes do not depend on the camera; crops for the classifier are cut from the
+full-resolution frame with a fixed physical side. Training cuts its cells with the
+same functions (``locate`` and ``cell_views``), so the model sees what the box sees.
+"""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from device.cells import CellFinderSettings, FoundCell, find_cells
+from device.cells import CellFinderSettings, FoundCell, locate_cells, resample
 from device.classifier import CellPrediction, Classifier
-from device.preprocess import crop_box, prepare_cell
-from device.qc import QCResult, QCSettings, check_field
+from device.preprocess import Preprocessing, crop_box, crop_square, prepare_cell
+from device.qc import MESSAGES, QCResult, QCSettings, check_field
+from device.scale import ScaleEstimate, estimate_scale, given
 
 GALLERY_SIZE = 160  # side of the crop kept for review, in pixels
+STORED_SIDE = 1600  # a stored field is at most this long on its longer side (its cells are kept full size)
+
+
+@dataclass(frozen=True)
+class FieldSettings:
+    cells: CellFinderSettings = field(default_factory=CellFinderSettings)
+    qc: QCSettings = field(default_factory=QCSettings)
+    fallback_um_per_px: float = 0.1  # [camera] um_per_pixel: used when a field has too few red cells
+    min_scale_confidence: float = 0.3  # below it the red-cell estimate is not trusted
+
+
+@dataclass
+class Located:
+    scale: ScaleEstimate
+    qc: QCResult
+    cells: list[FoundCell]
+
+
+def measure_scale(rgb: np.ndarray, s: FieldSettings) -> ScaleEstimate:
+    est = estimate_scale(rgb, s.fallback_um_per_px)
+    if est.source == "red cells" and est.confidence < s.min_scale_confidence:
+        return ScaleEstimate(s.fallback_um_per_px, 0.0, "configured", est.red_cells, est.rbc_diameter_px)
+    return est
+
+
+def locate(rgb: np.ndarray, s: FieldSettings, um_per_px: float | None = None, skip_qc: bool = False) -> Located:
+    """Scale, QC and the white cells of a full-resolution field (boxes in its pixels).
+    ``um_per_px`` given (a dataset's known pixel size) skips the measurement.
+
+    The full frame is read once, into a bounded copy; scale, QC and the finder work
+    from that copy, so a 12-megapixel frame costs one resample more than a small one."""
+    base = stored_copy(rgb)
+    f = rgb.shape[1] / base.shape[1]  # full-frame pixels per stored-copy pixel
+    if um_per_px:
+        scale = given(um_per_px)
+    else:
+        est = measure_scale(base, s)
+        if est.source == "red cells":  # measured in the copy's pixels: convert to the frame's
+            est = ScaleEstimate(est.um_per_px / f, est.confidence, est.source, est.red_cells,
+                                est.rbc_diameter_px * f)
+        scale = est
+    um_base = scale.um_per_px * f
+    qc = check_field(base, s.qc, um_base)
+    if not scale.plausible:
+        # A 4x objective or a zoomed camera: the finder's sizes (and focus in um) would not
+        # hold. Say what to check first.
+        others = tuple(p for p in qc.problems if p != MESSAGES["focus"])
+        qc = replace(qc, ok=False, problems=(scale.warning, *others))
+    if not qc.ok and not skip_qc:
+        return Located(scale, qc, [])
+    work = resample(base, um_base / s.cells.working_um_per_px)
+    cells = locate_cells(rgb, scale.um_per_px, s.cells, work=work)
+    return Located(scale, qc, cells)
+
+
+class FieldLocator:
+    """``locate`` with a memory: a field too poor in red cells to measure takes the scale
+    last measured with confidence on this microscope (the objective rarely changes between
+    fields), else the configured one. The Settings page offers to keep the last reading."""
+
+    def __init__(self, settings: FieldSettings | None = None):
+        self.settings = settings or FieldSettings()
+        self.last_measured: ScaleEstimate | None = None
+
+    def locate(self, rgb: np.ndarray, um_per_px: float | None = None, skip_qc: bool = False) -> Located:
+        s = self.settings
+        if self.last_measured is not None:
+            s = replace(s, fallback_um_per_px=self.last_measured.um_per_px)
+        loc = locate(rgb, s, um_per_px, skip_qc)
+        if loc.scale.source == "red cells" and loc.scale.plausible:
+            self.last_measured = loc.scale
+        elif loc.scale.source == "configured" and self.last_measured is not None:
+            loc.scale = replace(loc.scale, source="last measured")
+        return loc
+
+
+def cell_views(rgb: np.ndarray, cells: list[FoundCell], um_per_px: float, pp: Preprocessing) -> list[np.ndarray]:
+    """The classifier's view of each cell, from the full-resolution field: a square of
+    ``pp.crop_um`` micrometres (older bundles: the box side times ``pp.cell_context``)."""
+    if pp.crop_um:
+        side = pp.crop_um / um_per_px
+        return [crop_square(rgb, c.box, side) for c in cells]
+    return [crop_box(rgb, c.box, pp.cell_context) for c in cells]
+
+
+def stored_copy(rgb: np.ndarray) -> np.ndarray:
+    """The field as stored for the record: bounded in size (boxes keep the frame's coordinates)."""
+    h, w = rgb.shape[:2]
+    f = STORED_SIDE / max(h, w)
+    return rgb if f >= 1 else resample(rgb, f)
 
 
 @dataclass
@@ -25,35 +123,41 @@ class AnalyzedCell:
 @dataclass
 class FieldAnalysis:
     qc: QCResult
+    scale: ScaleEstimate | None = None
     cells: list[AnalyzedCell] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    inputs: np.ndarray | None = None  # what the model was given (uint8 crops, prepared), for parity checks
 
 
 class Analyzer:
-    def __init__(self, classifier: Classifier, cells: CellFinderSettings | None = None, qc: QCSettings | None = None):
+    def __init__(self, classifier: Classifier, settings: FieldSettings | None = None):
         self.classifier = classifier
-        self.cell_settings = cells or CellFinderSettings()
-        self.qc_settings = qc or QCSettings()
+        self.locator = FieldLocator(settings)
 
-    def analyze(self, rgb: np.ndarray, skip_qc: bool = False) -> FieldAnalysis:
+    @property
+    def settings(self) -> FieldSettings:
+        return self.locator.settings
+
+    @settings.setter
+    def settings(self, value: FieldSettings) -> None:
+        self.locator.settings = value
+
+    def analyze(self, rgb: np.ndarray, skip_qc: bool = False, um_per_px: float | None = None) -> FieldAnalysis:
         t0 = time.perf_counter()
-        qc = check_field(rgb, self.qc_settings)
+        loc = self.locator.locate(rgb, um_per_px, skip_qc)
         t1 = time.perf_counter()
-        result = FieldAnalysis(qc)
-        result.timings_ms["qc"] = (t1 - t0) * 1000
-        if not qc.ok and not skip_qc:
-            return result
-        found = find_cells(rgb, self.cell_settings)
-        t2 = time.perf_counter()
+        result = FieldAnalysis(loc.qc, loc.scale)
         pp = self.classifier.pp
-        views = [crop_box(rgb, c.box, pp.cell_context) for c in found]
-        batch = np.stack([prepare_cell(v, pp) for v in views]) if views else np.zeros((0, pp.input_size, pp.input_size, 3), np.uint8)
+        views = cell_views(rgb, loc.cells, loc.scale.um_per_px, pp)
+        batch = (np.stack([prepare_cell(v, pp) for v in views]) if views
+                 else np.zeros((0, pp.input_size, pp.input_size, 3), np.uint8))
         predictions = self.classifier.classify(batch)
-        t3 = time.perf_counter()
-        for c, view, p in zip(found, views, predictions):
+        result.inputs = batch
+        t2 = time.perf_counter()
+        for c, view, p in zip(loc.cells, views, predictions):
             crop = cv2.resize(view, (GALLERY_SIZE, GALLERY_SIZE), interpolation=cv2.INTER_AREA
                               if view.shape[0] > GALLERY_SIZE else cv2.INTER_LINEAR)
             result.cells.append(AnalyzedCell(c, crop, p))
-        result.timings_ms.update({"find": (t2 - t1) * 1000, "classify": (t3 - t2) * 1000,
-                                  "total": (t3 - t0) * 1000})
+        result.timings_ms.update({"locate": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000,
+                                  "total": (t2 - t0) * 1000})
         return result

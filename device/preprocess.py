@@ -32,9 +32,12 @@ class Preprocessing:
     enhance: bool = False
     # Optional Reinhard stain normalisation to a reference mean/std in Lab.
     stain_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
-    # Field crops: crop side = detected cell box side * cell_context, so the cell
-    # fills the crop as it filled the training images. Measured at training time.
+    # Field crops of older bundles: crop side = detected cell box side * cell_context.
     cell_context: float = 2.0
+    # The physical side of every cell crop (micrometres), whatever the microscope: a
+    # crop always shows the same area, so cell size is part of what the model sees.
+    # 0 = older bundles (box side * cell_context).
+    crop_um: float = 0.0
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -47,6 +50,8 @@ class Preprocessing:
             raise ValueError("crop_fraction must be within [0.1, 1]")
         if not 8 <= self.input_size <= 1024:
             raise ValueError("input_size must be within [8, 1024]")
+        if self.crop_um and not 5.0 <= self.crop_um <= 200.0:
+            raise ValueError("crop_um must be 0 or within [5, 200] micrometres")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,8 +156,8 @@ def normalize(batch: np.ndarray, pp: Preprocessing) -> np.ndarray:
     return batch.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
-def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) -> np.ndarray:
-    """A square crop centred on ``box`` (x1, y1, x2, y2), side = box side * context.
+def crop_square(field: np.ndarray, box: tuple[int, int, int, int], side: float) -> np.ndarray:
+    """A square crop of ``side`` pixels centred on ``box`` (x1, y1, x2, y2).
 
     Parts outside the field are filled with the field's median colour (plain
     background), so a cell near the edge is still centred in its crop and no
@@ -160,7 +165,7 @@ def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) 
     """
     x1, y1, x2, y2 = box
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    side = max(8, int(round(max(x2 - x1, y2 - y1) * context)))
+    side = max(8, int(round(side)))
     left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     h, w = field.shape[:2]
     pad = max(0, -left, -top, left + side - w, top + side - h)
@@ -170,3 +175,9 @@ def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) 
         left += pad
         top += pad
     return np.ascontiguousarray(field[top : top + side, left : left + side])
+
+
+def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) -> np.ndarray:
+    """A square crop centred on ``box``, side = box side * context (older bundles)."""
+    x1, y1, x2, y2 = box
+    return crop_square(field, box, max(x2 - x1, y2 - y1) * context)

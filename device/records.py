@@ -7,7 +7,7 @@ import time
 
 from device import labels as vocab
 from device.imageio import encode_jpeg
-from device.pipeline import FieldAnalysis
+from device.pipeline import FieldAnalysis, stored_copy
 from device.sample import CountedCell, SampleSummary, summarize
 from device.store import Store, now
 
@@ -49,7 +49,7 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
     if sample["status"] != "open":
         raise RecordError("this sample is finished; start a new sample to capture more")
     t0 = time.perf_counter()
-    field_jpeg = encode_jpeg(image, quality=92)
+    field_jpeg = encode_jpeg(stored_copy(image), quality=92)  # bounded; boxes keep the frame's coordinates
     crops = [encode_jpeg(c.crop, quality=90) for c in analysis.cells]
     store.check_space(len(field_jpeg) + sum(map(len, crops)))
     written = []
@@ -67,7 +67,7 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
                 "INSERT INTO fields (sample_id, image_path, captured_at, source, width, height, qc_ok, qc_message, "
                 "qc_json, analysis_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
-                 json.dumps(analysis.qc.figures()), analysis.timings_ms.get("total")))
+                 json.dumps({**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}), analysis.timings_ms.get("total")))
             fid = cur.lastrowid
             for c, rel in zip(analysis.cells, crop_rels):
                 p = c.prediction

@@ -77,10 +77,10 @@ class Runtime:
         """Use changed settings now; returns what was applied."""
         old, applied = self.config, []
         self.config = new
-        self.analyzer.qc_settings = new.qc
-        self.analyzer.cell_settings = new.cells
+        self.analyzer.settings = new.field_settings()
         self.loop.rules = new.sample.flags
-        if asdict(old.camera) != asdict(new.camera):
+        # The pixel size is the analysis's business: changing it needs no camera restart.
+        if {**asdict(old.camera), "um_per_pixel": 0} != {**asdict(new.camera), "um_per_pixel": 0}:
             self.loop.replace_camera(SupervisedCamera(camera_from_config(new)))
             applied.append("camera restarted")
         applied.append("settings in use")
@@ -105,7 +105,7 @@ def build_runtime(cfg: AppConfig, start: bool = True) -> Runtime:
     if repair.repaired:
         log.warning("start-up check repaired %d item(s): %s", repair.repaired, repair.to_dict())
     bundle, classifier, problems = load_active(cfg.model.bundle, cfg.data_dir, cfg.model.threads)
-    analyzer = Analyzer(classifier, cfg.cells, cfg.qc)
+    analyzer = Analyzer(classifier, cfg.field_settings())
     camera = SupervisedCamera(camera_from_config(cfg))
     loop = CaptureLoop(camera, analyzer, store, cfg.sample.flags)
     runtime = Runtime(cfg, store, bundle, classifier, analyzer, camera, loop, repair, problems)

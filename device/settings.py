@@ -23,11 +23,13 @@ EDITABLE = [
     ("camera", "backend", "Camera", "choice:replay,opencv,picamera2"),
     ("camera", "folder", "Replay folder (replay camera)", "text"),
     ("camera", "device", "USB camera number (/dev/videoN)", "int"),
-    ("qc", "min_focus", "Minimum focus score", "float"),
-    ("qc", "min_brightness", "Minimum brightness (0-255)", "float"),
-    ("qc", "max_brightness", "Maximum brightness (0-255)", "float"),
-    ("qc", "max_clipped", "Maximum clipped fraction", "float"),
-    ("qc", "min_stain_fraction", "Minimum stained fraction (smear present)", "float"),
+    ("camera", "um_per_pixel", "Pixel size, um per pixel (stage micrometer; used when a field has too few red cells)",
+     "float"),
+    ("qc", "max_edge_um", "Focus: widest acceptable cell edge (um)", "float"),
+    ("qc", "min_background", "Minimum glass brightness (0-255)", "float"),
+    ("qc", "max_cell_brightness", "Maximum cell brightness (0-255)", "float"),
+    ("qc", "max_clipped", "Maximum clipped fraction of cell pixels", "float"),
+    ("qc", "min_cell_fraction", "Minimum fraction of the field covered by cells (smear present)", "float"),
 ]
 
 

@@ -28,13 +28,13 @@ def write_image(path: Path, seed: int, size: int = 32, fmt: str | None = None) -
 
 @pytest.fixture
 def taleqani_copy(tmp_path) -> Path:
-    """The published Taleqani layout, including exact duplicate files."""
+    """The published Taleqani layout (whole fields, one label each), including exact duplicate
+    files: real PBC cells pasted at a lower magnification onto real BCCD backgrounds."""
+    from tests.fieldgen import make_taleqani
+
     root = tmp_path / "ALL_dataset"
-    seed = 0
-    for cls in ("Benign", "Early", "Pre", "Pro"):
-        for i in range(6):
-            seed += 1
-            write_image(root / "Original" / cls / f"WBC-{cls}-{i:03d}.jpg", seed)
+    make_taleqani(root, {"Benign": PBC / "lymphocyte", "Early": PBC / "monocyte", "Pre": PBC / "neutrophil",
+                         "Pro": PBC / "eosinophil"}, per_class=6, um_per_px=0.17, seed=11)
     # two exact duplicates within a class, and one identical file under two classes
     (root / "Original/Pre/WBC-Pre-dup.jpg").write_bytes((root / "Original/Pre/WBC-Pre-000.jpg").read_bytes())
     (root / "Original/Pro/WBC-Pro-dup.jpg").write_bytes((root / "Original/Pro/WBC-Pro-001.jpg").read_bytes())
@@ -69,10 +69,11 @@ def tiny_run(tmp_path_factory):
 
     recipe = recipe_from_dict({
         "task": "differential", "name": "tiny", "seed": 5,
-        "data": {"sources": [{"kind": "pbc", "path": str(PBC)}], "max_per_class": 6},
-        "preprocessing": {"input_size": 32, "crop_fraction": 0.7},
+        "data": {"sources": [{"kind": "pbc", "path": str(PBC)}], "max_per_class": 10},
+        "preprocessing": {"input_size": 32},
         "model": {"name": "leukonet", "width": 0.25},
-        "train": {"epochs": 3, "batch_size": 16, "warmup_epochs": 0, "learning_rate": 0.003},
+        # Enough to learn something (a collapsed one-class model would make parity meaningless).
+        "train": {"epochs": 8, "batch_size": 16, "warmup_epochs": 0, "learning_rate": 0.01},
     })
     return train(recipe, out_root=tmp_path_factory.mktemp("runs"), config_text="# tiny\n", log=lambda *_: None)
 

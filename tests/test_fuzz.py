@@ -85,7 +85,7 @@ def test_decode_every_mode_and_format(w, h, mode, fmt):
 @given(arrays)
 def test_qc_always_answers(img):
     qc = check_field(img)
-    assert all(np.isfinite(v) for v in (qc.focus, qc.brightness, qc.clipped, qc.stain_fraction))
+    assert all(np.isfinite(v) for v in (qc.edge_um, qc.background, qc.clipped, qc.cell_fraction))
     assert qc.ok == (not qc.problems)
 
 

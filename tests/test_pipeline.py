@@ -43,7 +43,7 @@ def test_capture_loop_stores_fields_cells_and_counts(runtime):
     ok = [r for r in results if r["qc_ok"]]
     rejected = [r for r in results if not r["qc_ok"]]
     # the bundled out-of-focus field is refused in words, the rest analysed
-    assert len(rejected) == 1 and "out of focus" in rejected[0]["qc_message"]
+    assert len(rejected) == 1 and "out of focus" in rejected[0]["qc_message"].lower()
     assert rejected[0]["cells"] == []
     assert sum(len(r["cells"]) for r in ok) >= 12
     for r in ok:
@@ -100,8 +100,9 @@ def test_analyze_command_prints_boxes_and_labels():
     assert a["analysed"] and len(a["cells"]) >= 2
     for c in a["cells"]:
         assert len(c["box"]) == 4 and {"label", "category", "probability"} <= set(c)
-    assert {"focus", "brightness", "clipped", "stain_fraction"} <= set(a["qc"])
-    assert not b["analysed"] and b["cells"] == [] and "out of focus" in b["qc"]["problems"][0]
+    assert {"edge_um", "background", "clipped", "cell_fraction", "um_per_px"} <= set(a["qc"])
+    assert a["scale"]["source"] == "red cells" and 0.06 < a["scale"]["um_per_px"] < 0.12, a["scale"]
+    assert not b["analysed"] and b["cells"] == [] and "out of focus" in b["qc"]["problems"][0].lower()
 
 
 def test_analyze_refuses_an_unreadable_file(tmp_path):

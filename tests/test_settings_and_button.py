@@ -14,10 +14,10 @@ def test_saved_settings_layer_over_the_config_file(tmp_path):
     cfg_file.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[sample]\ntarget_cells = 200\n')
     cfg = load_effective(cfg_file)
     assert cfg.sample.target_cells == 200
-    new = save_overrides(cfg, {"sample": {"target_cells": 150}, "qc": {"min_focus": 3.5}})
+    new = save_overrides(cfg, {"sample": {"target_cells": 150}, "qc": {"max_edge_um": 1.2}})
     assert new.sample.target_cells == 150
     again = load_effective(cfg_file)
-    assert again.sample.target_cells == 150 and again.qc.min_focus == 3.5
+    assert again.sample.target_cells == 150 and again.qc.max_edge_um == 1.2
     assert again.storage.data_dir == str(tmp_path / "data")
     with pytest.raises(ConfigError):
         save_overrides(cfg, {"camera": {"backend": "webcam9000"}})
@@ -41,15 +41,16 @@ def test_settings_page_changes_apply_live(live_app):
     page = s.get(base + "/settings")
     form = {"csrf_token": csrf_of(page.text), "web.clinic_name": "Kisumu Health Centre", "sample.target_cells": "7",
             "storage.retention_days": "0", "camera.backend": "replay", "camera.folder": str(tmp / "fields"),
-            "camera.device": "0", "qc.min_focus": "4.0", "qc.min_brightness": "60", "qc.max_brightness": "235",
-            "qc.max_clipped": "0.05", "qc.min_stain_fraction": "0.03", "flags_toml": ""}
+            "camera.device": "0", "camera.um_per_pixel": "0.1", "qc.max_edge_um": "0.95",
+            "qc.min_background": "70", "qc.max_cell_brightness": "235", "qc.max_clipped": "0.05",
+            "qc.min_cell_fraction": "0.02", "flags_toml": ""}
     r = s.post(base + "/settings", data=form)
     assert r.ok and "Settings saved" in r.text
     assert rt.config.sample.target_cells == 7 and "Kisumu Health Centre" in s.get(base + "/").text
-    bad = dict(form, **{"qc.min_focus": "sharp"})
+    bad = dict(form, **{"qc.max_edge_um": "sharp"})
     r = s.post(base + "/settings", data=bad)
-    assert r.status_code == 400 and "Minimum focus score" in r.text
-    assert rt.config.qc.min_focus == 4.0
+    assert r.status_code == 400 and "Focus: widest acceptable cell edge" in r.text
+    assert rt.config.qc.max_edge_um == 0.95
     assert rt.store.connect().execute("SELECT COUNT(*) FROM audit WHERE action = 'settings-changed'").fetchone()[0] == 1
 
 

@@ -9,6 +9,10 @@ from device import labels
 from device.config import build_section
 from device.preprocess import Preprocessing
 
+# The side of every cell crop, in micrometres: a large blast or monocyte (up to ~20 um)
+# with a margin; PBC's images, cut at 70 % as the first bundles were, show about 28 um.
+DEFAULT_CROP_UM = 28.0
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -82,7 +86,8 @@ class Recipe:
     seed: int = 1234
     name: str = ""
     data: DataConfig = field(default_factory=DataConfig)
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # Cells are framed as the device frames them: a square of DEFAULT_CROP_UM micrometres.
+    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing(crop_um=DEFAULT_CROP_UM))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -123,7 +128,7 @@ def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
         seed=int(raw.pop("seed", 1234)),
         name=raw.pop("name", ""),
         data=data,
-        preprocessing=Preprocessing.from_dict(raw.pop("preprocessing", {})),
+        preprocessing=Preprocessing.from_dict({"crop_um": DEFAULT_CROP_UM, **raw.pop("preprocessing", {})}),
         model=build_section(ModelConfig, raw.pop("model", {}), "model"),
         train=build_section(TrainConfig, raw.pop("train", {}), "train"),
         augment=build_section(AugmentConfig, raw.pop("augment", {}), "augment"),

@@ -23,6 +23,12 @@ class Record:
     label: str  # a label of the project vocabulary
     subject: str | None  # patient / donor id where the dataset has one
     dataset: str  # name of the dataset it came from
+    # Pixel size (um) when the source states or we measured it once for the whole set;
+    # None: measured per image from its red cells (the configured fallback otherwise).
+    um_per_px: float | None = None
+    # "cell": a single-cell image (its central cell is used); "field": a field of view
+    # with one label for the whole image (every white cell found gets that label).
+    kind: str = "cell"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class DatasetInfo:
     licence: str
     citation: str
     subject_ids: bool
+    um_per_px: float | None = None
+    um_per_px_source: str = "measured per image from its red cells"
+    kind: str = "cell"
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,8 @@ def _require_dir(root: Path, what: str) -> Path:
     return root
 
 
-def _from_class_folders(root: Path, name: str, mapping: Callable[[str], str | None]) -> list[Record]:
+def _from_class_folders(root: Path, name: str, mapping: Callable[[str], str | None],
+                        um_per_px: float | None = None, kind: str = "cell") -> list[Record]:
     records = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         label = mapping(folder.name)
@@ -58,23 +68,29 @@ def _from_class_folders(root: Path, name: str, mapping: Callable[[str], str | No
             continue
         labels.label(label)  # fail early on a label outside the vocabulary
         for img in _images(folder):
-            records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), label, None, name))
+            records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), label, None, name,
+                                  um_per_px, kind))
     return records
 
 
 def read_folder(root: str | Path, label_map: dict[str, str] | None = None, name: str = "folder",
-                licence: str = "unknown", citation: str = "") -> Dataset:
-    """Generic folder-per-class layout. Folder names are vocabulary labels, or mapped by ``label_map``."""
+                licence: str = "unknown", citation: str = "", um_per_px: float | None = None,
+                kind: str = "cell") -> Dataset:
+    """Generic folder-per-class layout. Folder names are vocabulary labels, or mapped by ``label_map``.
+    ``kind`` "cell" (single-cell images) or "field" (one label per field of view)."""
+    if kind not in ("cell", "field"):
+        raise ValueError(f"{name}: kind must be 'cell' or 'field', not {kind!r}")
     root = _require_dir(Path(root), name)
     label_map = label_map or {}
 
     def mapping(folder: str) -> str:
         return label_map.get(folder, folder)
 
-    records = _from_class_folders(root, name, mapping)
+    records = _from_class_folders(root, name, mapping, um_per_px, kind)
     if not records:
         raise ValueError(f"{name}: no images found in class folders under {root}")
-    return Dataset(DatasetInfo(name, licence, citation, False), root, records)
+    where = "given in the recipe" if um_per_px else "measured per image from its red cells"
+    return Dataset(DatasetInfo(name, licence, citation, False, um_per_px, where, kind), root, records)
 
 
 PBC_INFO = DatasetInfo(
@@ -83,13 +99,16 @@ PBC_INFO = DatasetInfo(
     "Acevedo A. et al. (2020), A dataset of microscopic peripheral blood cell images for development of "
     "automatic recognition systems, Data in Brief 30:105474; Mendeley Data doi:10.17632/snkd93bnjr.1",
     False,
+    # The red-cell ruler (device/scale.py) on 300 random images: median 0.102, p10-p90 0.094-0.113.
+    0.102, "red-cell ruler, median over the set (python -m bench.scale)",
 )
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 
 
 def read_pbc(root: str | Path) -> Dataset:
     root = _require_dir(Path(root), PBC_INFO.name)
-    records = _from_class_folders(root, PBC_INFO.name, lambda f: f if f in PBC_CLASSES else None)
+    records = _from_class_folders(root, PBC_INFO.name, lambda f: f if f in PBC_CLASSES else None,
+                                  PBC_INFO.um_per_px)
     if not records:
         raise ValueError(f"{PBC_INFO.name}: none of the 8 class folders {PBC_CLASSES} found under {root}")
     return Dataset(PBC_INFO, root, records)
@@ -101,6 +120,8 @@ AML_INFO = DatasetInfo(
     "Matek C. et al. (2019), A Single-cell Morphological Dataset of Leukocytes from AML Patients and "
     "Non-malignant Controls, The Cancer Imaging Archive, doi:10.7937/tcia.2019.36f5o9ld",
     False,
+    # The red-cell ruler on the 74 of 160 images with enough red cells: median 0.075, p10-p90 0.068-0.087.
+    0.075, "red-cell ruler, median over the set (python -m bench.scale)",
 )
 # MYB is a myelocyte, not a myeloblast: the blasts are MYO and MOB.
 AML_CLASSES = {
@@ -113,10 +134,36 @@ AML_CLASSES = {
 
 def read_aml_lmu(root: str | Path) -> Dataset:
     root = _require_dir(Path(root), AML_INFO.name)
-    records = _from_class_folders(root, AML_INFO.name, AML_CLASSES.get)
+    records = _from_class_folders(root, AML_INFO.name, AML_CLASSES.get, AML_INFO.um_per_px)
     if not records:
         raise ValueError(f"{AML_INFO.name}: no class folders ({', '.join(AML_CLASSES)}) under {root}")
     return Dataset(AML_INFO, root, records)
+
+
+MLL_INFO = DatasetInfo(
+    "bone-marrow-mll",
+    "CC BY 4.0",
+    "Matek C., Krappe S., Muenzenmayer C., Haferlach T., Marr C. (2021), Highly accurate differentiation of bone "
+    "marrow cell morphologies using deep neural networks on a large image data set, Blood 138(20):1917-1927; "
+    "data: The Cancer Imaging Archive, doi:10.7937/TCIA.AXH3-T579",
+    False,
+    # Marrow images show too few red cells for the ruler (15 of 300 confident, widely spread). The
+    # median lymphocyte nucleus area matched to PBC's (whose scale the ruler measures) gives 0.088;
+    # the same match on AML-LMU gives 0.078 against its ruler's 0.075.
+    0.088, "lymphocyte nucleus area matched to PBC's (python -m bench.scale)",
+)
+# Blasts are not told apart (myeloid or lymphoid) in this set; promyelocytes are immature, not blasts.
+MLL_CLASSES = {"BLA": "blast", "LYT": "lymphocyte", "MON": "monocyte", "NGS": "neutrophil", "EOS": "eosinophil",
+               "PMO": "promyelocyte"}
+
+
+def read_mll(root: str | Path) -> Dataset:
+    """``<CLASS>/*.jpg`` of the Bone-Marrow-Cytomorphology_MLL subset (250 x 250, 40x)."""
+    root = _require_dir(Path(root), MLL_INFO.name)
+    records = _from_class_folders(root, MLL_INFO.name, MLL_CLASSES.get, MLL_INFO.um_per_px)
+    if not records:
+        raise ValueError(f"{MLL_INFO.name}: no class folders ({', '.join(MLL_CLASSES)}) under {root}")
+    return Dataset(MLL_INFO, root, records)
 
 
 TALEQANI_INFO = DatasetInfo(
@@ -125,17 +172,19 @@ TALEQANI_INFO = DatasetInfo(
     "Aria M., Ghaderzadeh M., Bashash D. et al. (2021), Acute Lymphoblastic Leukemia (ALL) image dataset, "
     "Kaggle, doi:10.34740/KAGGLE/DSV/2175623; Ghaderzadeh M. et al., Int J Intell Syst 2022",
     False,
+    None, "measured per field from its red cells", "field",
 )
 TALEQANI_CLASSES = {"Benign": "benign", "Early": "early-pre-b", "Pre": "pre-b", "Pro": "pro-b"}
 
 
 def read_taleqani(root: str | Path) -> Dataset:
-    """``Original/{Benign,Early,Pre,Pro}/*.jpg``; no patient ids, exact duplicates in the published copy."""
+    """``Original/{Benign,Early,Pre,Pro}/*.jpg``: whole fields with a few white cells each, one label per
+    field; no patient ids, exact duplicates in the published copy."""
     root = Path(root)
     if (root / "Original").is_dir():
         root = root / "Original"
     _require_dir(root, TALEQANI_INFO.name)
-    records = _from_class_folders(root, TALEQANI_INFO.name, TALEQANI_CLASSES.get)
+    records = _from_class_folders(root, TALEQANI_INFO.name, TALEQANI_CLASSES.get, None, "field")
     if not records:
         raise ValueError(f"{TALEQANI_INFO.name}: expected Original/{{Benign,Early,Pre,Pro}}/*.jpg under {root}")
     return Dataset(TALEQANI_INFO, root, records)
@@ -147,6 +196,9 @@ CNMC_INFO = DatasetInfo(
     "Gupta A., Gupta R. (2019), ALL Challenge dataset of ISBI 2019 (C-NMC 2019), The Cancer Imaging Archive, "
     "doi:10.7937/tcia.2019.dc64i46r",
     True,
+    # Segmented single cells on black: no red cells to measure, and no pixel size comes with
+    # the copies we know. A nominal 100x value; a recipe can state the real one.
+    0.1, "nominal 100x value (no red cells to measure)",
 )
 CNMC_NAME = re.compile(r"^UID_(?P<subject>[^_]+)_(?P<image>[^_]+)_(?P<cell>[^_]+)_(?P<cls>all|hem)\.bmp$", re.I)
 CNMC_CLASSES = {"all": "lymphoblast", "hem": "normal-lymphoid"}
@@ -171,7 +223,7 @@ def read_cnmc(root: str | Path) -> Dataset:
                 if m["cls"].lower() != cls:
                     raise ValueError(f"{CNMC_INFO.name}: {img.name} is in the '{cls}' folder but named '{m['cls']}'")
                 records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), CNMC_CLASSES[cls],
-                                      m["subject"], CNMC_INFO.name))
+                                      m["subject"], CNMC_INFO.name, CNMC_INFO.um_per_px))
     if not records:
         raise ValueError(f"{CNMC_INFO.name}: expected training_data/fold_*/{{all,hem}}/*.bmp under {root}")
     return Dataset(CNMC_INFO, root, records)
@@ -181,6 +233,7 @@ READERS: dict[str, Callable[..., Dataset]] = {
     "folder": read_folder,
     "pbc": read_pbc,
     "aml-lmu": read_aml_lmu,
+    "mll": read_mll,
     "taleqani": read_taleqani,
     "cnmc": read_cnmc,
 }

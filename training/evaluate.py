@@ -17,8 +17,9 @@ def records_from_manifest(run_dir: Path, data_roots: dict[str, str] | None = Non
     out = []
     for row in splits.read_manifest(run_dir / "split_manifest.csv"):
         path = Path(roots[row["dataset"]]) / row["relpath"]
+        um = row.get("um_per_px") or None
         out.append((row["split"], Record(str(path), row["relpath"], row["label"], row["subject"] or None,
-                                         row["dataset"])))
+                                         row["dataset"], float(um) if um else None, row.get("kind") or "cell")))
     return out
 
 
@@ -27,7 +28,10 @@ def evaluate(run_dir: str | Path, split: str = "test", model_path: str | Path | 
     import keras
 
     from training.config import recipe_from_dict
-    from training.data import load_records
+    import numpy as np
+
+    from training.data import load_cells
+    from training.metrics import per_image
     from training.report import build_report, write_report
 
     run_dir = Path(run_dir)
@@ -40,12 +44,19 @@ def evaluate(run_dir: str | Path, split: str = "test", model_path: str | Path | 
                                 "point --data-root NAME=PATH at your copy")
     names = [n for n in json.loads((run_dir / "report.json").read_text())["class_names"]]
     model = keras.models.load_model(model_path or run_dir / "model.keras")
-    x_s, y_s = load_records([r for s, r in pairs if s == split], pp, names)
-    x_v, y_v = load_records([r for s, r in pairs if s == "val"], pp, names)
+    cs = load_cells([r for s, r in pairs if s == split], pp, names)
+    cv = load_cells([r for s, r in pairs if s == "val"], pp, names)
+    x_s, y_s, x_v, y_v = cs.x, cs.y, cv.x, cv.y
     probs_s = model.predict(normalize(x_s, pp), batch_size=128, verbose=0)
     probs_v = model.predict(normalize(x_v, pp), batch_size=128, verbose=0)
     report = build_report(names, probs_s, y_s, probs_v, y_v, recipe.evaluate)
-    report.update({"split": split, "task": recipe.task, "model_path": str(model_path or run_dir / "model.keras")})
+    report.update({"split": split, "task": recipe.task, "model_path": str(model_path or run_dir / "model.keras"),
+                   "unit_of_figures": "cell", "cells": cs.summary()})
+    if any(r.kind == "field" for r in cs.records):
+        labels_of = np.array([names.index(r.label) for r in cs.records], np.int64)
+        report["per_image"] = per_image(probs_s.argmax(1), cs.image, labels_of, len(names))
+        log(f"{split} per field (majority of its cells): accuracy {report['per_image']['accuracy']:.4f}, "
+            f"{report['per_image']['images_without_cell']} of {report['per_image']['images']} fields without a cell")
     write_report(run_dir, report, names, probs_s, y_s, stem=f"eval_{split}")
     log(f"{split}: balanced accuracy {report['balanced_accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, "
         f"n={report['n']}; written to {run_dir / f'eval_{split}.json'}")

@@ -139,3 +139,20 @@ def review_threshold(probs: np.ndarray, y_true: np.ndarray, target_accuracy: flo
         return float(conf.max()) if len(conf) else 1.0
     # the largest prefix (most cells kept) that still meets the target
     return float(conf[order][ok[-1]])
+
+
+def per_image(pred: np.ndarray, owner: np.ndarray, image_labels: np.ndarray, n_classes: int) -> dict:
+    """Field datasets (one label per image): each image's label by majority of its cells'
+    predictions (ties: the lowest class index), against the image's label. Images with no
+    cell found count as wrong and are reported apart."""
+    n = len(image_labels)
+    votes = np.zeros((n, n_classes), np.int64)
+    np.add.at(votes, (owner, pred), 1)
+    has = votes.sum(1) > 0
+    called = votes.argmax(1)
+    right = has & (called == image_labels)
+    recalls = [float(right[image_labels == c].mean()) for c in range(n_classes) if (image_labels == c).any()]
+    return {"images": int(n), "images_without_cell": int((~has).sum()),
+            "accuracy": float(right.mean()) if n else 0.0,
+            "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
+            "accuracy_of_images_with_cells": float(right[has].mean()) if has.any() else 0.0}

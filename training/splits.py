@@ -126,7 +126,7 @@ def make_split(records: list[Record], fractions: dict[str, float], seed: int) ->
     return Split(assignment, unit, seed, fractions, counts)
 
 
-MANIFEST_FIELDS = ("split", "dataset", "relpath", "label", "subject", "sha256")
+MANIFEST_FIELDS = ("split", "dataset", "relpath", "label", "subject", "sha256", "um_per_px", "kind")
 
 
 def write_manifest(run_dir: Path, records: list[Record], split: Split, dedup: Deduplicated,
@@ -136,7 +136,8 @@ def write_manifest(run_dir: Path, records: list[Record], split: Split, dedup: De
         w = csv.writer(fh)
         w.writerow(MANIFEST_FIELDS)
         for r in records:
-            w.writerow((split.assignment[r.path], r.dataset, r.relpath, r.label, r.subject or "", dedup.sha256[r.path]))
+            w.writerow((split.assignment[r.path], r.dataset, r.relpath, r.label, r.subject or "", dedup.sha256[r.path],
+                        r.um_per_px or "", r.kind))
     summary = {
         "unit": split.unit,
         "seed": split.seed,

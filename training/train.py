@@ -68,7 +68,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
 
 def source_summaries(data: PreparedData) -> list[dict]:
     return [{"name": d.info.name, "root": str(d.root), "licence": d.info.licence, "citation": d.info.citation,
-             "subject_ids": d.info.subject_ids} for d in data.datasets]
+             "subject_ids": d.info.subject_ids, "kind": d.info.kind, "um_per_px": d.info.um_per_px,
+             "um_per_px_source": d.info.um_per_px_source} for d in data.datasets]
 
 
 def new_run_dir(out_root: Path, recipe: Recipe) -> Path:
@@ -87,12 +88,13 @@ def with_stain_reference(records: list[Record], pp, seed: int, n: int = 400):
     from dataclasses import replace
 
     from device.preprocess import stain_reference
-    from training.data import load_images
+    from training.data import load_cells
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(records), min(n, len(records)), replace=False)
     plain = replace(pp, stain_reference=None)
-    crops = load_images([records[i].path for i in sorted(idx)], plain)
+    sample = [records[i] for i in sorted(idx)]
+    crops = load_cells(sample, plain, sorted({r.label for r in sample})).x
     return replace(pp, stain_reference=stain_reference(crops))
 
 
@@ -116,7 +118,8 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     import tensorflow as tf
 
     from training.augment import augment_image
-    from training.data import load_records
+    from training.data import load_cells
+    from training.metrics import per_image
     from training.models import build_model
     from training.report import build_report, plot_curves, write_report
     from device.preprocess import normalize
@@ -141,10 +144,16 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
         recipe.preprocessing = pp
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         log(f"stain reference (Lab mean, std): {pp.stain_reference}")
-    x_tr, y_tr = load_records(data.part("train"), pp, names)
-    x_va, y_va = load_records(data.part("val"), pp, names)
-    x_te, y_te = load_records(data.part("test"), pp, names)
-    log(f"images loaded in {time.monotonic() - t_start:.0f} s")
+    # Every image through the device's own field path (finder, physical framing, preparation).
+    sets = {p: load_cells(data.part(p), pp, names) for p in splits.SPLITS}
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = ((sets[p].x, sets[p].y) for p in splits.SPLITS)
+    cells_summary = {p: sets[p].summary() for p in splits.SPLITS}
+    if not len(y_tr):
+        raise ValueError(f"the cell finder found no white cell in any of the {len(sets['train'].records)} training "
+                         "images: check the sources' pixel size (um_per_px) and that they show stained white cells")
+    log(f"images loaded in {time.monotonic() - t_start:.0f} s: " + "; ".join(
+        f"{p} {c['images']} images -> {c['crops']} cells, {c['images_without_cell']} without a cell"
+        for p, c in cells_summary.items()))
 
     n_classes = len(names)
     counts = np.bincount(y_tr, minlength=n_classes).astype(np.float64)
@@ -208,7 +217,14 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
         "split": "test", "task": recipe.task, "model": m.name, "unit": data.split.unit,
         "epochs_run": len(tracker.scores), "best_epoch": tracker.best_epoch + 1,
         "train_seconds": round(time.monotonic() - t_start, 1), "versions": library_versions(),
+        "unit_of_figures": "cell (each crop the device's finder cut from the test images)",
+        "cells": cells_summary,
     })
+    if any(r.kind == "field" for r in sets["test"].records):
+        labels_of = np.array([names.index(r.label) for r in sets["test"].records], np.int64)
+        report["per_image"] = per_image(test_probs.argmax(1), sets["test"].image, labels_of, len(names))
+        log(f"per field (majority of its cells): accuracy {report['per_image']['accuracy']:.4f}, "
+            f"{report['per_image']['images_without_cell']} fields without a cell")
     write_report(run_dir, report, names, test_probs, y_te)
     np.savez_compressed(run_dir / "test_predictions.npz", probs=test_probs, y=y_te)
     log(f"test balanced accuracy {report['balanced_accuracy']:.4f}, macro F1 {report['macro_f1']:.4f} "

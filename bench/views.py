@@ -1,0 +1,124 @@
+"""Real BCCD fields as other microscopes and cameras would show them.
+
+``magnified(fields, m)``: another objective. Below 1, k x k fields (k = round(1/m))
+shrunk and tiled into one frame of the original size; above 1, the central 1/m of a
+field enlarged to the original size, boxes following; a cell cut by the new border
+is "don't care" (counted neither as found nor as missed).
+``resampled(field, r)``: another sensor behind the same optics (the whole field resized).
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+BCCD_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd" / "BCCD"
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class View:
+    name: str
+    image: np.ndarray
+    boxes: list[Box]  # white cells to find
+    dont_care: list[Box] = field(default_factory=list)  # cells cut by the frame: neither found nor missed
+
+
+def load_boxes(xml_path: Path, kind: str = "WBC") -> list[Box]:
+    out = []
+    for obj in ET.parse(xml_path).findall("object"):
+        if obj.findtext("name", "").strip() != kind:
+            continue
+        bb = obj.find("bndbox")
+        out.append(tuple(int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return out
+
+
+def bccd_fields(root: Path = BCCD_ROOT, names: list[str] | None = None) -> list[View]:
+    from device.imageio import read_image
+
+    xmls = sorted((root / "Annotations").glob("*.xml"))
+    if names is not None:
+        keep = set(names)
+        xmls = [x for x in xmls if x.stem in keep]
+    return [View(x.stem, read_image(root / "JPEGImages" / f"{x.stem}.jpg"), load_boxes(x)) for x in xmls]
+
+
+def _scale_box(b: Box, f: float, dx: float = 0, dy: float = 0) -> Box:
+    return (int(round(b[0] * f + dx)), int(round(b[1] * f + dy)), int(round(b[2] * f + dx)), int(round(b[3] * f + dy)))
+
+
+def resampled(v: View, r: float) -> View:
+    h, w = v.image.shape[:2]
+    size = (int(round(w * r)), int(round(h * r)))
+    img = cv2.resize(v.image, size, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_CUBIC)
+    return View(f"{v.name}@r{r:g}", img, [_scale_box(b, r) for b in v.boxes], [_scale_box(b, r) for b in v.dont_care])
+
+
+def magnified(views: list[View], m: float) -> list[View]:
+    if abs(m - 1.0) < 1e-6:
+        return list(views)
+    if m < 1:
+        k = max(2, int(round(1 / m)))
+        out = []
+        for i in range(0, len(views) - k * k + 1, k * k):
+            group = views[i:i + k * k]
+            h, w = group[0].image.shape[:2]
+            th, tw = h // k, w // k
+            frame = np.zeros((th * k, tw * k, 3), np.uint8)
+            boxes = []
+            for j, v in enumerate(group):
+                y, x = (j // k) * th, (j % k) * tw
+                frame[y:y + th, x:x + tw] = cv2.resize(v.image, (tw, th), interpolation=cv2.INTER_AREA)
+                boxes += [_scale_box(b, tw / w, x, y) for b in v.boxes]
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            fx = w / (tw * k)
+            out.append(View(f"tile{i // (k * k)}@m{m:g}", frame, [_scale_box(b, fx) for b in boxes]))
+        return out
+    out = []
+    for v in views:
+        h, w = v.image.shape[:2]
+        ch, cw = int(round(h / m)), int(round(w / m))
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        img = cv2.resize(v.image[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_CUBIC)
+        f = w / cw
+        keep, cut = [], []
+        for b in v.boxes:
+            inside = b[0] >= x0 and b[1] >= y0 and b[2] <= x0 + cw and b[3] <= y0 + ch
+            overlaps = b[0] < x0 + cw and b[2] > x0 and b[1] < y0 + ch and b[3] > y0
+            nb = _scale_box((max(b[0], x0), max(b[1], y0), min(b[2], x0 + cw), min(b[3], y0 + ch)), f, -x0 * f, -y0 * f)
+            if inside:
+                keep.append(nb)
+            elif overlaps:
+                cut.append(nb)
+        out.append(View(f"{v.name}@m{m:g}", img, keep, cut))
+    return out
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def match(pred: list[Box], truth: list[Box], dont_care: list[Box] = (), thr: float = 0.5) -> tuple[int, int, int]:
+    """Greedy one-to-one matching by IoU: (true positives, false positives, false negatives).
+    A prediction that overlaps a don't-care cell (IoU >= 0.3, or centre inside it) is not counted."""
+    pairs = sorted(((iou(p, t), i, j) for i, p in enumerate(pred) for j, t in enumerate(truth)), reverse=True)
+    used_p, used_t = set(), set()
+    for v, i, j in pairs:
+        if v < thr:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+    ignored = {i for i, p in enumerate(pred) if i not in used_p and any(
+        iou(p, d) >= 0.3 or (d[0] <= (p[0] + p[2]) / 2 <= d[2] and d[1] <= (p[1] + p[3]) / 2 <= d[3]) for d in dont_care)}
+    tp = len(used_p)
+    return tp, len(pred) - tp - len(ignored), len(truth) - tp

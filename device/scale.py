@@ -1,0 +1,141 @@
+"""The field's physical scale (micrometres per pixel), measured from its red cells.
+
+Every blood smear carries a ruler: red cells are about 7.5 um across whatever the
+microscope, objective or camera. The field is reduced to a small copy, the circle
+Hough transform (OpenCV's gradient method) finds the round outlines in its green
+channel (red cells absorb green), and the median circle diameter is the red-cell
+size. With too few circles the configured value (``[camera] um_per_pixel``, set
+with a stage micrometer) is used.
+
+Chosen by measurement against BCCD's annotated red cells (``python -m bench.scale``):
+isolated round objects are rare in crowded fields and distance-transform measures
+of cell clumps have long error tails; the circle median stays within 10 % of the
+annotated size on 9 fields in 10, in about 20 ms.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+RBC_DIAMETER_UM = 7.5
+# A 40x-100x objective on a camera port gives roughly this range (100x on 1.1 um sensor
+# pixels: 0.011; 40x behind a 0.35x relay on 3.45 um pixels: 0.25); outside it the operator
+# is warned (a 10x objective, digital zoom, a stage micrometer value mistyped).
+PLAUSIBLE_UM_PER_PX = (0.01, 0.3)
+_SIDES = (240,)  # the first measurement runs on a copy this long on its longer side
+_MIN_RADIUS = 3
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    um_per_px: float
+    confidence: float  # 0..1; 0 when the configured value was used
+    source: str  # "red cells", "last measured", "configured" or "given"
+    red_cells: int
+    rbc_diameter_px: float | None
+
+    @property
+    def plausible(self) -> bool:
+        lo, hi = PLAUSIBLE_UM_PER_PX
+        return lo <= self.um_per_px <= hi
+
+    @property
+    def warning(self) -> str | None:
+        if self.plausible:
+            return None
+        return (f"Unusual scale ({self.um_per_px:.3f} um per pixel): check that a 40x-100x objective is in "
+                "use and the camera is not zoomed, or set the pixel size in Settings")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["um_per_px"] = round(self.um_per_px, 5)
+        d["confidence"] = round(self.confidence, 3)
+        if self.rbc_diameter_px is not None:
+            d["rbc_diameter_px"] = round(self.rbc_diameter_px, 2)
+        d["warning"] = self.warning
+        return d
+
+
+def given(um_per_px: float) -> ScaleEstimate:
+    """A scale that is known (a dataset's stated pixel size, a test), not measured."""
+    return ScaleEstimate(float(um_per_px), 1.0, "given", 0, None)
+
+
+def circle_radii(grey: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Radii (pixels) of the round outlines of ``grey`` between ``lo`` and ``hi``."""
+    h, w = grey.shape
+    hi = min(hi, min(h, w) // 3)
+    if hi <= lo:
+        return np.zeros(0)
+    g = cv2.GaussianBlur(grey, (3, 3), 0)
+    found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, dp=1, minDist=max(4, lo), param1=60, param2=0.7,
+                             minRadius=lo, maxRadius=hi)
+    if found is None:
+        return np.zeros(0)
+    circles = found[0].astype(np.float64)
+    return circles[_outlines(g, circles), 2]
+
+
+_ANGLES = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+
+
+def _outlines(grey: np.ndarray, circles: np.ndarray) -> np.ndarray:
+    """Which circles are a cell's outline: darker just inside than just outside (a red
+    cell against the glass). A red cell's pale centre draws a circle too, the other way round."""
+    h, w = grey.shape
+
+    def ring(k: float) -> np.ndarray:
+        xs = circles[:, :1] + k * circles[:, 2:3] * np.cos(_ANGLES)
+        ys = circles[:, 1:2] + k * circles[:, 2:3] * np.sin(_ANGLES)
+        return grey[np.clip(ys.round().astype(int), 0, h - 1), np.clip(xs.round().astype(int), 0, w - 1)]
+
+    inside, outside = ring(0.8), ring(1.25)
+    return np.median(outside.astype(np.int16) - inside, axis=1) > 4
+
+
+def _green(rgb: np.ndarray, factor: float, max_side: int = 320) -> np.ndarray:
+    """The green channel scaled by ``factor``; only its centre when that would be
+    larger than ``max_side`` (enough red cells, a bounded cost)."""
+    h, w = rgb.shape[:2]
+    ch, cw = min(h, int(max_side / factor)), min(w, int(max_side / factor))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    g = np.ascontiguousarray(rgb[y:y + ch, x:x + cw, 1])
+    if abs(factor - 1.0) < 1e-3:
+        return g
+    return cv2.resize(g, (max(1, round(cw * factor)), max(1, round(ch * factor))),
+                      interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+_TARGET_DIAMETER = 33.0  # the measurement is unbiased when red cells are about this wide in the copy
+_MAX_COPY_SIDE = 900
+
+
+def estimate_scale(rgb: np.ndarray, fallback_um_per_px: float, min_red_cells: int = 5) -> ScaleEstimate:
+    """um per pixel of ``rgb`` from its red cells, or the configured fallback.
+
+    The circle finder over- or under-sizes cells that look very small or very large in
+    its copy, so the measurement is repeated on a copy resampled until red cells are
+    about 33 px across in it: the same measurement at every magnification."""
+    h, w = rgb.shape[:2]
+    f = min(1.0, _SIDES[0] / max(h, w))
+    radii = np.zeros(0)
+    lo, hi = _MIN_RADIUS, 60  # first look: any size; then around the target size
+    for _ in range(3):
+        radii = circle_radii(_green(rgb, f), lo, hi) / f
+        if len(radii) < min_red_cells:
+            break
+        d = 2.0 * float(np.median(radii))
+        f_next = float(np.clip(_TARGET_DIAMETER / d, 100.0 / max(h, w), _MAX_COPY_SIDE / max(h, w)))
+        if abs(f_next / f - 1.0) < 0.08:
+            break
+        f = f_next
+        lo, hi = int(_TARGET_DIAMETER / 4), int(_TARGET_DIAMETER)
+    if len(radii) < min_red_cells:
+        return ScaleEstimate(float(fallback_um_per_px), 0.0, "configured", int(len(radii)), None)
+    d = 2.0 * float(np.median(radii))
+    q1, q3 = np.percentile(radii, [25, 75])
+    spread = float((q3 - q1) / np.median(radii))
+    confidence = min(1.0, len(radii) / 15.0) * max(0.0, 1.0 - spread)
+    return ScaleEstimate(RBC_DIAMETER_UM / d, round(confidence, 3), "red cells", int(len(radii)), d)
