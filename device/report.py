@@ -85,10 +85,11 @@ class _Report(FPDF):
         self.ln(2)
 
     def footer(self):
-        self.set_y(-18)
+        self.set_y(-19)
         self.set_font("noto", "", 8)
-        self.multi_cell(0, 4, words.disclaimer() + "   " + words.gettext("Page %(n)d of %(total)s", n=self.page_no(),
-                                                                         total="{nb}"), align=self.align)
+        self.multi_cell(0, 4, words.disclaimer(), align=self.align, new_x="LMARGIN", new_y="NEXT")
+        self.cell(0, 4, words.gettext("Page %(n)d of %(total)s", n=self.page_no(), total="{nb}"),
+                  align="L" if self.rtl else "R")
 
     def heading(self, text: str):
         self.set_font("noto", "B", 11)
@@ -110,7 +111,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
             return
         pdf.cell(48, 6, key)
         pdf.set_font("noto", "B" if bold else "", 10)
-        pdf.multi_cell(0, 6, str(value or "-"), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 6, str(value or "-"), new_x="LMARGIN", new_y="NEXT", align="L")
 
     sex = _(s["patient_sex"]) if s["patient_sex"] else "-"
     kv(_("Sample id"), s["sample_code"])
@@ -165,6 +166,8 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
     ordered = records.report_order(cells)
     shown = ordered[:GALLERY_MAX]
     if shown:
+        if pdf.get_y() + 7 + 28 + 10 > pdf.h - 25:
+            pdf.add_page()  # never a heading alone at the foot of a page
         pdf.heading(_("Cells: blasts, reclassified, uncertain, then the rest") + "  ("
                     + _("%(shown)d of %(total)d cells shown", shown=len(shown), total=len(cells)) + ")")
         x0, y = pdf.l_margin, pdf.get_y()
@@ -187,7 +190,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
             text = words.display(final)
             if c["operator_label"] and c["operator_label"] != c["label"]:
                 text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
-            pdf.multi_cell(size, 3, text)
+            pdf.multi_cell(size, 3, text, align=pdf.align)
         pdf.set_y(y + size + 11)
 
     pdf.ln(2)
