@@ -113,7 +113,8 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
         pdf.set_font("noto", "B" if bold else "", 10)
         pdf.multi_cell(0, 6, str(value or "-"), new_x="LMARGIN", new_y="NEXT", align="L")
 
-    sex = _(s["patient_sex"]) if s["patient_sex"] else "-"
+    sex_word = s["patient_sex"]
+    sex = _(sex_word) if sex_word else "-"
     kv(_("Sample id"), s["sample_code"])
     kv(_("Patient"), s["patient_name"])
     kv(_("Age / sex"), f"{s['patient_age'] or '-'} / {sex}")
@@ -155,7 +156,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
     pdf.heading(_("Counts"))
     total = max(summary.leukocytes, 1)
     with pdf.table(col_widths=(70, 40, 25, 25), text_align=("LEFT", "LEFT", "RIGHT", "RIGHT")) as table:
-        table.row((_("Cell type"), _("Category"), _("Count"), _("% of WBC")))
+        table.row((_("Cell type"), _("Category"), _("Count"), _("WBC share")))
         for row in summary.rows():
             cat = row["category"]
             pct = f"{100 * row['count'] / total:.1f}" if cat in ("normal", "malignant", "atypical") else "-"

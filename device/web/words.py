@@ -90,7 +90,8 @@ def cells(n: int) -> str:
 def flag_text(f: dict) -> str:
     if f.get("level") == INSUFFICIENT:
         return gettext("Insufficient: %(n)d of %(target)d cells", n=f["count"], target=f["target"])
-    return gettext(f["message"])
+    message = f["message"]  # a configured rule's text: translated when the catalogue knows it
+    return gettext(message)
 
 
 def level_name(level: str) -> str:
