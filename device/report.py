@@ -145,7 +145,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
                                   hi=f"{100 * hi:.1f}", cells=words.cells(summary.malignant)))
     else:
         kv(_("Blast fraction"), _("not computable: no white cell counted"))
-    for title, text in words.model_limits(bundle):
+    for title, text, _from_card in words.model_limits(bundle):
         kv("   " + title, text)
     kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),

@@ -175,7 +175,10 @@ def model_limits(bundle) -> list[tuple[str, str]]:
                                   "reviewer classified as blasts.")
     titles = {"trained_on": gettext("Trained on"), "figures": gettext("Measured"),
               "not_validated_on": gettext("Never validated on"), "blasts": gettext("Blasts")}
-    return [(titles[k], found[k]) for k in ("trained_on", "figures", "not_validated_on", "blasts") if k in found]
+    # (title, text, written by the bundle: in the card's own language, not translated here)
+    ours = {"blasts"} | ({"figures"} if "figures" not in card and "figures" not in meta else set())
+    return [(titles[k], found[k], k not in ours) for k in ("trained_on", "figures", "not_validated_on", "blasts")
+            if k in found]
 
 
 def template_helpers(runtime) -> dict:
