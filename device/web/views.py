@@ -227,7 +227,8 @@ def preview_still():
 @bp.route("/api/status")
 def status():
     r = rt()
-    return jsonify(camera=r.loop.state()["camera"], busy=r.loop.busy, model=r.bundle.name,
+    camera = r.loop.state()["camera"]
+    return jsonify(camera=camera, camera_text=_(camera["status"]), busy=r.loop.busy, model=r.bundle.name,
                    model_problems=r.model_problems, captures=r.loop.captures,
                    active_sample=r.active[0] if r.active else None)
 

@@ -41,6 +41,7 @@ DATA_STRINGS = (
     _l("the model was not confident about this cell: choose its class instead of confirming"),
     _l("give a reason for re-opening the sample"), _l("this sample is not finished"),
     _l("this sample is already finished"),
+    _l("ok"), _l("starting"), _l("disconnected"), _l("closed"), _l("error"),
     _l("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person reviewing the smear."),
 )
 CATEGORY_NAMES = {"normal": _l("normal"), "malignant": _l("blast / malignant"), "atypical": _l("atypical"),

@@ -102,7 +102,7 @@
           const r = await fetch("/api/status", { headers: { Accept: "application/json" } });
           if (!r.ok) return;
           const s = await r.json();
-          status.textContent = msg("msgCamera") + " " + s.camera.status + (s.camera.error ? ": " + s.camera.error : "");
+          status.textContent = msg("msgCamera") + " " + (s.camera_text || s.camera.status) + (s.camera.error ? ": " + s.camera.error : "");
           status.className = "status " + s.camera.status;
           // a capture made elsewhere (the push-button) into the sample on screen: show it
           const root = document.querySelector(".capture");
