@@ -228,7 +228,8 @@ def preview_still():
 def status():
     r = rt()
     camera = r.loop.state()["camera"]
-    return jsonify(camera=camera, camera_text=_(camera["status"]), busy=r.loop.busy, model=r.bundle.name,
+    status_word = camera["status"]
+    return jsonify(camera=camera, camera_text=_(status_word), busy=r.loop.busy, model=r.bundle.name,
                    model_problems=r.model_problems, captures=r.loop.captures,
                    active_sample=r.active[0] if r.active else None)
 
