@@ -63,18 +63,24 @@
     const resp = await fetch(form.action, { method: "POST", body: data, headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
     if (resp.ok) {
       const card = form.closest(".cell");
+      const wasOpen = !card.classList.contains("reviewed"); // the counters below drop once per cell
       const opt = label ? form.querySelector(`option[value="${CSS.escape(label)}"]`) : null;
       if (opt) card.querySelector(".label").textContent = opt.textContent;
       card.classList.add("reviewed");
       card.dataset.reviewed = label || "confirmed";
-      const left = document.getElementById("left");
-      if (left && !card.dataset.counted) {
-        card.dataset.counted = "1";
-        const n = Number((left.textContent.match(/\d+/) || ["0"])[0]);
-        if (n > 0) left.textContent = left.textContent.replace(String(n), String(n - 1));
-      }
       const confirmBtn = form.querySelector("button.confirm");
       if (confirmBtn) confirmBtn.remove();
+      const decrement = (el) => {
+        const n = Number((el.textContent.match(/\d+/) || ["0"])[0]);
+        if (n > 0) el.textContent = el.textContent.replace(String(n), String(n - 1));
+        return n - 1;
+      };
+      const left = document.getElementById("left");
+      if (wasOpen && left) decrement(left);
+      // the group's "accept all N" no longer includes this cell
+      const group = card.closest("section.group");
+      const accept = group && group.querySelector("form.accept button");
+      if (wasOpen && accept && decrement(accept) <= 0) accept.closest("form").remove();
     } else {
       const body = await resp.json().catch(() => ({}));
       alert(body.error || msg("msgReviewFailed"));
