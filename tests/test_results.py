@@ -6,6 +6,7 @@ import io
 import json
 import re
 
+import requests
 from pypdf import PdfReader
 
 from tests.conftest import csrf_of, signed_in
@@ -193,3 +194,42 @@ def test_qc_failures_are_loud_with_the_action_for_uploads_and_captures(live_app)
                   files={"image": ("glass.png", buf.getvalue(), "image/png")},
                   headers={"Accept": "application/json"}).json()
     assert 'class="qc-fail" role="alert"' in body["qc_html"]  # the same banner for a camera capture (JSON path)
+
+
+def test_times_are_shown_in_the_box_time_zone_set_in_settings(live_app):
+    from datetime import datetime, timedelta
+
+    from device.config import ConfigError, config_from_dict
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    r = _new_sample(s, base, "TZ-1")
+    sid = int(r.url.rstrip("/").split("/")[-1])
+    s.post(f"{base}/samples/{sid}/finish", data={"csrf_token": csrf_of(r.text), "confirmed": "1"})
+    finished = rt.store.connect().execute("SELECT finished_at FROM samples WHERE id = ?", (sid,)).fetchone()[0]
+    utc = datetime.fromisoformat(finished)
+    assert (utc.strftime("%Y-%m-%d %H:%M") + " UTC") in _text(s.get(f"{base}/samples/{sid}").text)
+    rt.config.web.time_zone = "Africa/Nairobi"  # UTC+3 all year
+    local = (utc + timedelta(hours=3)).strftime("%Y-%m-%d %H:%M")
+    assert f"finished {local} Africa/Nairobi" in _text(s.get(f"{base}/samples/{sid}").text)
+    assert local in _text(s.get(f"{base}/history").text)
+    for bad in ("Mars/Olympus", "../../etc/passwd", ""):
+        try:
+            config_from_dict({"web": {"time_zone": bad}})
+        except ConfigError as exc:
+            assert "time zone" in str(exc)
+        else:
+            raise AssertionError(bad)
+
+
+def test_time_zone_and_default_language_are_set_in_settings(live_app):
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    page = s.get(base + "/settings")
+    r = s.post(base + "/settings", data={"csrf_token": csrf_of(page.text), "web.time_zone": "Mars/Olympus"})
+    assert r.status_code == 400 and "unknown time zone" in r.text
+    r = s.post(base + "/settings", data={"csrf_token": csrf_of(page.text), "web.time_zone": "Africa/Kigali",
+                                         "web.language": "fr"})
+    assert r.ok and rt.config.web.time_zone == "Africa/Kigali" and rt.config.web.language == "fr"
+    anon = requests.Session()  # no user language, no browser preference: the box's default
+    assert 'lang="fr"' in anon.get(base + "/login").text
