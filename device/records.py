@@ -231,8 +231,10 @@ def reopen_sample(store: Store, sample_id: int, user: str, reason: str) -> None:
             raise RecordError(f"no sample {sample_id}")
         if row["status"] != "finished":
             raise RecordError("this sample is not finished")
-        tx.execute("UPDATE samples SET status = 'open', result_json = NULL, reopened_at = ?, reopened_by = ?, "
-                   "reopen_reason = ? WHERE id = ?", (now(), user, reason.strip(), sample_id))
+        # an open sample has no finish time nor result (the previous ones are in the audit entry)
+        tx.execute("UPDATE samples SET status = 'open', result_json = NULL, finished_at = NULL, finished_by = NULL, "
+                   "verified_by = NULL, reopened_at = ?, reopened_by = ?, reopen_reason = ? WHERE id = ?",
+                   (now(), user, reason.strip(), sample_id))
         store.audit(user, "reopen-sample", f"sample:{sample_id}",
                     {"reason": reason.strip(), "previous_finish": row["finished_at"], "previous_by": row["finished_by"],
                      "previous_result": json.loads(row["result_json"]) if row["result_json"] else None}, conn=tx)
