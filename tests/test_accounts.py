@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 
@@ -163,7 +162,8 @@ def test_unknown_and_real_users_take_the_same_time_and_get_the_same_answers(live
             r = s.post(base + "/login", data={"csrf_token": csrf_of(page.text), "username": name, "password": "x"})
             times[kind].append(time.perf_counter() - t0)
             texts[kind].add((r.status_code, r.text.split('role="alert">')[1].split("<")[0]))
-    real, unknown = statistics.median(times["real"]), statistics.median(times["unknown"])
+    # the fastest of each: the machine's other load only ever adds time
+    real, unknown = min(times["real"]), min(times["unknown"])
     assert 0.5 < unknown / real < 2.0, (real, unknown)  # before: 238 ms against 12 ms
     assert texts["real"] == texts["unknown"]
     # an unknown name locks exactly like a real one: the "locked" answer reveals nothing

@@ -123,9 +123,17 @@ def _pages(base, s, rt):
 
 def test_no_page_has_an_untranslated_string_in_french(live_app):
     base, app, rt, _ = live_app
+    setup = requests.get(base + "/setup", headers={"Accept-Language": "fr-FR,fr;q=0.9"}).text
     s = signed_in(base)
+    page = s.get(base + "/users")
+    s.post(base + "/users", data={"csrf_token": csrf_of(page.text), "username": "op", "password": "long-enough-1",
+                                  "confirm": "long-enough-1", "role": "operator"})
+    op = signed_in(base, "op", "long-enough-1", create=False)
+    _set_language(op, base, "fr")
     _set_language(s, base, "fr")
     pages, _, _ = _pages(base, s, rt)
+    pages["/setup"] = setup
+    pages["403"] = op.get(base + "/users").text
     ids = english_msgids()
     literal = [re.split(r"%\(\w+\)[sd]|%%", i) for i in ids]
     problems = []

@@ -91,6 +91,10 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     def too_large(exc):
         return views.error_page(413, _("The upload is larger than %(mb)d MB.", mb=MAX_UPLOAD_BYTES // (1024 * 1024)))
 
+    @app.errorhandler(403)
+    def forbidden(exc):
+        return views.error_page(403, _("Only an administrator can do this."))
+
     @app.errorhandler(404)
     def not_found(exc):
         return views.error_page(404, _("There is nothing at this address."))
