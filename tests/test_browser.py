@@ -83,7 +83,7 @@ def ensure_uncertain(rt, sample_id):
                      "sample_id = ?)", (sample_id,))
 
 
-def capture_to_target(page, rt, prefix, target_text):
+def capture_to_target(page, rt, prefix, target_text, fields_before=0):
     from playwright.sync_api import expect
 
     target = rt.config.sample.target_cells
@@ -98,7 +98,7 @@ def capture_to_target(page, rt, prefix, target_text):
         else:
             page.click("#capture")
         captures += 1
-        expect(page.locator("#fields")).to_have_text(str(captures))
+        expect(page.locator("#fields")).to_have_text(str(fields_before + captures))
         expect(page.locator("#capture")).to_be_enabled()
         shot(page, f"{prefix}-04-capture-{captures:02d}", full=False)
     expect(page.locator("#target-message")).to_have_text(target_text)
@@ -185,8 +185,22 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     assert page.locator("#preview").evaluate("img => img.naturalWidth") > 0, "live view shows nothing"
     sid = rt.store.connect().execute("SELECT id FROM samples").fetchone()[0]
 
+    # a field that fails quality control (bare glass, uploaded): a red banner with the action to take
+    import numpy as np
+    from PIL import Image
+
+    glass = tmp_path / "glass.png"
+    Image.fromarray(np.full((480, 640, 3), 250, np.uint8)).save(glass)
+    page.click("details.upload summary")
+    page.set_input_files("input[name=image]", str(glass))
+    page.click("details.upload button[type=submit]")
+    expect(page.locator(".qc-fail")).to_contain_text("Field not analysed.")
+    expect(page.locator(".qc-fail")).to_contain_text("capture again")
+    above_fold(page, ".qc-fail")
+    shot(page, "800-04-qc-failed-upload", full=False)
+
     # capture until the target: the count is classified white cells, the uncertain ones beside it
-    capture_to_target(page, rt, "800", "Target reached: review, then finish.")
+    capture_to_target(page, rt, "800", "Target reached: review, then finish.", fields_before=1)
     n_cells = rt.store.connect().execute("SELECT COUNT(*) FROM cells").fetchone()[0]
     leuko = int(page.locator("#count").inner_text())
     assert n_cells >= leuko >= rt.config.sample.target_cells

@@ -233,3 +233,28 @@ def test_time_zone_and_default_language_are_set_in_settings(live_app):
     assert r.ok and rt.config.web.time_zone == "Africa/Kigali" and rt.config.web.language == "fr"
     anon = requests.Session()  # no user language, no browser preference: the box's default
     assert 'lang="fr"' in anon.get(base + "/login").text
+
+
+def test_pdf_gallery_says_how_many_cells_it_shows_and_starts_with_the_blasts(live_app):
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    r = _new_sample(s, base, "MANY-1")
+    sid = int(r.url.rstrip("/").split("/")[-1])
+    token = csrf_of(r.text)
+    while rt.store.connect().execute("SELECT COUNT(*) FROM cells WHERE sample_id = ?", (sid,)).fetchone()[0] < 1:
+        s.post(f"{base}/samples/{sid}/capture", headers={"X-CSRFToken": token, "Accept": "application/json"})
+    conn = rt.store.connect()
+    with rt.store.transaction() as tx:  # 40 copies of the real cell, the last one reclassified as a blast
+        row = dict(conn.execute("SELECT * FROM cells WHERE sample_id = ?", (sid,)).fetchone())
+        row.pop("id")
+        for _ in range(40):
+            tx.execute(f"INSERT INTO cells ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    total = conn.execute("SELECT COUNT(*) FROM cells WHERE sample_id = ?", (sid,)).fetchone()[0]
+    last = conn.execute("SELECT MAX(id) FROM cells WHERE sample_id = ?", (sid,)).fetchone()[0]
+    s.post(f"{base}/cells/{last}/review", data={"csrf_token": token, "label": "myeloblast"})
+    s.post(f"{base}/samples/{sid}/finish", data={"csrf_token": token, "confirmed": "1"})
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(io.BytesIO(
+        s.get(f"{base}/samples/{sid}/report.pdf").content)).pages).split())
+    assert f"24 of {total} cells shown" in text
+    gallery = text.split("cells shown)")[1]
+    assert gallery.lstrip().startswith("Myeloblast")  # the capture-order last cell comes first
