@@ -200,6 +200,9 @@ def authenticate(store: Store, username: str, password: str, client: str, max_fa
     t = _utcnow()
     ukey, ckey = _user_key(username), _client_key(client)
     with store.transaction() as tx:
+        # counters nobody has touched for a day are forgotten: the table stays small whatever is guessed
+        tx.execute("DELETE FROM login_failures WHERE window_start < ? AND (locked_until IS NULL OR locked_until < ?)",
+                   (_t(t - timedelta(days=1)), _t(t)))
         if not _charge(tx, ckey, CLIENT_MAX_FAILURES, CLIENT_WINDOW, CLIENT_WINDOW, t):
             _audit_failure(store, tx, ckey, "-", "client-limit", t)
             return None, "client-limit"
