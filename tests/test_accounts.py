@@ -172,7 +172,7 @@ def test_unknown_and_real_users_take_the_same_time_and_get_the_same_answers(live
             _login(base, name, "wrong")
     a = _login(base, "nurse.amina", "wrong")[1]
     b = _login(base, "nobody-at-all", "wrong")[1]
-    alert = lambda r: r.text.split('role="alert">')[1].split("<")[0]  # noqa: E731
+    alert = lambda r: r.text.split('role="alert">')[1].split("<")[0]
     assert (a.status_code, alert(a)) == (b.status_code, alert(b))
     assert "locked" in alert(a)
 

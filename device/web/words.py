@@ -9,7 +9,7 @@ import re
 from datetime import datetime, timezone
 
 from flask import g, has_request_context, request
-from flask_babel import format_datetime, get_locale, gettext, ngettext  # noqa: F401 (gettext: used by report)
+from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
 from device import labels as vocab
