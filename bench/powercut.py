@@ -62,7 +62,7 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
         if sample_url is None or rng.random() < 0.1:
             if sample_url is not None and rng.random() < 0.5:  # finish the old sample now and then
                 page = session.get(base + sample_url)
-                session.post(base + sample_url + "/finish", data={"csrf_token": csrf_of(page.text)})
+                session.post(base + sample_url + "/finish", data={"csrf_token": csrf_of(page.text), "confirmed": "1"})
             page = session.get(base + "/")
             r = session.post(base + "/samples", data={"csrf_token": csrf_of(page.text),
                                                       "sample_code": f"PC-{cycle}"})

@@ -66,6 +66,19 @@ class WebConfig:
     max_failed_logins: int = 5
     lockout_minutes: int = 15
     session_hours: int = 12
+    time_zone: str = "UTC"  # the box's time zone for dates on pages and reports (an IANA name, e.g. Africa/Nairobi)
+    language: str = "en"  # the default page and report language; each user can choose their own
+
+    def __post_init__(self):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone: unknown time zone {self.time_zone!r} (use a name such as "
+                             "'Africa/Nairobi' or 'UTC')") from None
+        if self.language not in ("en", "fr", "ar"):
+            raise ValueError(f"language: {self.language!r} is not available (en, fr, ar)")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 from device import labels as vocab
 from device.imageio import encode_jpeg
 from device.pipeline import FieldAnalysis, stored_copy
-from device.sample import CountedCell, SampleSummary, summarize
+from device.sample import CountedCell, SampleSummary, final_label, needs_decision, summarize
 from device.store import Store, now
 
 
@@ -100,14 +100,74 @@ def cells_of(store: Store, sample_id: int, field_id: int | None = None) -> list[
     return store.connect().execute(sql + " ORDER BY c.id", args).fetchall()
 
 
+def cell_final(row) -> tuple[str, str]:
+    """The final (label, category) of a stored cell: the one rule of ``device.sample.final_label``."""
+    return final_label(row["label"], row["flag"], row["operator_label"])
+
+
+def cell_undecided(row) -> bool:
+    return needs_decision(row["flag"], row["operator_label"])
+
+
+def reviewers_of(store: Store, sample_id: int) -> list[str]:
+    """Who reviewed the sample's cells, in the order they first did."""
+    return [r[0] for r in store.connect().execute(
+        "SELECT u.username FROM cells c JOIN users u ON u.id = c.reviewer_id WHERE c.sample_id = ? "
+        "GROUP BY u.username ORDER BY MIN(c.reviewed_at)", (sample_id,))]
+
+
+def find_by_code(store: Store, code: str) -> list[sqlite3.Row]:
+    """Samples already using this id (case and surrounding spaces ignored): a duplicate needs a decision."""
+    return store.connect().execute("SELECT id, sample_code, created_at, status FROM samples "
+                                   "WHERE sample_code = ? COLLATE NOCASE ORDER BY id", (code.strip(),)).fetchall()
+
+
+GROUP_ORDER = (vocab.UNCERTAIN, "malignant", "atypical", "normal", "non-leukocyte")
+
+
+def review_groups(cells) -> list[dict]:
+    """Cells grouped by final label, as digital-morphology systems show them: undecided uncertain cells first,
+    then blasts/malignant, atypical, each normal class, then non-leukocytes. Within a group the least
+    confident first."""
+    groups: dict[str, dict] = {}
+    for c in cells:
+        name, cat = cell_final(c)
+        g = groups.setdefault(name, {"label": name, "category": cat, "cells": [], "left": 0})
+        g["cells"].append(c)
+        g["left"] += c["operator_label"] is None
+    for g in groups.values():
+        g["cells"].sort(key=lambda c: (c["operator_label"] is not None, c["probability"]))
+        # "accept all" only where the model was confident: never for undecided uncertain cells
+        g["acceptable"] = g["label"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
+    return sorted(groups.values(), key=lambda g: (GROUP_ORDER.index(g["category"]), -len(g["cells"]), g["label"]))
+
+
+def report_order(cells) -> list:
+    """The order of the report's gallery: blasts and malignant, reclassified, uncertain, then the rest."""
+    def rank(c):
+        name, cat = cell_final(c)
+        if cat == "malignant" or c["category"] == "malignant":
+            return 0
+        if c["operator_label"] and c["operator_label"] != c["label"]:
+            return 1
+        if cat == vocab.UNCERTAIN:
+            return 2
+        if cat == "atypical":
+            return 3
+        return 4
+    return sorted(cells, key=lambda c: (rank(c), c["id"]))
+
+
 def summary_of(store: Store, sample_id: int, rules, target: int | None = None) -> SampleSummary:
     sample = get_sample(store, sample_id)
     counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in cells_of(store, sample_id)]
     return summarize(counted, target if target is not None else sample["target"], rules)
 
 
-def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_id: int | None) -> None:
-    """Confirm (label = the model's) or reclassify a cell. A label outside the vocabulary is refused."""
+def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_id: int | None,
+                confirm: bool = False) -> None:
+    """Confirm the model's label (``confirm``: only for a cell the model called with confidence) or choose the
+    cell's class. A label outside the vocabulary is refused."""
     if label is not None:
         vocab.label(label)
     with store.transaction() as tx:
@@ -117,6 +177,8 @@ def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_i
             raise RecordError(f"no cell {cell_id}")
         if row["status"] != "open":
             raise RecordError("this sample is finished; its cells can no longer be changed")
+        if confirm and (row["flag"] or label != row["label"]):
+            raise RecordError("the model was not confident about this cell: choose its class instead of confirming")
         tx.execute("UPDATE cells SET operator_label = ?, reviewer_id = ?, reviewed_at = ? WHERE id = ?",
                    (label, user_id, now(), cell_id))
         action = "confirm-cell" if label == row["label"] else "reclassify-cell"
@@ -125,16 +187,57 @@ def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_i
                     conn=tx)
 
 
-def finish_sample(store: Store, sample_id: int, user: str, rules) -> SampleSummary:
-    summary = summary_of(store, sample_id, rules)
+def accept_class(store: Store, sample_id: int, label: str, user: str, user_id: int | None) -> int:
+    """Confirm every unreviewed cell the model confidently called ``label`` (never an uncertain one)."""
+    vocab.label(label)
     with store.transaction() as tx:
-        cur = tx.execute("UPDATE samples SET status = 'finished', finished_at = ?, result_json = ? "
-                         "WHERE id = ? AND status = 'open'", (now(), json.dumps(summary.to_dict()), sample_id))
+        status = tx.execute("SELECT status FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        if status is None:
+            raise RecordError(f"no sample {sample_id}")
+        if status[0] != "open":
+            raise RecordError("this sample is finished; its cells can no longer be changed")
+        cur = tx.execute("UPDATE cells SET operator_label = label, reviewer_id = ?, reviewed_at = ? WHERE sample_id = ? "
+                         "AND label = ? AND flag IS NULL AND operator_label IS NULL", (user_id, now(), sample_id, label))
+        store.audit(user, "accept-class", f"sample:{sample_id}", {"label": label, "cells": cur.rowcount}, conn=tx)
+        return cur.rowcount
+
+
+def finish_sample(store: Store, sample_id: int, user: str, rules, verified_by: str = "") -> SampleSummary:
+    """The summary is computed inside the write transaction, so it matches the cells it was computed from."""
+    with store.transaction() as tx:
+        summary = summary_of(store, sample_id, rules)
+        undecided = summary.uncertain
+        data = summary.to_dict() | {"undecided": undecided}
+        cur = tx.execute("UPDATE samples SET status = 'finished', finished_at = ?, finished_by = ?, verified_by = ?, "
+                         "result_json = ? WHERE id = ? AND status = 'open'",
+                         (now(), user, verified_by.strip() or None, json.dumps(data), sample_id))
         if cur.rowcount != 1:
             raise RecordError("this sample is already finished")
         store.audit(user, "finish-sample", f"sample:{sample_id}",
-                    {"leukocytes": summary.leukocytes, "flags": [f["message"] for f in summary.flags]}, conn=tx)
+                    {"leukocytes": summary.leukocytes, "target_reached": summary.target_reached,
+                     "unreviewed": summary.unreviewed, "undecided": undecided,
+                     "flags": [f["message"] for f in summary.flags]}, conn=tx)
     return summary
+
+
+def reopen_sample(store: Store, sample_id: int, user: str, reason: str) -> None:
+    """An administrator re-opens a finished sample to amend it; the previous result stays in the audit log."""
+    if not reason.strip():
+        raise RecordError("give a reason for re-opening the sample")
+    with store.transaction() as tx:
+        row = tx.execute("SELECT status, result_json, finished_at, finished_by FROM samples WHERE id = ?",
+                         (sample_id,)).fetchone()
+        if row is None:
+            raise RecordError(f"no sample {sample_id}")
+        if row["status"] != "finished":
+            raise RecordError("this sample is not finished")
+        # an open sample has no finish time nor result (the previous ones are in the audit entry)
+        tx.execute("UPDATE samples SET status = 'open', result_json = NULL, finished_at = NULL, finished_by = NULL, "
+                   "verified_by = NULL, reopened_at = ?, reopened_by = ?, reopen_reason = ? WHERE id = ?",
+                   (now(), user, reason.strip(), sample_id))
+        store.audit(user, "reopen-sample", f"sample:{sample_id}",
+                    {"reason": reason.strip(), "previous_finish": row["finished_at"], "previous_by": row["finished_by"],
+                     "previous_result": json.loads(row["result_json"]) if row["result_json"] else None}, conn=tx)
 
 
 def search_samples(store: Store, text: str = "", date_from: str = "", date_to: str = "", flag: str = "",
@@ -157,6 +260,8 @@ def search_samples(store: Store, text: str = "", date_from: str = "", date_to: s
         sql += " AND s.result_json LIKE '%\"level\": \"review\"%'"
     elif flag == "none":
         sql += " AND s.result_json LIKE '%\"flags\": []%'"
+    elif flag == "insufficient":
+        sql += " AND s.result_json LIKE '%\"level\": \"insufficient\"%'"
     elif flag == "open":
         sql += " AND s.status = 'open'"
     sql += " ORDER BY s.id DESC LIMIT ?"

@@ -38,6 +38,21 @@ DEFAULT_RULES = (
 )
 
 
+def final_label(label: str, flag: str | None, operator_label: str | None) -> tuple[str, str]:
+    """The one rule for a cell's final label and category, used by the pages, the PDF, the CSV and the JSON:
+    a reviewer's label wins; otherwise a cell the model flagged is uncertain; otherwise the model's label."""
+    if operator_label:
+        return operator_label, vocab.category_of(operator_label)
+    if flag:
+        return vocab.UNCERTAIN, vocab.UNCERTAIN
+    return label, vocab.category_of(label)
+
+
+def needs_decision(flag: str | None, operator_label: str | None) -> bool:
+    """An uncertain cell nobody has decided yet: it is not counted until a reviewer chooses its class."""
+    return bool(flag) and not operator_label
+
+
 @dataclass(frozen=True)
 class CountedCell:
     label: str  # the model's label
@@ -47,11 +62,7 @@ class CountedCell:
 
     @property
     def final(self) -> tuple[str, str]:
-        if self.operator_label:
-            return self.operator_label, vocab.category_of(self.operator_label)
-        if self.flag:
-            return vocab.UNCERTAIN, vocab.UNCERTAIN
-        return self.label, self.category
+        return final_label(self.label, self.flag, self.operator_label)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -73,28 +84,41 @@ class SampleSummary:
     malignant: int
     malignant_fraction: float
     malignant_ci: tuple[float, float]
-    seen: int  # white cells toward the target: counted leukocytes plus uncertain cells awaiting review
+    seen: int  # white cells toward the target: classified leukocytes only (uncertain cells are shown beside it)
     target: int
     progress: float
     flags: list[dict] = field(default_factory=list)
+    unreviewed: int = 0  # cells no reviewer has confirmed or decided yet (uncertain or not)
     disclaimer: str = DISCLAIMER
 
     def rows(self) -> list[dict]:
         out = []
         for name, n in self.by_label.items():
             if name == vocab.UNCERTAIN:
-                out.append({"label": name, "display": "Uncertain", "category": vocab.UNCERTAIN, "count": n})
+                out.append({"label": name, "display": "Uncertain (awaiting review)", "category": vocab.UNCERTAIN,
+                            "count": n})
             else:
                 lab = vocab.label(name)
                 out.append({"label": name, "display": lab.display, "category": lab.category, "count": n})
         return out
+
+    @property
+    def target_reached(self) -> bool:
+        return self.leukocytes >= self.target
+
+    @property
+    def insufficient(self) -> bool:
+        return not self.target_reached
 
     def to_dict(self) -> dict:
         return {"by_label": self.by_label, "rows": self.rows(), "by_category": self.by_category, "uncertain": self.uncertain,
                 "leukocytes": self.leukocytes, "malignant": self.malignant,
                 "malignant_fraction": self.malignant_fraction, "malignant_ci": list(self.malignant_ci),
                 "seen": self.seen, "target": self.target, "progress": self.progress, "flags": self.flags,
-                "disclaimer": self.disclaimer}
+                "target_reached": self.target_reached, "unreviewed": self.unreviewed, "disclaimer": self.disclaimer}
+
+
+INSUFFICIENT = "insufficient"  # the flag level of a count below its target: never read as "no flag"
 
 
 def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) -> SampleSummary:
@@ -112,7 +136,10 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) 
         frac = count / leukocytes if leukocytes else 0.0
         if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
             flags.append({"level": rule.level, "message": rule.message, "category": rule.category, "count": count})
-    seen = leukocytes + by_category[vocab.UNCERTAIN]
+    if leukocytes < target:
+        flags.insert(0, {"level": INSUFFICIENT, "message": f"Insufficient: {leukocytes} of {target} cells",
+                         "category": INSUFFICIENT, "count": leukocytes, "target": target})
+    unreviewed = sum(1 for c in cells if not c.operator_label)
     return SampleSummary(by_label, by_category, by_category[vocab.UNCERTAIN], leukocytes, malignant, fraction,
-                         wilson_interval(malignant, leukocytes), seen, target,
-                         min(1.0, seen / target) if target else 1.0, flags)
+                         wilson_interval(malignant, leukocytes), leukocytes, target,
+                         min(1.0, leukocytes / target) if target else 1.0, flags, unreviewed)

@@ -18,6 +18,8 @@ from device.imageio import write_atomic
 # (section, key, label, kind) of what the Settings page edits field by field.
 EDITABLE = [
     ("web", "clinic_name", "Clinic name (on reports)", "text"),
+    ("web", "time_zone", "Time zone (e.g. Africa/Nairobi)", "text"),
+    ("web", "language", "Default language", "choice:en,fr,ar"),
     ("sample", "target_cells", "Target white cells per sample", "int"),
     ("storage", "retention_days", "Delete records older than (days, 0 = keep)", "int"),
     ("camera", "backend", "Camera", "choice:replay,opencv,picamera2"),

@@ -96,6 +96,30 @@ MIGRATIONS = [
         value TEXT NOT NULL
     );
     """,
+    # 2: server-side sessions (revocable), sign-in throttling, per-user language, the sample's sign-off trail
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        client TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE login_failures (
+        key TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        window_start TEXT NOT NULL,
+        locked_until TEXT,
+        audit_id INTEGER
+    );
+    ALTER TABLE users ADD COLUMN language TEXT NOT NULL DEFAULT '';
+    ALTER TABLE samples ADD COLUMN finished_by TEXT;
+    ALTER TABLE samples ADD COLUMN verified_by TEXT;
+    ALTER TABLE samples ADD COLUMN reopened_at TEXT;
+    ALTER TABLE samples ADD COLUMN reopened_by TEXT;
+    ALTER TABLE samples ADD COLUMN reopen_reason TEXT
+    """,
 ]
 
 

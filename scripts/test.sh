@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: Chromium for the browser tests, systemd-analyze for the unit checks.
+# System packages: Chromium for the browser tests, systemd-analyze for the unit checks, pdftoppm for the report.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)  # the browser test renders the PDF report to PNG
 if ((${#need[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "installing system packages: ${need[*]}"

@@ -22,7 +22,11 @@ def test_counts_flags_and_review_override():
     assert s.leukocytes == 95 and s.malignant == 25 and s.uncertain == 2
     assert s.by_category["non-leukocyte"] == 3
     assert s.malignant_fraction == pytest.approx(25 / 95)
-    assert s.seen == 97 and s.progress == pytest.approx(0.97)  # uncertain cells count toward the target
+    # only classified leukocytes count toward the target; the 2 uncertain cells are shown beside it
+    assert s.seen == 95 and s.progress == pytest.approx(0.95) and not s.target_reached
+    assert s.flags[0] == {"level": "insufficient", "message": "Insufficient: 95 of 100 cells",
+                          "category": "insufficient", "count": 95, "target": 100}
+    assert s.unreviewed == 100
     levels = {f["level"]: f["message"] for f in s.flags}
     assert "refer" in levels and "leukaemia" in levels["refer"]
     assert "screening aid" in s.disclaimer.lower()
@@ -30,14 +34,34 @@ def test_counts_flags_and_review_override():
     reviewed = cells[:94] + [CountedCell("pre-b", "malignant", None, "lymphocyte")] + cells[95:98] + [
         CountedCell("lymphocyte", "normal", "low-confidence", "lymphocyte")] * 2
     s2 = summarize(reviewed)
-    assert s2.uncertain == 0 and s2.malignant == 24 and s2.leukocytes == 97
+    assert s2.uncertain == 0 and s2.malignant == 24 and s2.leukocytes == 97 and s2.unreviewed == 97
+
+
+def test_an_empty_or_short_sample_is_insufficient_never_no_flag():
+    s = summarize([], target=100)
+    assert [f["level"] for f in s.flags] == ["insufficient"] and s.flags[0]["message"] == "Insufficient: 0 of 100 cells"
+    assert s.progress == 0 and not s.target_reached
+    s = summarize([CountedCell("neutrophil", "normal")] * 99 + [CountedCell("neutrophil", "normal", "low-confidence")],
+                  target=100)
+    assert s.seen == 99 and s.uncertain == 1 and s.flags[0]["level"] == "insufficient"
+    s = summarize([CountedCell("neutrophil", "normal")] * 100, target=100)
+    assert s.target_reached and s.progress == 1.0 and s.flags == []
+
+
+def test_one_final_label_rule():
+    from device.sample import final_label
+
+    assert final_label("platelet", "low-confidence", None) == ("uncertain", "uncertain")
+    assert final_label("platelet", "low-confidence", "neutrophil") == ("neutrophil", "normal")
+    assert final_label("ig", None, None) == ("ig", "atypical")
+    assert CountedCell("platelet", "non-leukocyte", "unfamiliar").final == ("uncertain", "uncertain")
 
 
 def test_no_flags_for_a_normal_sample_and_custom_rules():
-    s = summarize([CountedCell("neutrophil", "normal")] * 10)
+    s = summarize([CountedCell("neutrophil", "normal")] * 10, target=10)
     assert s.flags == [] and s.malignant_fraction == 0.0
     rule = FlagRule("normal", "many normals", "review", min_count=5)
-    assert summarize([CountedCell("neutrophil", "normal")] * 10, rules=[rule]).flags[0]["message"] == "many normals"
+    assert summarize([CountedCell("neutrophil", "normal")] * 10, target=10, rules=[rule]).flags[0]["message"] == "many normals"
     with pytest.raises(ValueError):
         FlagRule("bogus", "x", min_count=1)
 
@@ -47,13 +71,15 @@ def test_store_schema_wal_and_foreign_keys(tmp_path):
     conn = store.connect()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    from device.store import MIGRATIONS
+
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     with pytest.raises(sqlite3.IntegrityError):
         with store.transaction() as tx:
             tx.execute("INSERT INTO fields (sample_id, image_path, captured_at, width, height, qc_ok, qc_message, "
                        "qc_json) VALUES (999, 'x', 'now', 1, 1, 1, 'ok', '{}')")
     store.close()
-    assert Store(tmp_path).migrate() == 1  # re-opening migrates nothing
+    assert Store(tmp_path).migrate() == len(MIGRATIONS)  # re-opening migrates nothing
 
 
 def test_consistency_check_repairs_orphans_and_dangling_rows(tmp_path):

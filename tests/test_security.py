@@ -38,7 +38,7 @@ def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(live_app):
         sid = r.url.rstrip("/").split("/")[-1]
         token = csrf_of(r.text)
         s.post(f"{base}/samples/{sid}/capture", headers={"X-CSRFToken": token, "Accept": "application/json"})
-        s.post(f"{base}/samples/{sid}/finish", data={"csrf_token": token})
+        s.post(f"{base}/samples/{sid}/finish", data={"csrf_token": token, "confirmed": "1"})
         pages = [s.get(base + p).text for p in ("/", f"/samples/{sid}", f"/samples/{sid}/review",
                                                  "/history", "/history?q=" + payload[:20], "/audit")]
         for text in pages:

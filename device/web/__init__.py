@@ -8,11 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from flask import Flask, g, redirect, request, url_for
+from flask_babel import Babel
+from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from device import labels as vocab
 from device.runtime import Runtime
-from device.sample import DISCLAIMER
+from device.web import words
 
 # Reachable without signing in: everything else redirects to the login page.
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
@@ -49,6 +50,9 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     app.extensions["leukoscope"] = runtime
     app.extensions["leukoscope_streams"] = threading.BoundedSemaphore(MAX_LIVE_VIEWS)
     CSRFProtect(app)
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(Path(__file__).parent / "translations")
+    Babel(app, locale_selector=lambda: words.page_language(runtime),
+          timezone_selector=lambda: runtime.config.web.time_zone)
 
     from device.web import auth, views
 
@@ -81,28 +85,30 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
-        return views.error_page(400, "The form expired or was not sent by this page. Reload the page and try again.")
+        return views.error_page(400, _("The form expired or was not sent by this page. Reload the page and try again."))
 
     @app.errorhandler(413)
     def too_large(exc):
-        return views.error_page(413, f"The upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+        return views.error_page(413, _("The upload is larger than %(mb)d MB.", mb=MAX_UPLOAD_BYTES // (1024 * 1024)))
+
+    @app.errorhandler(403)
+    def forbidden(exc):
+        return views.error_page(403, _("Only an administrator can do this."))
 
     @app.errorhandler(404)
     def not_found(exc):
-        return views.error_page(404, "There is nothing at this address.")
+        return views.error_page(404, _("There is nothing at this address."))
 
     @app.errorhandler(405)
     def not_allowed(exc):
-        return views.error_page(405, "That action is not available here.")
+        return views.error_page(405, _("That action is not available here."))
 
     @app.errorhandler(500)
     def server_error(exc):
-        return views.error_page(500, "Something went wrong on the appliance. Nothing was lost; try again.")
+        return views.error_page(500, _("Something went wrong on the appliance. Nothing was lost; try again."))
 
     @app.context_processor
     def inject():
-        return {"disclaimer": DISCLAIMER, "clinic_name": runtime.config.web.clinic_name, "user": g.get("user"),
-                "category_of": lambda n: vocab.category_of(n) if n != vocab.UNCERTAIN else vocab.UNCERTAIN,
-                "display": lambda n: vocab.label(n).display if n != vocab.UNCERTAIN else "Uncertain"}
+        return words.template_helpers(runtime) | {"clinic_name": runtime.config.web.clinic_name, "user": g.get("user")}
 
     return app

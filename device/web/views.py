@@ -8,11 +8,13 @@ import time
 
 from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, redirect, render_template, request,
                    send_file, url_for)
+from flask_babel import gettext as _
 
 from device import labels as vocab
 from device import records
 from device.bundle import BundleError
 from device.capture import CaptureError
+from device.web import words
 from device.web.auth import admin_required
 
 bp = Blueprint("views", __name__)
@@ -39,7 +41,8 @@ def health():
 def _text(name: str, limit: int = MAX_TEXT) -> str:
     value = request.form.get(name, "")
     if len(value) > limit:
-        abort(Response(render_template("error.html", code=400, message=f"'{name}' is longer than {limit} characters."),
+        abort(Response(render_template("error.html", code=400,
+                                       message=_("'%(name)s' is longer than %(n)d characters.", name=name, n=limit)),
                        400))
     return value.strip()
 
@@ -52,11 +55,11 @@ def _sample_or_404(sample_id: int):
 
 
 @bp.route("/")
-def index():
+def index(duplicates=None, form=None):
     store = rt().store
     open_samples = records.search_samples(store, flag="open", limit=20)
     return render_template("index.html", open_samples=open_samples, target=rt().config.sample.target_cells,
-                           state=rt().loop.state(), model=rt().bundle)
+                           state=rt().loop.state(), model=rt().bundle, duplicates=duplicates, form=form or {})
 
 
 @bp.route("/samples", methods=["POST"])
@@ -64,15 +67,19 @@ def new_sample():
     r = rt()
     code = _text("sample_code", 64)
     if not code:
-        flash("A sample id is required.", "error")
+        flash(_("A sample id is required."), "error")
         return redirect(url_for("views.index"))
     age = _text("patient_age", 8)
     if age and not re.fullmatch(r"\d{1,3}", age):
-        flash("Age must be a whole number of years.", "error")
+        flash(_("Age must be a whole number of years."), "error")
         return redirect(url_for("views.index"))
     sex = _text("patient_sex", 16)
     if sex not in ("", "female", "male", "other"):
         sex = "other"
+    duplicates = records.find_by_code(r.store, code)
+    if duplicates and request.form.get("confirm_duplicate") != "1":
+        # a second sample with the same id is allowed only deliberately: show the form again with a warning
+        return index(duplicates=duplicates, form=request.form), 409
     sid = records.create_sample(r.store, code, g.user["username"], g.user["id"], _text("patient_name", 120), age, sex,
                                 _text("note", 1000), r.config.sample.target_cells, r.bundle.name, r.bundle.sha256)
     return redirect(url_for("views.sample", sample_id=sid))
@@ -86,11 +93,12 @@ def sample(sample_id: int):
     summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
     if s["status"] == "finished":
         cells = records.cells_of(r.store, sample_id)
-        highlighted = [c for c in cells if c["operator_label"] and c["operator_label"] != c["label"]
-                       or vocab.category_of(c["operator_label"] or c["label"]) in ("malignant", "atypical")
-                       or (c["flag"] and not c["operator_label"])]
+        highlighted = [c for c in records.report_order(cells)
+                       if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
+                       or (c["operator_label"] and c["operator_label"] != c["label"])]
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
-                               model=r.bundle)
+                               n_highlighted=len(highlighted), model=r.bundle, limits=words.model_limits(r.bundle),
+                               result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id))
     r.active = (sample_id, g.user["username"])  # the push-button now captures into this sample
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
@@ -98,12 +106,16 @@ def sample(sample_id: int):
                            state=r.loop.state())
 
 
+def _count_panel(s, summary, n_fields: int) -> str:
+    return render_template("_count.html", s=s, summary=summary, n_fields=n_fields)
+
+
 @bp.route("/samples/<int:sample_id>/capture", methods=["POST"])
 def capture(sample_id: int):
     s = _sample_or_404(sample_id)
     wants_json = request.accept_mimetypes.best == "application/json"
     if s["status"] != "open":
-        return error_page(409, "This sample is finished.")
+        return error_page(409, _("This sample is finished."))
     try:
         result = rt().loop.capture(sample_id, g.user["username"])
     except CaptureError as exc:
@@ -112,11 +124,20 @@ def capture(sample_id: int):
         flash(str(exc), "error")
         return redirect(url_for("views.sample", sample_id=sample_id))
     if wants_json:
-        result["image_url"] = url_for("views.field_image", sample_id=sample_id, field_id=result["field_id"])
-        return jsonify(result)
-    if not result["qc_ok"]:
-        flash(f"Field not analysed: {result['qc_message']}", "error")
+        return jsonify(_capture_json(s, result))
     return redirect(url_for("views.sample", sample_id=sample_id))
+
+
+def _capture_json(s, result: dict) -> dict:
+    """The capture's result with its wording rendered here, in the page's language."""
+    r = rt()
+    sid = s["id"]
+    result["image_url"] = url_for("views.field_image", sample_id=sid, field_id=result["field_id"])
+    summary = records.summary_of(r.store, sid, r.config.sample.flags)
+    result["count_html"] = _count_panel(s, summary, len(records.fields_of(r.store, sid)))
+    result["qc_html"] = render_template("_qc.html", ok=result["qc_ok"], message=result["qc_message"],
+                                        n=len(result["cells"]))
+    return result
 
 
 @bp.route("/samples/<int:sample_id>/upload", methods=["POST"])
@@ -126,10 +147,10 @@ def upload_field(sample_id: int):
 
     s = _sample_or_404(sample_id)
     if s["status"] != "open":
-        return error_page(409, "This sample is finished.")
+        return error_page(409, _("This sample is finished."))
     f = request.files.get("image")
     if f is None or not f.filename:
-        return error_page(400, "Choose an image file to upload.")
+        return error_page(400, _("Choose an image file to upload."))
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:80]
     try:
         image = decode_image(f.read(), name=name)
@@ -140,10 +161,7 @@ def upload_field(sample_id: int):
     except CaptureError as exc:
         return error_page(503, str(exc))
     if request.accept_mimetypes.best == "application/json":
-        result["image_url"] = url_for("views.field_image", sample_id=sample_id, field_id=result["field_id"])
-        return jsonify(result)
-    if not result["qc_ok"]:
-        flash(f"Field not analysed: {result['qc_message']}", "error")
+        return jsonify(_capture_json(s, result))
     return redirect(url_for("views.sample", sample_id=sample_id))
 
 
@@ -202,14 +220,16 @@ def preview():
 def preview_still():
     jpeg = rt().loop.preview_jpeg(wait=2.0)
     if jpeg is None:
-        return error_page(503, "The camera is not available.")
+        return error_page(503, _("The camera is not available."))
     return Response(jpeg, mimetype="image/jpeg")
 
 
 @bp.route("/api/status")
 def status():
     r = rt()
-    return jsonify(camera=r.loop.state()["camera"], busy=r.loop.busy, model=r.bundle.name,
+    camera = r.loop.state()["camera"]
+    status_word = camera["status"]
+    return jsonify(camera=camera, camera_text=_(status_word), busy=r.loop.busy, model=r.bundle.name,
                    model_problems=r.model_problems, captures=r.loop.captures,
                    active_sample=r.active[0] if r.active else None)
 
@@ -219,12 +239,11 @@ def review(sample_id: int):
     r = rt()
     s = _sample_or_404(sample_id)
     cells = records.cells_of(r.store, sample_id)
-    # uncertain first, then the least confident
-    cells = sorted(cells, key=lambda c: (c["operator_label"] is not None, c["flag"] is None, c["probability"]))
-    labels = [vocab.label(n) for n in r.bundle.labels]
-    extra = [vocab.label(n) for n in ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell")
-             if n not in r.bundle.labels]
-    return render_template("review.html", s=s, cells=cells, labels=labels + extra,
+    extra = [n for n in ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell") if n not in r.bundle.labels]
+    labels = sorted(list(r.bundle.labels) + extra, key=lambda n: (records.GROUP_ORDER.index(vocab.category_of(n)),
+                                                                  words.display(n)))
+    return render_template("review.html", s=s, groups=records.review_groups(cells), labels=labels,
+                           left=sum(c["operator_label"] is None for c in cells),
                            summary=records.summary_of(r.store, sample_id, r.config.sample.flags))
 
 
@@ -235,28 +254,68 @@ def review_cell(cell_id: int):
     row = r.store.connect().execute("SELECT sample_id, label FROM cells WHERE id = ?", (cell_id,)).fetchone()
     if row is None:
         abort(404)
+    confirm = request.form.get("confirm") == "1"
+    if confirm:
+        label = row["label"]  # Confirm accepts the model's label; the records layer refuses it for uncertain cells
     wants_json = request.accept_mimetypes.best == "application/json"
     if not label:
-        msg = "Choose the cell type first."
+        msg = _("Choose the cell type first.")
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     try:
-        records.review_cell(r.store, cell_id, label, g.user["username"], g.user["id"])
+        records.review_cell(r.store, cell_id, label, g.user["username"], g.user["id"],
+                            confirm=confirm)
     except (records.RecordError, KeyError) as exc:
-        msg = str(exc).strip('"') if not isinstance(exc, KeyError) else "Unknown label."
+        msg = _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label.")
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     if wants_json:
         return jsonify(ok=True, summary=records.summary_of(r.store, row["sample_id"], r.config.sample.flags).to_dict())
     return redirect(url_for("views.review", sample_id=row["sample_id"]) + f"#cell-{cell_id}")
 
 
-@bp.route("/samples/<int:sample_id>/finish", methods=["POST"])
+@bp.route("/samples/<int:sample_id>/accept", methods=["POST"])
+def accept_class(sample_id: int):
+    """Confirm every unreviewed cell the model confidently called one class."""
+    r = rt()
+    _sample_or_404(sample_id)
+    label = request.form.get("label", "")
+    try:
+        n = records.accept_class(r.store, sample_id, label, g.user["username"], g.user["id"])
+    except (records.RecordError, KeyError) as exc:
+        return error_page(400, _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label."))
+    flash(_("%(cells)s accepted as %(label)s.", cells=words.cells(n), label=words.display(label)))
+    return redirect(url_for("views.review", sample_id=sample_id))
+
+
+@bp.route("/samples/<int:sample_id>/finish", methods=["GET", "POST"])
 def finish(sample_id: int):
+    """Finishing asks first: the page shows the unreviewed cells and whether the target was reached."""
+    r = rt()
+    s = _sample_or_404(sample_id)
+    if s["status"] != "open":
+        return redirect(url_for("views.sample", sample_id=sample_id))
+    summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
+    if request.method == "GET" or request.form.get("confirmed") != "1":
+        return render_template("finish.html", s=s, summary=summary)
+    try:
+        records.finish_sample(r.store, sample_id, g.user["username"], r.config.sample.flags,
+                              verified_by=_text("verified_by", 120))
+    except records.RecordError as exc:
+        return error_page(409, _(str(exc)))
+    if r.active and r.active[0] == sample_id:
+        r.active = None  # the push-button no longer captures into a finished sample
+    return redirect(url_for("views.sample", sample_id=sample_id))
+
+
+@bp.route("/samples/<int:sample_id>/reopen", methods=["POST"])
+@admin_required
+def reopen(sample_id: int):
     _sample_or_404(sample_id)
     try:
-        records.finish_sample(rt().store, sample_id, g.user["username"], rt().config.sample.flags)
+        records.reopen_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
     except records.RecordError as exc:
-        return error_page(409, str(exc))
-    return redirect(url_for("views.sample", sample_id=sample_id))
+        return error_page(409, _(str(exc)))
+    flash(_("Sample re-opened for amendment. Finish it again when the changes are made."))
+    return redirect(url_for("views.review", sample_id=sample_id))
 
 
 @bp.route("/history")
@@ -266,9 +325,9 @@ def history():
     date_to = request.args.get("to", "")[:10]
     for d in (date_from, date_to):
         if d and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", d):
-            return error_page(400, "Dates are written YYYY-MM-DD.")
+            return error_page(400, _("Dates are written YYYY-MM-DD."))
     flag = request.args.get("flag", "")
-    flag = flag if flag in ("", "refer", "review", "none", "open") else ""
+    flag = flag if flag in ("", "refer", "review", "insufficient", "none", "open") else ""
     rows = records.search_samples(rt().store, q, date_from, date_to, flag)
     results = {r["id"]: json.loads(r["result_json"]) if r["result_json"] else None for r in rows}
     return render_template("history.html", rows=rows, results=results, q=q, date_from=date_from, date_to=date_to,
@@ -311,7 +370,7 @@ def export_cells(sample_id: int, fmt: str):
 def delete(sample_id: int):
     _sample_or_404(sample_id)
     records.delete_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
-    flash("Sample deleted.")
+    flash(_("Sample deleted."))
     return redirect(url_for("views.history"))
 
 
@@ -339,7 +398,7 @@ def settings():
         else:
             applied = r.apply_config(new)
             r.store.audit(g.user["username"], "settings-changed", detail=changes)
-            flash("Settings saved: " + ", ".join(applied) + ".")
+            flash(_("Settings saved: %(what)s.", what=", ".join(applied)))
             return redirect(url_for("views.settings"))
     values = {f"{s}.{k}": getattr(getattr(r.config, s), k) for s, k, _, _ in st.EDITABLE}
     return render_template("settings.html", fields=st.EDITABLE, values=values,
@@ -355,13 +414,13 @@ def upload_model():
     r = rt()
     f = request.files.get("bundle")
     if f is None or not f.filename:
-        return error_page(400, "Choose a model bundle file (.lkb) to upload.")
+        return error_page(400, _("Choose a model bundle file (.lkb) to upload."))
     data = f.read()
     try:
         bundle = models.install(data, r.config.data_dir, r.config.model.threads)
     except BundleError as exc:
         r.store.audit(g.user["username"], "model-refused", detail={"file": f.filename[:100], "reason": str(exc)})
-        return error_page(400, f"Model refused, the current model stays in use: {exc}")
+        return error_page(400, _("Model refused, the current model stays in use: %(why)s", why=str(exc)))
     r.store.audit(g.user["username"], "model-installed", detail={"name": bundle.name, "sha256": bundle.sha256})
-    flash(f"Model {bundle.name} installed; it is used after the appliance restarts.")
+    flash(_("Model %(name)s installed; it is used after the appliance restarts.", name=bundle.name))
     return redirect(url_for("views.settings"))

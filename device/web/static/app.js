@@ -6,24 +6,12 @@
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const catClass = (c) => "cat-" + String(c).replace(/[^a-z-]/g, "");
-
-  function renderSummary(s) {
-    const bar = document.getElementById("progress-bar");
-    if (bar) bar.value = s.progress;
-    const count = document.getElementById("count");
-    if (count) count.textContent = s.seen;
-    const table = document.getElementById("counts");
-    if (table) {
-      table.innerHTML = s.rows.map((r) =>
-        `<tr><td><span class="dot ${catClass(r.category)}"></span>${esc(r.display)}</td><td>${r.count}</td></tr>`).join("");
-    }
-    const flags = document.getElementById("flags");
-    if (flags) flags.innerHTML = s.flags.map((f) => `<li class="${esc(f.level)}">${esc(f.message)}</li>`).join("");
-  }
+  // page wording comes from the server, in the page's language (data-msg-* on <body>)
+  const msg = (key) => document.body.dataset[key] || key;
 
   function renderField(r) {
     const box = document.getElementById("last-field");
-    const msg = document.getElementById("qc-message");
+    const qc = document.getElementById("qc-message");
     if (!box) return;
     const img = new Image();
     img.onload = () => {
@@ -31,10 +19,9 @@
       box.innerHTML = `<img src="${esc(r.image_url)}" alt="Last field"><svg viewBox="0 0 ${img.naturalWidth} ${img.naturalHeight}" preserveAspectRatio="none">${rects}</svg>`;
     };
     img.src = r.image_url;
-    msg.textContent = r.qc_ok ? `Last field: ${r.cells.length} cell(s)` : `Not analysed: ${r.qc_message}`;
-    msg.className = r.qc_ok ? "" : "qc-fail";
-    const fields = document.getElementById("fields");
-    if (fields) fields.textContent = String(Number(fields.textContent) + 1);
+    qc.innerHTML = r.qc_html; // rendered by the server (escaped there)
+    const panel = document.getElementById("count-panel");
+    if (panel) panel.innerHTML = r.count_html;
   }
 
   async function capture(ev) {
@@ -46,13 +33,12 @@
     btn.disabled = true;
     err.hidden = true;
     btn.dataset.label = btn.dataset.label || btn.innerHTML;
-    btn.textContent = "Capturing…";
+    btn.textContent = msg("msgCapturing");
     try {
       const resp = await fetch(root.dataset.captureUrl, { method: "POST", headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
       const body = await resp.json();
-      if (!resp.ok) throw new Error(body.error || "capture failed");
+      if (!resp.ok) throw new Error(body.error || msg("msgCaptureFailed"));
       renderField(body);
-      renderSummary(body.summary);
       if (captures !== null) captures += 1;
     } catch (e) {
       err.textContent = e.message;
@@ -69,19 +55,35 @@
     ev.preventDefault();
     const submitter = ev.submitter;
     const data = new FormData();
-    const label = submitter && submitter.name === "label" ? submitter.value : form.querySelector("select").value;
-    if (!label) { alert("Choose the cell type first."); return; }
+    const confirm = submitter && submitter.name === "confirm";
+    const label = confirm ? "" : form.querySelector("select").value;
+    if (!confirm && !label) { alert(msg("msgChoose")); return; }
     data.append("label", label);
+    if (confirm) data.append("confirm", "1");
     const resp = await fetch(form.action, { method: "POST", body: data, headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
     if (resp.ok) {
       const card = form.closest(".cell");
-      const opt = form.querySelector(`option[value="${CSS.escape(label)}"]`);
-      card.querySelector(".label").textContent = opt ? opt.textContent : label;
+      const wasOpen = !card.classList.contains("reviewed"); // the counters below drop once per cell
+      const opt = label ? form.querySelector(`option[value="${CSS.escape(label)}"]`) : null;
+      if (opt) card.querySelector(".label").textContent = opt.textContent;
       card.classList.add("reviewed");
-      card.dataset.reviewed = label;
+      card.dataset.reviewed = label || "confirmed";
+      const confirmBtn = form.querySelector("button.confirm");
+      if (confirmBtn) confirmBtn.remove();
+      const decrement = (el) => {
+        const n = Number((el.textContent.match(/\d+/) || ["0"])[0]);
+        if (n > 0) el.textContent = el.textContent.replace(String(n), String(n - 1));
+        return n - 1;
+      };
+      const left = document.getElementById("left");
+      if (wasOpen && left) decrement(left);
+      // the group's "accept all N" no longer includes this cell
+      const group = card.closest("section.group");
+      const accept = group && group.querySelector("form.accept button");
+      if (wasOpen && accept && decrement(accept) <= 0) accept.closest("form").remove();
     } else {
       const body = await resp.json().catch(() => ({}));
-      alert(body.error || "Could not save the review.");
+      alert(body.error || msg("msgReviewFailed"));
     }
   }
 
@@ -106,7 +108,7 @@
           const r = await fetch("/api/status", { headers: { Accept: "application/json" } });
           if (!r.ok) return;
           const s = await r.json();
-          status.textContent = "camera " + s.camera.status + (s.camera.error ? ": " + s.camera.error : "");
+          status.textContent = msg("msgCamera") + " " + (s.camera_text || s.camera.status) + (s.camera.error ? ": " + s.camera.error : "");
           status.className = "status " + s.camera.status;
           // a capture made elsewhere (the push-button) into the sample on screen: show it
           const root = document.querySelector(".capture");

@@ -1,0 +1,191 @@
+"""Human words for pages and reports: translated display names, flag texts, cell counts, local times.
+
+Every text a person reads goes through here or through a template's ``_()``, so one catalogue per language
+(``translations/<lang>/LC_MESSAGES/messages.po``) translates the page and the PDF alike.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from flask import g, has_request_context, request
+from flask_babel import format_datetime, get_locale, gettext, ngettext
+from flask_babel import lazy_gettext as _l
+
+from device import labels as vocab
+from device.sample import DISCLAIMER, INSUFFICIENT
+
+LANGUAGES = ("en", "fr", "ar")
+RTL = {"ar"}
+
+# Strings that live in data files (labels.toml, the default flag rules, QC messages): listed here so the
+# catalogue tool extracts them; looked up with gettext() at display time.
+DATA_STRINGS = (
+    _l("Neutrophil"), _l("Band neutrophil"), _l("Lymphocyte"), _l("Monocyte"), _l("Eosinophil"), _l("Basophil"),
+    _l("Immature granulocyte"), _l("Promyelocyte"), _l("Myelocyte"), _l("Metamyelocyte"),
+    _l("Atypical lymphocyte"), _l("Smudge cell"), _l("Myeloblast"), _l("Monoblast"), _l("Lymphoblast"),
+    _l("Early pre-B ALL blast"), _l("Pre-B ALL blast"), _l("Pro-B ALL blast"), _l("Benign (hematogone / normal)"),
+    _l("Normal lymphoid cell"), _l("Erythroblast (nucleated red cell)"), _l("Platelet"),
+    _l("Blast-like cells present: a qualified reviewer must examine the smear"),
+    _l("Suspicious for acute leukaemia: refer"), _l("Atypical or immature cells present: review"),
+    _l("Cells the model could not classify confidently: review them"),
+    _l("too dark: open the diaphragm or raise the lamp"), _l("too bright: lower the lamp or close the diaphragm"),
+    _l("over- or under-exposed areas: adjust the lamp"), _l("no smear in view: move to a stained area of the slide"),
+    _l("out of focus: refocus"),
+    _l("Clinic name (on reports)"), _l("Time zone (e.g. Africa/Nairobi)"), _l("Default language"),
+    _l("Target white cells per sample"), _l("Delete records older than (days, 0 = keep)"), _l("Camera"),
+    _l("Replay folder (replay camera)"), _l("USB camera number (/dev/videoN)"), _l("Minimum focus score"),
+    _l("Minimum brightness (0-255)"), _l("Maximum brightness (0-255)"), _l("Maximum clipped fraction"),
+    _l("Minimum stained fraction (smear present)"), _l("female"), _l("male"), _l("other"),
+    _l("this sample is finished; its cells can no longer be changed"),
+    _l("the model was not confident about this cell: choose its class instead of confirming"),
+    _l("give a reason for re-opening the sample"), _l("this sample is not finished"),
+    _l("this sample is already finished"),
+    _l("ok"), _l("starting"), _l("disconnected"), _l("closed"), _l("error"),
+    _l("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person reviewing the smear."),
+)
+CATEGORY_NAMES = {"normal": _l("normal"), "malignant": _l("blast / malignant"), "atypical": _l("atypical"),
+                  "non-leukocyte": _l("not a white cell"), vocab.UNCERTAIN: _l("uncertain")}
+LEVEL_NAMES = {"refer": _l("refer"), "review": _l("review"), INSUFFICIENT: _l("insufficient")}
+
+
+def page_language(runtime) -> str:
+    user = g.get("user") if has_request_context() else None
+    if user is not None and user["language"] in LANGUAGES:
+        return user["language"]
+    if has_request_context():
+        best = request.accept_languages.best_match(LANGUAGES)
+        if best and best != "en":
+            return best
+    return runtime.config.web.language
+
+
+def lang() -> str:
+    return str(get_locale() or "en").split("_")[0]
+
+
+def category_of(name: str) -> str:
+    return vocab.UNCERTAIN if name == vocab.UNCERTAIN else vocab.category_of(name)
+
+
+def display(name: str | None) -> str:
+    """The translated display name of a label ("Immature granulocyte", never "ig")."""
+    if not name:
+        return "–"
+    if name == vocab.UNCERTAIN:
+        return gettext("Uncertain (awaiting review)")
+    try:
+        return gettext(vocab.label(name).display)
+    except KeyError:
+        return name
+
+
+def category_name(cat: str) -> str:
+    return str(CATEGORY_NAMES.get(cat, cat))
+
+
+def cells(n: int) -> str:
+    return ngettext("%(num)d cell", "%(num)d cells", n)
+
+
+def flag_text(f: dict) -> str:
+    if f.get("level") == INSUFFICIENT:
+        return gettext("Insufficient: %(n)d of %(target)d cells", n=f["count"], target=f["target"])
+    message = f["message"]  # a configured rule's text: translated when the catalogue knows it
+    return gettext(message)
+
+
+def level_name(level: str) -> str:
+    return str(LEVEL_NAMES.get(level, level))
+
+
+def qc_text(message: str) -> str:
+    """A QC message ("a; b") with each part translated, first letter capitalised."""
+    parts = [gettext(p.strip()) for p in (message or "").split(";") if p.strip()]
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
+
+
+def local_time(iso: str | None, with_zone: bool = False) -> str:
+    """A stored UTC time as a date and time in the box's time zone (Settings), in the page's language."""
+    if not iso:
+        return "–"
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    text = format_datetime(dt, "yyyy-MM-dd HH:mm")
+    if with_zone:
+        from flask_babel import get_timezone
+
+        text += " " + str(get_timezone() or "UTC")
+    return text
+
+
+def disclaimer() -> str:
+    return gettext(DISCLAIMER)
+
+
+def _card_text(bundle) -> str:
+    card = bundle.metadata.get("model_card")
+    if isinstance(card, str):
+        return card
+    return bundle.files.get("MODEL_CARD.md", b"").decode("utf-8", "replace")
+
+
+def _plain(text) -> str:
+    if isinstance(text, (list, tuple)):
+        return "; ".join(_plain(t) for t in text)
+    if isinstance(text, dict):
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in text.items())
+    return re.sub(r"[*`_]{1,2}", "", str(text)).strip()
+
+
+def model_limits(bundle) -> list[tuple[str, str]]:
+    """What the model was trained on, its measured figures, and what it was never validated on, from the bundle's
+    model card: structured keys (``trained_on``, ``figures``, ``not_validated_on``) where the card has them,
+    else read from the card's text and the measured metrics."""
+    meta = bundle.metadata
+    card = meta.get("model_card") if isinstance(meta.get("model_card"), dict) else {}
+    found: dict[str, str] = {}
+    for key in ("trained_on", "figures", "not_validated_on"):
+        value = card.get(key) or meta.get(key)
+        if value:
+            found[key] = _plain(value)
+    text = _card_text(bundle)
+    if "trained_on" not in found:
+        m = re.search(r"Trained on:\s*(.+)", text)
+        if m:
+            found["trained_on"] = _plain(m.group(1))
+        elif meta.get("datasets"):
+            found["trained_on"] = ", ".join(d.get("name", "?") for d in meta["datasets"])
+    if "figures" not in found:
+        q = meta.get("input", {}).get("quantization")
+        m = meta.get("metrics", {}).get(q) or {}
+        if m.get("balanced_accuracy") is not None:
+            found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out images",
+                                       ba=m["balanced_accuracy"], f1=m.get("macro_f1", 0.0), n=m.get("n", 0))
+    if "not_validated_on" not in found:
+        m = re.search(r"^#+[^\n]*validated[^\n]*\n+(.+?)(?:\n#|\Z)", text, re.S | re.M | re.I)
+        if m:
+            found["not_validated_on"] = _plain(" ".join(m.group(1).split()))
+    if "malignant" not in bundle.categories:
+        found["blasts"] = gettext("This model has no blast class: the blast fraction counts only cells that a "
+                                  "reviewer classified as blasts.")
+    titles = {"trained_on": gettext("Trained on"), "figures": gettext("Measured"),
+              "not_validated_on": gettext("Never validated on"), "blasts": gettext("Blasts")}
+    # (title, text, written by the bundle: in the card's own language, not translated here)
+    ours = {"blasts"} | ({"figures"} if "figures" not in card and "figures" not in meta else set())
+    return [(titles[k], found[k], k not in ours) for k in ("trained_on", "figures", "not_validated_on", "blasts")
+            if k in found]
+
+
+def template_helpers(runtime) -> dict:
+    from device.records import cell_final
+
+    return {"disclaimer": disclaimer(), "final_of": lambda c: cell_final(c)[0], "category_of": category_of,
+            "display": display, "cells_text": cells, "flag_text": flag_text, "level_name": level_name,
+            "category_name": category_name, "qc_text": qc_text, "local_time": local_time, "lang": lang(),
+            "rtl": lang() in RTL}
