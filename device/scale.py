@@ -28,6 +28,10 @@ _SIDES = (240,)  # the first measurement runs on a copy this long on its longer 
 _MIN_RADIUS = 3
 
 
+SCALE_WARNING = ("Unusual scale: check that a 40x-100x objective is in use and the camera is not zoomed, "
+                 "or set the pixel size in Settings")
+
+
 @dataclass(frozen=True)
 class ScaleEstimate:
     um_per_px: float
@@ -45,8 +49,8 @@ class ScaleEstimate:
     def warning(self) -> str | None:
         if self.plausible:
             return None
-        return (f"Unusual scale ({self.um_per_px:.3f} um per pixel): check that a 40x-100x objective is in "
-                "use and the camera is not zoomed, or set the pixel size in Settings")
+        # A fixed sentence (translated on the page); the figure itself is in the field's scale record.
+        return SCALE_WARNING
 
     def to_dict(self) -> dict:
         d = asdict(self)
