@@ -149,9 +149,10 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     """``rgb`` scaled by ``factor`` (area averaging when shrinking)."""
     if abs(factor - 1.0) < 1e-3:
         return rgb
+    from device.preprocess import shrink_to
+
     h, w = rgb.shape[:2]
-    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return shrink_to(rgb, max(1, int(round(w * factor))), max(1, int(round(h * factor))))
 
 
 def _scaled_box(box, fx: float, fy: float, w: int, h: int) -> tuple[int, int, int, int]:

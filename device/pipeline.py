@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from device.cells import CellFinderSettings, FoundCell, locate_cells, resample
 from device.classifier import CellPrediction, Classifier
-from device.preprocess import Preprocessing, crop_box, crop_square, prepare_cell
+from device.preprocess import Preprocessing, crop_box, crop_square, prepare_cell, shrink_to
 from device.qc import MESSAGES, QCResult, QCSettings, check_field
 from device.scale import ScaleEstimate, estimate_scale, given
 
@@ -37,6 +36,7 @@ class Located:
     scale: ScaleEstimate
     qc: QCResult
     cells: list[FoundCell]
+    stored: np.ndarray | None = None  # the bounded copy of the frame (what the record keeps)
 
 
 def measure_scale(rgb: np.ndarray, s: FieldSettings) -> ScaleEstimate:
@@ -70,10 +70,10 @@ def locate(rgb: np.ndarray, s: FieldSettings, um_per_px: float | None = None, sk
         others = tuple(p for p in qc.problems if p != MESSAGES["focus"])
         qc = replace(qc, ok=False, problems=(scale.warning, *others))
     if not qc.ok and not skip_qc:
-        return Located(scale, qc, [])
+        return Located(scale, qc, [], base)
     work = resample(base, um_base / s.cells.working_um_per_px)
     cells = locate_cells(rgb, scale.um_per_px, s.cells, work=work)
-    return Located(scale, qc, cells)
+    return Located(scale, qc, cells, base)
 
 
 class FieldLocator:
@@ -100,10 +100,13 @@ class FieldLocator:
 def cell_views(rgb: np.ndarray, cells: list[FoundCell], um_per_px: float, pp: Preprocessing) -> list[np.ndarray]:
     """The classifier's view of each cell, from the full-resolution field: a square of
     ``pp.crop_um`` micrometres (older bundles: the box side times ``pp.cell_context``)."""
+    # A crop is only ever shown at the model's input or the gallery's size: one at most twice
+    # that is as good, and costs nothing more on a 12-megapixel frame than on a small one.
+    limit = 2 * max(pp.input_size, GALLERY_SIZE)
     if pp.crop_um:
         side = pp.crop_um / um_per_px
-        return [crop_square(rgb, c.box, side) for c in cells]
-    return [crop_box(rgb, c.box, pp.cell_context) for c in cells]
+        return [crop_square(rgb, c.box, side, limit) for c in cells]
+    return [crop_box(rgb, c.box, pp.cell_context, limit) for c in cells]
 
 
 def stored_copy(rgb: np.ndarray) -> np.ndarray:
@@ -127,6 +130,7 @@ class FieldAnalysis:
     cells: list[AnalyzedCell] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     inputs: np.ndarray | None = None  # what the model was given (uint8 crops, prepared), for parity checks
+    stored: np.ndarray | None = None  # the field as the record keeps it (bounded size)
 
 
 class Analyzer:
@@ -146,7 +150,7 @@ class Analyzer:
         t0 = time.perf_counter()
         loc = self.locator.locate(rgb, um_per_px, skip_qc)
         t1 = time.perf_counter()
-        result = FieldAnalysis(loc.qc, loc.scale)
+        result = FieldAnalysis(loc.qc, loc.scale, stored=loc.stored)
         pp = self.classifier.pp
         views = cell_views(rgb, loc.cells, loc.scale.um_per_px, pp)
         batch = (np.stack([prepare_cell(v, pp) for v in views]) if views
@@ -155,8 +159,7 @@ class Analyzer:
         result.inputs = batch
         t2 = time.perf_counter()
         for c, view, p in zip(loc.cells, views, predictions):
-            crop = cv2.resize(view, (GALLERY_SIZE, GALLERY_SIZE), interpolation=cv2.INTER_AREA
-                              if view.shape[0] > GALLERY_SIZE else cv2.INTER_LINEAR)
+            crop = shrink_to(view, GALLERY_SIZE, GALLERY_SIZE)
             result.cells.append(AnalyzedCell(c, crop, p))
         result.timings_ms.update({"locate": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000,
                                   "total": (t2 - t0) * 1000})

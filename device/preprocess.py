@@ -74,6 +74,20 @@ class Preprocessing:
         return NORMALIZATIONS[self.normalization]
 
 
+def shrink_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``img`` resized to ``width`` x ``height``: area averaging when shrinking. From 3x and more,
+    an integer-factor area step first (OpenCV's fast path; 2-3x cheaper on a 12-megapixel frame)."""
+    ih, iw = img.shape[:2]
+    if (iw, ih) == (width, height):
+        return img
+    if width > iw or height > ih:
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    k = min(iw // width, ih // height)
+    if k >= 3:
+        img = cv2.resize(img[: ih // k * k, : iw // k * k], (iw // k, ih // k), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def to_square(img: np.ndarray, mode: str = "pad") -> np.ndarray:
     h, w = img.shape[:2]
     if h == w:
@@ -140,8 +154,7 @@ def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = Fal
     if pp.enhance:
         img = enhance(img)
     s = pp.input_size
-    interp = cv2.INTER_AREA if img.shape[0] > s else cv2.INTER_LINEAR
-    img = cv2.resize(img, (s, s), interpolation=interp)
+    img = shrink_to(img, s, s)
     # After resizing: cheaper, and the reference is measured at exactly this stage.
     if pp.stain_reference is not None:
         img = stain_normalize(img, pp.stain_reference)
@@ -156,8 +169,18 @@ def normalize(batch: np.ndarray, pp: Preprocessing) -> np.ndarray:
     return batch.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
-def crop_square(field: np.ndarray, box: tuple[int, int, int, int], side: float) -> np.ndarray:
-    """A square crop of ``side`` pixels centred on ``box`` (x1, y1, x2, y2).
+def background_colour(field: np.ndarray) -> np.ndarray:
+    """The field's median colour from at most ~16k pixels (cheap on a 12-megapixel frame)."""
+    h, w = field.shape[:2]
+    step = max(1, int(np.sqrt(h * w / 16384)))
+    return np.median(field[::step, ::step].reshape(-1, field.shape[2]), axis=0).astype(field.dtype)
+
+
+def crop_square(field: np.ndarray, box: tuple[int, int, int, int], side: float,
+                max_side: int = 0) -> np.ndarray:
+    """A square crop of ``side`` pixels centred on ``box`` (x1, y1, x2, y2); with
+    ``max_side``, a larger crop comes out shrunk to ``max_side`` (only its pixels are read:
+    a crop of a 12-megapixel frame is never copied at full size).
 
     Parts outside the field are filled with the field's median colour (plain
     background), so a cell near the edge is still centred in its crop and no
@@ -168,16 +191,24 @@ def crop_square(field: np.ndarray, box: tuple[int, int, int, int], side: float) 
     side = max(8, int(round(side)))
     left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     h, w = field.shape[:2]
-    pad = max(0, -left, -top, left + side - w, top + side - h)
-    if pad:
-        background = [int(v) for v in np.median(field[::8, ::8].reshape(-1, 3), axis=0)]
-        field = cv2.copyMakeBorder(field, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
-        left += pad
-        top += pad
-    return np.ascontiguousarray(field[top : top + side, left : left + side])
+    out_side = side if not max_side or side <= max_side else max_side
+    f = out_side / side
+    inside = left >= 0 and top >= 0 and left + side <= w and top + side <= h
+    if inside:
+        view = field[top : top + side, left : left + side]
+        return view if f == 1 else shrink_to(view, out_side, out_side)
+    out = np.empty((out_side, out_side, field.shape[2]), field.dtype)
+    out[:] = background_colour(field)
+    sx0, sy0, sx1, sy1 = max(0, left), max(0, top), min(w, left + side), min(h, top + side)
+    if sx1 > sx0 and sy1 > sy0:
+        ox0, oy0 = int(round((sx0 - left) * f)), int(round((sy0 - top) * f))
+        ox1, oy1 = min(out_side, int(round((sx1 - left) * f))), min(out_side, int(round((sy1 - top) * f)))
+        if ox1 > ox0 and oy1 > oy0:
+            out[oy0:oy1, ox0:ox1] = shrink_to(field[sy0:sy1, sx0:sx1], ox1 - ox0, oy1 - oy0)
+    return out
 
 
-def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float) -> np.ndarray:
+def crop_box(field: np.ndarray, box: tuple[int, int, int, int], context: float, max_side: int = 0) -> np.ndarray:
     """A square crop centred on ``box``, side = box side * context (older bundles)."""
     x1, y1, x2, y2 = box
-    return crop_square(field, box, max(x2 - x1, y2 - y1) * context)
+    return crop_square(field, box, max(x2 - x1, y2 - y1) * context, max_side)

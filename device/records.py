@@ -49,7 +49,8 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
     if sample["status"] != "open":
         raise RecordError("this sample is finished; start a new sample to capture more")
     t0 = time.perf_counter()
-    field_jpeg = encode_jpeg(stored_copy(image), quality=92)  # bounded; boxes keep the frame's coordinates
+    # Bounded in size (boxes keep the frame's coordinates); the analysis made that copy already.
+    field_jpeg = encode_jpeg(analysis.stored if analysis.stored is not None else stored_copy(image), quality=92)
     crops = [encode_jpeg(c.crop, quality=90) for c in analysis.cells]
     store.check_space(len(field_jpeg) + sum(map(len, crops)))
     written = []

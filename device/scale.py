@@ -24,7 +24,7 @@ RBC_DIAMETER_UM = 7.5
 # pixels: 0.011; 40x behind a 0.35x relay on 3.45 um pixels: 0.25); outside it the operator
 # is warned (a 10x objective, digital zoom, a stage micrometer value mistyped).
 PLAUSIBLE_UM_PER_PX = (0.01, 0.3)
-_SIDES = (240,)  # the first measurement runs on a copy this long on its longer side
+_SIDES = (240, 480, 960)  # first look on a copy this long; a larger one when it shows too few circles
 _MIN_RADIUS = 3
 
 
@@ -96,7 +96,9 @@ def _outlines(grey: np.ndarray, circles: np.ndarray) -> np.ndarray:
         return grey[np.clip(ys.round().astype(int), 0, h - 1), np.clip(xs.round().astype(int), 0, w - 1)]
 
     inside, outside = ring(0.8), ring(1.25)
-    return np.median(outside.astype(np.int16) - inside, axis=1) > 4
+    # Below ~8 px of radius the two rings are too close to tell (and pale centres are too
+    # small for the finder to draw): those circles are kept.
+    return (circles[:, 2] < 8) | (np.median(outside.astype(np.int16) - inside, axis=1) > 4)
 
 
 def _green(rgb: np.ndarray, factor: float, max_side: int = 320) -> np.ndarray:
@@ -123,19 +125,24 @@ def estimate_scale(rgb: np.ndarray, fallback_um_per_px: float, min_red_cells: in
     its copy, so the measurement is repeated on a copy resampled until red cells are
     about 33 px across in it: the same measurement at every magnification."""
     h, w = rgb.shape[:2]
-    f = min(1.0, _SIDES[0] / max(h, w))
-    radii = np.zeros(0)
     lo, hi = _MIN_RADIUS, 60  # first look: any size; then around the target size
+    for side in _SIDES:  # small red cells (low magnification) need a larger first copy
+        f = min(1.0, side / max(h, w))
+        radii = circle_radii(_green(rgb, f, max_side=side), lo, hi) / f
+        if len(radii) >= min_red_cells or f == 1.0:
+            break
     for _ in range(3):
-        radii = circle_radii(_green(rgb, f), lo, hi) / f
         if len(radii) < min_red_cells:
             break
         d = 2.0 * float(np.median(radii))
         f_next = float(np.clip(_TARGET_DIAMETER / d, 100.0 / max(h, w), _MAX_COPY_SIDE / max(h, w)))
         if abs(f_next / f - 1.0) < 0.08:
             break
-        f = f_next
         lo, hi = int(_TARGET_DIAMETER / 4), int(_TARGET_DIAMETER)
+        again = circle_radii(_green(rgb, f_next), lo, hi) / f_next
+        if len(again) < min_red_cells:
+            break  # keep the last reading that had enough circles
+        f, radii = f_next, again
     if len(radii) < min_red_cells:
         return ScaleEstimate(float(fallback_um_per_px), 0.0, "configured", int(len(radii)), None)
     d = 2.0 * float(np.median(radii))
