@@ -105,8 +105,8 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
     repairs = [json.loads(d) for (d,) in conn.execute("SELECT detail FROM audit WHERE action = 'startup-repair'")]
     conn.close()
     stats["startup_repairs"] = len(repairs)
-    stats["orphans_removed"] = sum(len(r["orphan_files_removed"]) + len(r["temp_files_removed"]) for r in repairs)
-    stats["rows_without_files_repaired"] = sum(len(r["rows_without_files"]) for r in repairs)
+    stats["orphans_removed"] = sum(len(r.get("orphans_quarantined", [])) + len(r["temp_files_removed"]) for r in repairs)
+    stats["rows_without_files"] = sum(len(r["rows_without_files"]) for r in repairs)
     stats["fields_stored"] = check_records(data_dir / "leukoscope.db", data_dir)["fields"]
     stats["seconds"] = round(time.monotonic() - t_start, 1)
     return stats

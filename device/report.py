@@ -160,10 +160,13 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, "Model", new_x="LMARGIN", new_y="NEXT")
     meta = bundle.metadata
-    kv("Model", f"{bundle.name} ({meta['task']}, {meta['input'].get('quantization')})")
-    kv("Model checksum", bundle.sha256[:16])
+    used = records.models_of(store, s["id"])  # the models that classified it, not the one in use now
+    for u in used:
+        kv("Model", f"{u['name']} {u['version']}, checksum {u['sha256'][:16] or '-'}, {u['fields']} field(s)")
+    if not used:
+        kv("Model", "no field captured")
     m = meta.get("metrics", {}).get(meta["input"].get("quantization"), {})
-    if m:
+    if m and any(u["sha256"] == bundle.sha256 for u in used):
         kv("Measured (test split)", f"balanced accuracy {m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, "
                                     f"{m['n']} images of {', '.join(d['name'] for d in meta.get('datasets', []))}")
     pdf.ln(3)
