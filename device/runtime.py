@@ -5,12 +5,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from device.bundle import Bundle, BundleError, load_bundle
+from device.bundle import Bundle, BundleError
 from device.camera import SupervisedCamera, make_camera
 from device.capture import CaptureLoop
 from device.classifier import Classifier
 from device.config import AppConfig
-from device.models import load_active, models_dir
+from device.models import load_active, load_validated, models_dir
 from device.pipeline import Analyzer
 from device.store import RepairReport, Store, StoreError
 
@@ -54,8 +54,7 @@ class Runtime:
             return
         self._model_key = key
         try:
-            bundle = load_bundle(path)
-            classifier = Classifier(bundle, threads=self.config.model.threads)
+            bundle, classifier = load_validated(path, threads=self.config.model.threads)
         except BundleError as exc:
             self.model_problems.append(f"new model refused, still using {self.bundle.name}: {exc}")
             log.error("new model refused: %s", exc)
