@@ -337,7 +337,7 @@ class Store:
                     path.unlink()
                     log.warning("disk nearly full (%d bytes free): reserve released for sign-in and deletion", free)
                     free = shutil.disk_usage(self.data_dir).free
-            elif free > 2 * self.reserve_bytes + self.min_free_mb * 1024 * 1024:
+            elif free > 2 * self.reserve_bytes:
                 with open(path, "wb") as fh:
                     os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
                 free = shutil.disk_usage(self.data_dir).free
