@@ -189,10 +189,15 @@ def _data_dir_of(args) -> Path:
 def _backup(args) -> int:
     from device.backup import backup
 
-    m = backup(_data_dir_of(args), Path(args.dest))
+    from device.store import DataDirLock
+
+    data_dir = _data_dir_of(args)
+    running = DataDirLock.holder(data_dir)
+    m = backup(data_dir, Path(args.dest))
     print(f"backup written to {args.dest}: {m['counts']['samples']} samples, {m['counts']['fields']} fields, "
           f"{m['counts']['cells']} cells, {m['files']} image files"
-          + (f"; {len(m['missing'])} deleted after the snapshot" if m["missing"] else ""))
+          + (f"; {len(m['missing'])} deleted after the snapshot" if m["missing"] else "")
+          + (f" (taken while the appliance runs, {running}: a consistent online snapshot)" if running else ""))
     return 0
 
 

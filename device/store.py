@@ -168,6 +168,21 @@ class DataDirLock:
         self.fd = fd
         self.inode = os.fstat(fd).st_ino
 
+    @staticmethod
+    def holder(data_dir: Path) -> str | None:
+        """Who holds the folder's lock now ("pid N: ..."), or None; takes nothing."""
+        try:
+            fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)
+
     def intact(self) -> bool:
         try:
             return os.stat(self.path).st_ino == self.inode

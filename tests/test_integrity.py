@@ -234,6 +234,7 @@ def test_item6_second_server_and_restore_on_a_running_data_dir_are_refused(tmp_p
         backup = subprocess.run([sys.executable, "-m", "device.cli", "backup", str(tmp_path / "bk"), "--data-dir",
                                  str(data)], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert backup.returncode == 0, backup.stderr  # online backup: coordinated through SQLite, allowed
+        assert "taken while the appliance runs" in backup.stdout
         restore = subprocess.run([sys.executable, "-m", "device.cli", "restore", str(tmp_path / "bk"), "--data-dir",
                                   str(data), "--force"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert restore.returncode == 2 and "in use by another Leukoscope process" in restore.stderr
