@@ -71,7 +71,6 @@ def validated(bundle: Bundle, threads: int = 1) -> Classifier:
     crops = trial_crops(bundle)
     try:
         probs, emb = clf.raw(crops)
-        preds = clf.classify(crops[:2])
     except (ValueError, RuntimeError, TypeError, IndexError) as exc:
         raise BundleError(f"{bundle.name}: the trial run on sample crops failed ({exc})") from None
     if probs.shape != (len(crops), len(bundle.labels)) or not np.isfinite(probs).all():
@@ -83,6 +82,10 @@ def validated(bundle: Bundle, threads: int = 1) -> Classifier:
                               f"({bundle.ood['means'].shape[1]})")
         if not np.isfinite(ood_scores(emb, bundle.ood)).all():
             raise BundleError(f"{bundle.name}: the unfamiliar-cell check gives non-finite distances")
+    try:
+        preds = clf.classify(crops[:2])  # the whole path a capture takes: thresholds, flags
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as exc:
+        raise BundleError(f"{bundle.name}: the trial run on sample crops failed ({exc})") from None
     if len(preds) != min(2, len(crops)):
         raise BundleError(f"{bundle.name}: the trial run classified {len(preds)} of {min(2, len(crops))} crops")
     return clf

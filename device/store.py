@@ -334,6 +334,7 @@ class Store:
 
     # -- files -------------------------------------------------------------
     def check_space(self, needed_bytes: int = 0) -> None:
+        self.verify()  # before any file is written: never recreate a deleted data folder
         free = self.keep_reserve()
         if free - needed_bytes < self.min_free_mb * 1024 * 1024:
             raise StorageFull(errno.ENOSPC, f"storage almost full ({free // (1024 * 1024)} MB free): "

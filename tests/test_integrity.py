@@ -377,6 +377,120 @@ def fill(path):
         os.close(fd)
 
 
+# -- 10: bundles validated fully before install, one rule everywhere ------------------------------
+
+def _default_members() -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(REPO / "device/assets/models/default.lkb") as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def _with_meta(change) -> bytes:
+    import json
+
+    from device.bundle import pack
+
+    files = _default_members()
+    meta = json.loads(files["metadata.json"])
+    change(meta)
+    files["metadata.json"] = json.dumps(meta).encode()
+    return pack(files)
+
+
+def bad_bundles() -> dict[str, tuple[bytes, str]]:
+    """name -> (bundle bytes, what the refusal must say)."""
+    import zipfile
+
+    files = _default_members()
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        with zf.open("extra.bin", "w", force_zip64=True) as fh:  # 200 MB of zeros in a few hundred KB
+            for _ in range(200):
+                fh.write(bytes(1024 * 1024))
+    wrong_ood = io.BytesIO()
+    np.savez(wrong_ood, means=np.zeros((8, 128), np.float32), precision=np.eye(128, dtype=np.float32))
+    short_ood = io.BytesIO()
+    np.savez(short_ood, means=np.zeros((3, 256), np.float32), precision=np.eye(256, dtype=np.float32))
+
+    def with_ood(raw):
+        from device.bundle import pack
+
+        f = dict(files)
+        f["ood.npz"] = raw
+        return pack(f)
+
+    def set_(key, value):
+        return lambda m: m.__setitem__(key, value)
+
+    return {
+        "member-bomb": (bomb.getvalue(), "unpacks to"),
+        "labels-text": (_with_meta(set_("labels", "neutrophil")), "'labels' must be a list"),
+        "labels-of-text": (_with_meta(set_("labels", ["neutrophil"])), "each label must be an object"),
+        "input-list": (_with_meta(set_("input", [96])), "'input' must be an object"),
+        "sha-text": (_with_meta(set_("sha256", "abc")), "'sha256' must map"),
+        "preprocessing-text": (_with_meta(set_("preprocessing", "unit")), "'preprocessing' must be an object"),
+        "thresholds-list": (_with_meta(set_("thresholds", [0.5])), "'thresholds' must be an object"),
+        "unknown-label": (_with_meta(lambda m: m["labels"][0].update(name="wizard-cell")), "not in this device's vocabulary"),
+        "label-wrong-category": (_with_meta(lambda m: m["labels"][0].update(category="malignant")),
+                                 "in the vocabulary"),
+        "text-threshold": (_with_meta(lambda m: m["thresholds"].update(review="high")), "must be a number"),
+        "ood-wrong-width": (with_ood(wrong_ood.getvalue()), "embedding width"),
+        "ood-wrong-rows": (with_ood(short_ood.getvalue()), "one row per label"),
+    }
+
+
+def test_item10_bad_bundles_are_refused_fast_and_the_running_model_stays(live_app, tmp_path):
+    from device.bundle import BundleError
+    from device.models import install
+
+    cases = bad_bundles()
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    token = csrf_of(s.get(base + "/settings").text)
+    before = rt.bundle.sha256, rt.bundle.name
+    for name, (data, says) in cases.items():
+        t0 = time.monotonic()
+        with pytest.raises(BundleError, match=says):
+            install(data, tmp_path / "scratch")  # what `leukoscope model install` runs
+        assert time.monotonic() - t0 < 5, name  # sizes come from the zip directory: nothing inflated
+        r = s.post(base + "/settings/model", data={"csrf_token": token},
+                   files={"bundle": (f"{name}.lkb", data, "application/octet-stream")})
+        assert r.status_code == 400 and "Model refused" in r.text, (name, r.status_code)
+    assert not (rt.config.data_dir / "models" / "current.lkb").exists()
+    rt._model_checked = 0
+    rt.check_model()
+    assert (rt.bundle.sha256, rt.bundle.name) == before
+    sid = records_create(rt, "AFTER-BUNDLES")
+    assert rt.loop.capture(sid, "admin")["field_id"]  # captures still work
+
+
+def records_create(rt, code):
+    from device import records
+
+    return records.create_sample(rt.store, code, "admin")
+
+
+def test_item10_the_same_rule_at_start_up(tmp_path):
+    """A bad bundle placed by hand as current.lkb is refused at start-up; the previous one is used."""
+    from device.config import AppConfig
+    from device.runtime import build_runtime
+
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (models / "current.lkb").write_bytes(bad_bundles()["unknown-label"][0])
+    cfg = AppConfig()
+    cfg.storage.data_dir = str(tmp_path / "data")
+    rt = build_runtime(cfg, start=False)
+    try:
+        assert rt.bundle.path.name == "default.lkb"
+        assert any("not in this device's vocabulary" in p for p in rt.model_problems)
+    finally:
+        rt.stop()
+
+
 # -- 11: every field records its model --------------------------------------------------------
 
 def test_item11_each_field_records_its_model_and_reports_list_every_model(live_app, tmp_path):
