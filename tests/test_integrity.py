@@ -70,6 +70,28 @@ def test_item1_oversized_field_is_refused_from_its_header(live_app):
     assert rt.loop.captures == 0
 
 
+def test_item1_a_large_accepted_field_is_analysed_at_a_bounded_size(live_app):
+    from device.imageio import ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    page = s.get(base + "/")
+    r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "LARGE"})
+    sid = r.url.rstrip("/").split("/")[-1]
+    field = Image.open(REPO / "device/assets/fields/BloodImage_00000.jpg").convert("RGB").resize((4000, 4000))
+    assert 4000 * 4000 <= MAX_FIELD_PIXELS
+    buf = io.BytesIO()
+    field.save(buf, format="JPEG", quality=90)
+    t0 = time.monotonic()
+    r = s.post(f"{base}/samples/{sid}/upload", data={"csrf_token": csrf_of(r.text)},
+               files={"image": ("large.jpg", buf.getvalue(), "image/jpeg")}, headers={"Accept": "application/json"})
+    took = time.monotonic() - t0
+    assert r.status_code == 200, r.text[:300]
+    row = rt.store.connect().execute("SELECT width, height FROM fields WHERE id = ?", (r.json()["field_id"],)).fetchone()
+    assert row["width"] * row["height"] <= ANALYSIS_MAX_PIXELS and row["width"] == row["height"]
+    assert took < 15, took  # was 30-37 s at full size on this machine (the cell finder's kernel grows with it)
+
+
 def test_item1_a_long_job_is_not_a_dead_loop_but_a_stuck_one_is(rt):
     from device import records
 

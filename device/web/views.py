@@ -130,7 +130,7 @@ def capture(sample_id: int):
 @bp.route("/samples/<int:sample_id>/upload", methods=["POST"])
 def upload_field(sample_id: int):
     """A field photographed elsewhere (a phone on the eyepiece, a file): analysed like a capture."""
-    from device.imageio import MAX_FIELD_PIXELS, DecoderBusy, ImageError, decode_image
+    from device.imageio import ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS, DecoderBusy, ImageError, decode_image
 
     s = _sample_or_404(sample_id)
     if s["status"] != "open":
@@ -140,7 +140,7 @@ def upload_field(sample_id: int):
         return error_page(400, "Choose an image file to upload.")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:80]
     try:
-        image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0)
+        image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0, fit=ANALYSIS_MAX_PIXELS)
     except DecoderBusy as exc:
         return error_page(503, str(exc))
     except ImageError as exc:
