@@ -1,10 +1,11 @@
 """Power cuts: kill -9 the appliance at random moments during captures, restart, check.
 
 After every kill: PRAGMA integrity_check is ok, every field and cell row has its
-image file, no unfinished sample shows as finished; after every restart the
-start-up check's repairs are collected from the audit log.
+image file, no unfinished sample shows as finished, and every field whose capture
+was acknowledged (HTTP 200 with its field id) is still there; after every restart
+the start-up check's repairs are collected from the audit log.
 
-    python -m bench.powercut [--cycles 200] [--seed 1]
+    python -m bench.powercut [--cycles 200] [--clients 4] [--seed 1]
 """
 from __future__ import annotations
 
@@ -37,7 +38,15 @@ def check_records(db: Path, data_dir: Path) -> dict:
         conn.close()
 
 
-def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
+def field_ids(db: Path) -> set[int]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM fields")}
+    finally:
+        conn.close()
+
+
+def run(cycles: int, workdir: Path, seed: int = 1, log=print, clients: int = 2) -> dict:
     import requests
 
     from tests.conftest import csrf_of, signed_in
@@ -48,7 +57,8 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
     session: requests.Session | None = None
     sample_url = None
     stats = {"cycles": 0, "captures_answered": 0, "kills": 0, "startup_repairs": 0,
-             "orphans_removed": 0, "failures": []}
+             "orphans_removed": 0, "acknowledged_lost": 0, "clients": clients, "failures": []}
+    acknowledged: set[int] = set()
     t_start = time.monotonic()
     for cycle in range(cycles):
         try:
@@ -77,10 +87,11 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
                                      headers={"X-CSRFToken": token, "Accept": "application/json"})
                     if r.status_code == 200:
                         stats["captures_answered"] += 1
+                        acknowledged.add(r.json()["field_id"])
                 except requests.RequestException:
                     return  # the process died under it: expected
 
-        threads = [threading.Thread(target=capture, args=(session, base, sample_url, token, stop)) for _ in range(2)]
+        threads = [threading.Thread(target=capture, args=(session, base, sample_url, token, stop)) for _ in range(clients)]
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.02, 0.5))
@@ -97,6 +108,11 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
             problems.append(f"rows without files: {state['missing_files'][:3]}")
         if state["bad_finished"] or state["bad_open"]:
             problems.append("sample status inconsistent")
+        lost = acknowledged - field_ids(data_dir / "leukoscope.db")
+        if lost:
+            stats["acknowledged_lost"] += len(lost)
+            problems.append(f"{len(lost)} acknowledged field(s) lost: {sorted(lost)[:5]}")
+            acknowledged -= lost
         if problems:
             stats["failures"].append(f"cycle {cycle}: " + "; ".join(problems))
         stats["cycles"] = cycle + 1
@@ -105,8 +121,8 @@ def run(cycles: int, workdir: Path, seed: int = 1, log=print) -> dict:
     repairs = [json.loads(d) for (d,) in conn.execute("SELECT detail FROM audit WHERE action = 'startup-repair'")]
     conn.close()
     stats["startup_repairs"] = len(repairs)
-    stats["orphans_removed"] = sum(len(r["orphan_files_removed"]) + len(r["temp_files_removed"]) for r in repairs)
-    stats["rows_without_files_repaired"] = sum(len(r["rows_without_files"]) for r in repairs)
+    stats["orphans_removed"] = sum(len(r.get("orphans_quarantined", [])) + len(r["temp_files_removed"]) for r in repairs)
+    stats["rows_without_files"] = sum(len(r["rows_without_files"]) for r in repairs)
     stats["fields_stored"] = check_records(data_dir / "leukoscope.db", data_dir)["fields"]
     stats["seconds"] = round(time.monotonic() - t_start, 1)
     return stats
@@ -116,9 +132,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--clients", type=int, default=4, help="capturing clients during each round")
     args = ap.parse_args(argv)
-    stats = run(args.cycles, Path(tempfile.mkdtemp(prefix="leukoscope-powercut-")), args.seed)
-    print(f"{stats['cycles']} power cuts, {stats['fields_stored']} fields stored, {len(stats['failures'])} failures; "
+    stats = run(args.cycles, Path(tempfile.mkdtemp(prefix="leukoscope-powercut-")), args.seed, clients=args.clients)
+    print(f"{stats['cycles']} power cuts under {stats['clients']} capturing clients, {stats['fields_stored']} fields "
+          f"stored, {stats['captures_answered']} acknowledged, {stats['acknowledged_lost']} acknowledged lost, "
+          f"{len(stats['failures'])} failures; "
           f"start-up check repaired {stats['orphans_removed']} orphan/temp files in {stats['startup_repairs']} restarts")
     result({"bench": "powercut", **{k: v for k, v in stats.items() if k != "failures"},
             "failures": stats["failures"][:20]})

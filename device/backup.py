@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from device.imageio import write_atomic
-from device.store import Store, now
+from device.store import DataDirLock, Store, now
 
 MANIFEST = "leukoscope-backup.json"
 
@@ -59,8 +59,18 @@ def backup(data_dir: Path, dest: Path) -> dict:
 
 
 def restore(src: Path, data_dir: Path, force: bool = False) -> dict:
-    """Bring a backup back into ``data_dir`` (the appliance must be stopped)."""
+    """Bring a backup back into ``data_dir``. Holds the data folder's lock throughout, so it is
+    refused while the appliance runs, and the appliance cannot start in the middle of it."""
     src, data_dir = Path(src), Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir, purpose="restore")
+    try:
+        return _restore(src, data_dir, force)
+    finally:
+        lock.close()
+
+
+def _restore(src: Path, data_dir: Path, force: bool) -> dict:
     if not (src / MANIFEST).exists() or not (src / "leukoscope.db").exists():
         raise BackupError(f"{src} is not a Leukoscope backup (no {MANIFEST})")
     check = sqlite3.connect(f"file:{src / 'leukoscope.db'}?mode=ro", uri=True)

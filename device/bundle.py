@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
+from zlib import error as zlib_error
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,9 +78,19 @@ def pack(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+# Every member is bounded by the size the zip directory declares, checked before anything is read
+# (zipfile then never returns more than that and checks the CRC). A 4 GiB member in a small
+# compressed file is refused in milliseconds instead of being inflated.
+MEMBER_LIMITS = {"model.tflite": 48 * 1024 * 1024, "ood.npz": 16 * 1024 * 1024,
+                 "test_files.csv": 8 * 1024 * 1024, "samples.npz": 8 * 1024 * 1024}
+OTHER_MEMBER_LIMIT = 1024 * 1024
+MAX_MEMBERS = 32
+MAX_UNPACKED_BYTES = 80 * 1024 * 1024
+
+
 def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bundle:
-    """Read and validate a bundle (structure, checksum, labels). Tensor shapes are
-    checked when an interpreter is built (``device.classifier``)."""
+    """Read and validate a bundle: sizes, structure, metadata schema, labels, checksum, arrays.
+    The model itself is checked by a real interpreter in ``device.models.validated``."""
     where = "bundle" if path is None else Path(path).name
     if data is None:
         path = Path(path) if path is not None else default_bundle_path()
@@ -94,23 +106,13 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
             raise BundleError(f"{where}: cannot read the model bundle ({exc.strerror or exc})") from None
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"{where}: {len(data):,} bytes is larger than a model bundle may be")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise BundleError(f"{where}: archive member {bad} is corrupt (checksum mismatch)")
-            files = {name: zf.read(name) for name in zf.namelist()}
-    except zipfile.BadZipFile:
-        raise BundleError(f"{where}: not a Leukoscope model bundle (not a valid archive; "
-                          "the file may be truncated or corrupt)") from None
-    except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
-        raise BundleError(f"{where}: the archive cannot be read ({exc})") from None
+    files = _read_members(data, where)
     missing = [m for m in REQUIRED_MEMBERS if m not in files]
     if missing:
         raise BundleError(f"{where}: the bundle lacks {', '.join(missing)}")
     try:
         meta = json.loads(files["metadata.json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{where}: metadata.json is not valid JSON ({exc})") from None
     _check_metadata(meta, where)
     model = files["model.tflite"]
@@ -118,31 +120,145 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
     if digest != meta["sha256"]["model.tflite"]:
         raise BundleError(f"{where}: model.tflite checksum mismatch (expected {meta['sha256']['model.tflite'][:12]}…, "
                           f"got {digest[:12]}…): the model file is corrupt or was altered")
-    ood = None
-    if "ood.npz" in files:
-        try:
-            with np.load(io.BytesIO(files["ood.npz"])) as z:
-                ood = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged member
-            raise BundleError(f"{where}: ood.npz is damaged ({exc})") from None
+    ood = _read_ood(files["ood.npz"], len(meta["labels"]), where) if "ood.npz" in files else None
+    if "ood" in meta.get("thresholds", {}) and ood is None:
+        raise BundleError(f"{where}: thresholds name 'ood' but the bundle has no ood.npz")
     return Bundle(Path(path) if path is not None else None, meta, model, ood, files)
 
 
-def _check_metadata(meta: dict, where: str) -> None:
+def _read_members(data: bytes, where: str) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise BundleError(f"{where}: {len(infos)} archive members; a bundle has at most {MAX_MEMBERS}")
+            total = 0
+            for info in infos:
+                limit = MEMBER_LIMITS.get(info.filename, OTHER_MEMBER_LIMIT)
+                if info.file_size > limit:
+                    raise BundleError(f"{where}: member {info.filename} unpacks to {info.file_size:,} bytes "
+                                      f"(at most {limit:,} allowed)")
+                total += info.file_size
+            if total > MAX_UNPACKED_BYTES:
+                raise BundleError(f"{where}: members unpack to {total:,} bytes (at most {MAX_UNPACKED_BYTES:,})")
+            # zf.read stops at the declared size and verifies each member's CRC
+            return {info.filename: zf.read(info) for info in infos if not info.is_dir()}
+    except BundleError:
+        raise
+    except zipfile.BadZipFile as exc:
+        if "CRC" in str(exc) or "Bad magic" in str(exc):
+            raise BundleError(f"{where}: an archive member is corrupt (checksum mismatch: {exc})") from None
+        raise BundleError(f"{where}: not a Leukoscope model bundle (not a valid archive; "
+                          "the file may be truncated or corrupt)") from None
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError, zlib_error) as exc:
+        raise BundleError(f"{where}: the archive cannot be read ({exc})") from None
+
+
+def _read_ood(raw: bytes, n_labels: int, where: str) -> dict[str, np.ndarray]:
+    """Class means (labels x d) and a shared precision matrix (d x d), finite floats, no pickles."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as inner:  # an .npz is itself a zip: bound it the same way
+            if sum(i.file_size for i in inner.infolist()) > MEMBER_LIMITS["ood.npz"] * 4:
+                raise BundleError(f"{where}: ood.npz unpacks to more than a bundle may hold")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            ood = {k: z[k] for k in z.files}
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged member
+        raise BundleError(f"{where}: ood.npz is damaged ({exc})") from None
+    means, precision = ood.get("means"), ood.get("precision")
+    if means is None or precision is None:
+        raise BundleError(f"{where}: ood.npz must hold 'means' and 'precision'")
+    if means.ndim != 2 or means.shape[0] != n_labels or means.dtype.kind != "f":
+        raise BundleError(f"{where}: ood.npz 'means' has shape {means.shape} ({means.dtype}); "
+                          f"expected ({n_labels}, d) floats, one row per label")
+    d = means.shape[1]
+    if precision.shape != (d, d) or precision.dtype.kind != "f":
+        raise BundleError(f"{where}: ood.npz 'precision' has shape {precision.shape}; expected ({d}, {d}) floats")
+    if not (np.isfinite(means).all() and np.isfinite(precision).all()):
+        raise BundleError(f"{where}: ood.npz holds non-finite numbers")
+    return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_metadata(meta, where: str) -> None:
+    """The metadata schema: every field the device reads, with its type and range."""
+    def bad(msg: str):
+        raise BundleError(f"{where}: metadata.json: {msg}")
+
+    if not isinstance(meta, dict):
+        bad("must be a JSON object")
     if meta.get("format") != FORMAT:
         raise BundleError(f"{where}: unsupported bundle format {meta.get('format')!r} (this device reads {FORMAT})")
     for key in ("name", "version", "task", "labels", "input", "preprocessing", "sha256"):
         if key not in meta:
             raise BundleError(f"{where}: metadata.json lacks '{key}'")
-    if not meta["labels"]:
-        raise BundleError(f"{where}: the bundle names no labels")
-    for entry in meta["labels"]:
-        if entry.get("category") not in vocab.CATEGORIES:
-            raise BundleError(f"{where}: label {entry.get('name')!r} has unknown category {entry.get('category')!r}")
+    for key in ("name", "version", "task"):
+        if not isinstance(meta[key], str) or not meta[key].strip() or len(meta[key]) > 100:
+            bad(f"'{key}' must be a non-empty text of at most 100 characters")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not labels:
+        raise BundleError(f"{where}: the bundle names no labels") if labels in ([], None) else bad(
+            "'labels' must be a list")
+    if len(labels) > 256:
+        bad("more than 256 labels")
+    seen = set()
+    for entry in labels:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            bad("each label must be an object with a 'name'")
+        name, cat = entry["name"], entry.get("category")
+        if cat not in vocab.CATEGORIES:
+            raise BundleError(f"{where}: label {name!r} has unknown category {cat!r}")
+        try:
+            known = vocab.category_of(name)
+        except KeyError:
+            raise BundleError(f"{where}: label {name!r} is not in this device's vocabulary; update the "
+                              "device software first") from None
+        if known != cat:
+            raise BundleError(f"{where}: label {name!r} is {known!r} in the vocabulary, the bundle says {cat!r}")
+        if name in seen:
+            bad(f"label {name!r} appears twice")
+        seen.add(name)
+    inp = meta["input"]
+    if not isinstance(inp, dict):
+        bad("'input' must be an object")
+    if not isinstance(inp.get("size"), int) or isinstance(inp.get("size"), bool) or not 8 <= inp["size"] <= 1024:
+        bad("'input.size' must be a whole number from 8 to 1024")
+    if inp.get("dtype") not in ("int8", "uint8", "float32", "float16"):
+        bad(f"'input.dtype' {inp.get('dtype')!r} is not int8, uint8, float32 or float16")
+    sha = meta["sha256"]
+    if not isinstance(sha, dict) or not isinstance(sha.get("model.tflite"), str) or len(sha["model.tflite"]) != 64:
+        bad("'sha256' must map 'model.tflite' to a 64-digit hex checksum")
+    thresholds = meta.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        bad("'thresholds' must be an object")
+    for key, value in thresholds.items():
+        if not _is_number(value):
+            bad(f"threshold {key!r} must be a number, not {value!r}")
+    if "review" in thresholds and not 0.0 <= thresholds["review"] <= 1.0:
+        bad("threshold 'review' must be between 0 and 1")
+    if "ood" in thresholds and thresholds["ood"] <= 0:
+        bad("threshold 'ood' must be positive")
+    outputs = meta.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
+                                                for v in outputs.values()):
+        bad("'outputs' must map each output to an object with a 'name'")
+    if not isinstance(meta["preprocessing"], dict):
+        bad("'preprocessing' must be an object")
     try:
-        Preprocessing.from_dict(meta["preprocessing"])
+        pp = Preprocessing.from_dict(meta["preprocessing"])
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{where}: pre-processing settings are invalid ({exc})") from None
+    if pp.input_size != inp["size"]:
+        bad(f"pre-processing input size {pp.input_size} differs from input.size {inp['size']}")
+    if not _is_number(pp.crop_fraction) or not _is_number(pp.cell_context) or not 0.5 <= pp.cell_context <= 8:
+        bad("pre-processing 'crop_fraction' and 'cell_context' must be numbers (cell_context 0.5 to 8)")
+    if pp.stain_reference is not None and (len(pp.stain_reference) != 2 or any(
+            len(v) != 3 or not all(map(math.isfinite, v)) for v in pp.stain_reference)):
+        bad("pre-processing 'stain_reference' must be two rows of three numbers (Lab mean and spread)")
 
 
 def summary(bundle: Bundle) -> dict:

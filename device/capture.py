@@ -1,20 +1,32 @@
 """The capture loop: one worker thread owns the camera and runs capture -> analysis -> storage.
 
 The web layer only queues requests and reads state, so a slow analysis never
-blocks a page, and the camera is touched by one thread only.
+blocks a page, and the camera is touched by one thread only. Each request is a
+Future: a caller that gives up cancels it, and a job already running is
+abandoned before its rows commit, so a capture the page reported as failed is
+never saved later. A supervisor restarts the worker (with back-off) if it dies.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from device import records
 from device.camera import CameraError, SupervisedCamera
-from device.imageio import encode_jpeg
+from device.imageio import ANALYSIS_MAX_PIXELS, encode_jpeg, fit_pixels
 from device.pipeline import Analyzer
-from device.store import StorageFull, Store
+from device.store import StorageFull, Store, StoreError
+
+
+log = logging.getLogger("leukoscope.capture")
+# A job running longer than this means the loop is stuck, not busy (fields are bounded by
+# imageio.MAX_FIELD_PIXELS, which analyse in seconds).
+MAX_JOB_SECONDS = 90.0
 
 
 class CaptureError(RuntimeError):
@@ -27,9 +39,25 @@ class _Job:
     user: str
     image: object | None = None  # an uploaded field instead of the camera's
     source: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict | None = None
-    error: str | None = None
+    future: Future = field(default_factory=Future)
+    state: str = "waiting"  # waiting -> committing, or -> abandoned by a caller who gave up
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def abandon(self) -> bool:
+        """The caller gave up: True unless the rows are already being committed."""
+        with self._lock:
+            if self.state == "committing":
+                return False
+            self.state = "abandoned"
+            return True
+
+    def may_commit(self) -> bool:
+        """Asked by the worker inside the write transaction, just before the rows are written."""
+        with self._lock:
+            if self.state == "abandoned":
+                return False
+            self.state = "committing"
+            return True
 
 
 class CaptureLoop:
@@ -45,13 +73,17 @@ class CaptureLoop:
         self._preview_cond = threading.Condition()
         self.heartbeat = time.monotonic()
         self.busy = False
+        self.busy_since: float | None = None
         self.captures = 0
+        self.discarded = 0  # results thrown away because their caller had given up
+        self.restarts = 0
+        self.last_error: str | None = None
         self._pending_camera: SupervisedCamera | None = None
         self.on_idle = []  # callables run on this thread between captures (model switch, ...)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="capture-loop", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="capture-loop", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -65,29 +97,41 @@ class CaptureLoop:
             self._thread.join(timeout)
         self.camera.close()
 
-    def alive(self, max_silence: float = 30.0) -> bool:
-        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < max_silence
+    def alive(self, max_silence: float = 30.0, max_job: float = MAX_JOB_SECONDS) -> bool:
+        """The worker runs and is either idling (heartbeat fresh) or within one job's time limit:
+        a long analysis is not a hang, a job stuck past the limit is."""
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        since = self.busy_since
+        if since is not None:
+            return time.monotonic() - since < max_job
+        return time.monotonic() - self.heartbeat < max_silence
 
     # -- requests from the web layer ---------------------------------------
     def capture(self, sample_id: int, user: str, timeout: float = 60.0, image=None, source: str = "") -> dict:
         """Capture from the camera (or analyse ``image``, an uploaded RGB field) into the sample."""
-        job = _Job(sample_id, user, image, source)
+        job = self._queue(_Job(sample_id, user, image, source), wait=2.0)
         try:
-            self._jobs.put(job, timeout=2.0)
+            return job.future.result(timeout)
+        except FutureTimeout:
+            pass
+        if job.future.cancel() or job.abandon():
+            raise CaptureError("the capture took too long and was cancelled; nothing was saved. "
+                               "Check the camera and try again") from None
+        return job.future.result(30.0)  # its rows are being committed right now: report what was saved
+
+    def submit(self, sample_id: int, user: str) -> Future:
+        """Queue a capture without waiting for it (the push-button); the Future says how it went."""
+        return self._queue(_Job(sample_id, user), wait=0).future
+
+    def _queue(self, job: _Job, wait: float) -> _Job:
+        if self._stop.is_set():
+            raise CaptureError("the appliance is shutting down")
+        try:
+            self._jobs.put(job, timeout=wait) if wait else self._jobs.put_nowait(job)
         except queue.Full:
             raise CaptureError("the appliance is busy with earlier captures; try again in a moment") from None
-        if not job.done.wait(timeout):
-            raise CaptureError("the capture is taking too long; check the camera")
-        if job.error:
-            raise CaptureError(job.error)
-        return job.result
-
-    def submit(self, sample_id: int, user: str) -> None:
-        """Queue a capture without waiting for it (the push-button)."""
-        try:
-            self._jobs.put_nowait(_Job(sample_id, user))
-        except queue.Full:
-            raise CaptureError("the appliance is busy with earlier captures") from None
+        return job
 
     def replace_camera(self, camera: SupervisedCamera) -> None:
         """Switch camera back-end; done by the worker between captures, never during one."""
@@ -112,9 +156,36 @@ class CaptureLoop:
 
     def state(self) -> dict:
         return {"camera": self.camera.state(), "busy": self.busy, "captures": self.captures,
-                "queued": self._jobs.qsize(), "alive": self.alive()}
+                "queued": self._jobs.qsize(), "alive": self.alive(), "restarts": self.restarts,
+                "error": self.last_error, "discarded": self.discarded}
 
     # -- the worker ---------------------------------------------------------
+    def _supervise(self) -> None:
+        """Run the worker; if it dies, log why, show it on /health and the page, and restart it
+        after a growing pause (0.5 s doubling to 30 s; back to 0.5 s after a minute without trouble)."""
+        delay = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._run()
+            except Exception as exc:  # noqa: BLE001 - anything: the loop must come back
+                log.exception("capture loop died; restarting in %.1f s", delay)
+                self.restarts += 1
+                self.last_error = f"capture loop restarted after an error ({type(exc).__name__}: {exc})"
+                self.busy, self.busy_since = False, None
+                if time.monotonic() - started > 60:
+                    delay = 0.5
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        # drain: refuse what is still queued rather than leave pages waiting
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(CaptureError("the appliance is shutting down"))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
@@ -126,34 +197,31 @@ class CaptureLoop:
             except queue.Empty:
                 job = None
                 self._idle()
-            if job is None:
-                continue
-            self.busy = True
+            if job is None or not job.future.set_running_or_notify_cancel():
+                continue  # a stop marker, or a job its caller cancelled while it waited
+            self.busy, self.busy_since = True, time.monotonic()
             try:
-                job.result = self._capture(job)
-            except (CaptureError, CameraError, records.RecordError, StorageFull) as exc:
-                job.error = str(exc) if not isinstance(exc, StorageFull) else exc.strerror or str(exc)
+                job.future.set_result(self._capture(job))
+            except records.Discarded:
+                self.discarded += 1
+                log.info("capture for sample %s discarded: its caller had given up", job.sample_id)
+                job.future.set_exception(CaptureError("the capture took too long and was cancelled; nothing was saved"))
+            except (CaptureError, CameraError, records.RecordError, StorageFull, StoreError) as exc:
+                msg = str(exc) if not isinstance(exc, StorageFull) else exc.strerror or str(exc)
+                job.future.set_exception(CaptureError(msg))
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any single bad capture
-                job.error = f"capture failed unexpectedly ({type(exc).__name__}: {exc})"
+                log.exception("capture into sample %s failed", job.sample_id)
+                job.future.set_exception(CaptureError(f"capture failed unexpectedly ({type(exc).__name__}: {exc})"))
             finally:
-                self.busy = False
-                job.done.set()
-        # drain: refuse what is still queued rather than leave pages waiting
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.error = "the appliance is shutting down"
-                job.done.set()
+                self.busy, self.busy_since = False, None
+                self.heartbeat = time.monotonic()
 
     def _idle(self) -> None:
         for fn in self.on_idle:
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - an idle task must never stop captures
-                pass
+            except Exception:  # noqa: BLE001 - an idle task must never stop captures; but say why
+                log.exception("idle task %s failed", getattr(fn, "__name__", fn))
         if time.monotonic() < self._preview_wanted_until:
             try:
                 jpeg = encode_jpeg(self.camera.preview(), quality=75)
@@ -175,9 +243,11 @@ class CaptureLoop:
             except CameraError as exc:
                 raise CaptureError(f"camera not available: {exc}") from None
             image, captured_at, source = frame.image, frame.captured_at, frame.source
+        image = fit_pixels(image, ANALYSIS_MAX_PIXELS)  # bounded work per field, whatever the sensor
         analysis = self.analyzer.analyze(image)
-        fid = records.save_field(self.store, job.sample_id, image, analysis, job.user,
-                                 captured_at=captured_at, source=source)
+        model = getattr(self.analyzer.classifier, "bundle", None)
+        fid = records.save_field(self.store, job.sample_id, image, analysis, job.user, captured_at=captured_at,
+                                 source=source, may_commit=job.may_commit, model=model)
         self.captures += 1
         summary = records.summary_of(self.store, job.sample_id, self.rules)
         return {

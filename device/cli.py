@@ -193,10 +193,15 @@ def _data_dir_of(args) -> Path:
 def _backup(args) -> int:
     from device.backup import backup
 
-    m = backup(_data_dir_of(args), Path(args.dest))
+    from device.store import DataDirLock
+
+    data_dir = _data_dir_of(args)
+    running = DataDirLock.holder(data_dir)
+    m = backup(data_dir, Path(args.dest))
     print(f"backup written to {args.dest}: {m['counts']['samples']} samples, {m['counts']['fields']} fields, "
           f"{m['counts']['cells']} cells, {m['files']} image files"
-          + (f"; {len(m['missing'])} deleted after the snapshot" if m["missing"] else ""))
+          + (f"; {len(m['missing'])} deleted after the snapshot" if m["missing"] else "")
+          + (f" (taken while the appliance runs, {running}: a consistent online snapshot)" if running else ""))
     return 0
 
 
@@ -381,13 +386,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _operator_errors() -> tuple[type, ...]:
+    """Errors whose message already tells the operator what is wrong and what to do: one line."""
+    from device.backup import BackupError
+    from device.bundle import BundleError
+    from device.config import ConfigError
+    from device.imageio import ImageError
+    from device.store import StoreError
+
+    return ConfigError, BundleError, StoreError, BackupError, ImageError, FileNotFoundError
+
+
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        print(f"leukoscope {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure ends in one line; unexpected ones also in a traceback
+        if isinstance(exc, _operator_errors()):
+            print(f"leukoscope {args.command}: {exc}", file=sys.stderr)
+            return 2
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # the traceback goes to the journal (stderr); the last line stays readable for the operator
+        logging.getLogger("leukoscope").exception("leukoscope %s failed", args.command)
+        print(f"leukoscope {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

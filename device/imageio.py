@@ -1,8 +1,11 @@
 """Decoding and writing images safely.
 
 Every image that enters the appliance (camera file, upload, dataset file)
-comes through ``decode_image``: it checks the size from the header before
-decoding, so a decompression bomb is refused without allocating it, and it
+comes through ``decode_image``: it accepts only the formats a microscope camera
+writes (JPEG, PNG, TIFF, BMP), decided from the file's first bytes before any
+decoder runs; it checks the size from the header before decoding, so a
+decompression bomb is refused without allocating it; at most ``DECODE_SLOTS``
+decodes run at once, so parallel uploads cannot multiply the memory; and it
 turns every mode (grey, RGBA, palette, 16-bit) into 8-bit RGB.
 """
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,34 +22,87 @@ from PIL import Image, UnidentifiedImageError
 # A 12 MP Pi HQ camera still is 4056x3040; 50 MP leaves room for larger sensors.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 50_000_000
+# A field to analyse: the HQ camera's 12.3 MP with room to spare. Analysis time grows with the
+# pixel count, and one field must not hold the capture loop for minutes.
+MAX_FIELD_PIXELS = 16_000_000
+# Fields are analysed (and stored) at most this large: 1920x1080 passes unchanged. The cell finder
+# measures in fractions of the field, so a smaller copy finds the same cells; its closing kernel
+# grows with the field, which made one 16 MP field take 30 s instead of under one.
+ANALYSIS_MAX_PIXELS = 2_100_000
 MIN_SIDE = 8
+DECODE_SLOTS = 2
+_decoding = threading.BoundedSemaphore(DECODE_SLOTS)
+
+# Decided from content, never from the name: each format's signature and Pillow's name for it.
+SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"),
+              (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
 
 
 class ImageError(ValueError):
     """An image that cannot be used; the message is meant for the operator."""
 
 
-def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode bytes to an RGB uint8 array of shape (H, W, 3), or raise ImageError."""
+class DecoderBusy(ImageError):
+    """Too many images are being decoded at once; try again in a moment."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    for magic, fmt in SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def fitted_size(w: int, h: int, max_pixels: int) -> tuple[int, int]:
+    if w * h <= max_pixels:
+        return w, h
+    scale = (max_pixels / (w * h)) ** 0.5
+    return max(1, int(w * scale)), max(1, int(h * scale))
+
+
+def fit_pixels(rgb: np.ndarray, max_pixels: int = ANALYSIS_MAX_PIXELS) -> np.ndarray:
+    """A copy scaled down (area average, aspect kept) to at most ``max_pixels``; small images as they are."""
+    h, w = rgb.shape[:2]
+    size = fitted_size(w, h, max_pixels)
+    if size == (w, h):
+        return rgb
+    return np.ascontiguousarray(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX)))
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS, wait: float = 30.0,
+                 fit: int | None = None) -> np.ndarray:
+    """Decode bytes to an RGB uint8 array of shape (H, W, 3), or raise ImageError. ``fit``: scale down to
+    at most that many pixels; a JPEG is then decoded at reduced scale (less memory, less time)."""
     if not data:
         raise ImageError(f"{name}: the file is empty")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError(f"{name}: not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)")
+    if not _decoding.acquire(timeout=wait):
+        raise DecoderBusy(f"{name}: the appliance is busy decoding other images; try again in a moment")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{name}: {w}x{h} pixels is larger than the {max_pixels:,}-pixel limit")
+                raise ImageError(f"{name}: {w}x{h} pixels is larger than the {max_pixels:,}-pixel limit "
+                                 "for an image here")
             if min(w, h) < MIN_SIDE:
                 raise ImageError(f"{name}: {w}x{h} pixels is too small to hold a blood-smear image")
+            if fit and w * h > fit and fmt == "JPEG":
+                img.draft("RGB", fitted_size(w, h, fit))  # DCT scaling: never smaller than asked
             img.load()
-            return _to_rgb8(img)
+            rgb = _to_rgb8(img)
+            return fit_pixels(rgb, fit) if fit else rgb
     except ImageError:
         raise
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image dimensions are implausibly large") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (JPEG, PNG, BMP or TIFF expected)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise ImageError(f"{name}: the image is damaged or truncated ({exc})") from None
+    finally:
+        _decoding.release()
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -10,8 +10,10 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from device.bundle import Bundle, BundleError, default_bundle_path, load_bundle
-from device.classifier import Classifier
+from device.classifier import Classifier, ood_scores
 from device.imageio import write_atomic
 
 log = logging.getLogger("leukoscope.models")
@@ -30,6 +32,70 @@ def candidates(configured: str, data_dir: Path) -> list[Path]:
     return out
 
 
+def trial_crops(bundle: Bundle, n: int = 6) -> np.ndarray:
+    """Cell-sized crops for a trial run: the bundle's own ``samples.npz`` when it carries one, else
+    crops of the bundled blood-smear fields, prepared with the bundle's own pre-processing."""
+    from importlib import resources
+
+    from device.imageio import read_image
+    from device.preprocess import prepare_cell
+
+    s = bundle.preprocessing.input_size
+    if "samples.npz" in bundle.files:
+        import io
+
+        try:
+            with np.load(io.BytesIO(bundle.files["samples.npz"]), allow_pickle=False) as z:
+                crops = z["crops"]
+        except Exception as exc:  # noqa: BLE001 - a damaged member
+            raise BundleError(f"samples.npz is damaged ({exc})") from None
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8 or not len(crops):
+            raise BundleError(f"samples.npz crops have shape {crops.shape} {crops.dtype}; expected (n, {s}, {s}, 3) uint8")
+        return crops[:64]
+    folder = resources.files("device").joinpath("assets/fields")
+    out = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name)[:n]:
+        field = read_image(Path(str(entry)))
+        h, w = field.shape[:2]
+        side = min(h, w) // 3
+        out.append(prepare_cell(field[h // 2 - side // 2:h // 2 + side // 2, w // 2 - side // 2:w // 2 + side // 2],
+                                bundle.preprocessing))
+    return np.stack(out)
+
+
+def validated(bundle: Bundle, threads: int = 1) -> Classifier:
+    """The one rule for upload, ``model install`` and start-up: a real interpreter loads the model,
+    its tensors match the metadata, and a trial run on real crops gives finite probabilities for
+    every label (and, with an unfamiliar-cell check, embeddings of the width ood.npz expects)."""
+    clf = Classifier(bundle, threads=threads)
+    crops = trial_crops(bundle)
+    try:
+        probs, emb = clf.raw(crops)
+    except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+        raise BundleError(f"{bundle.name}: the trial run on sample crops failed ({exc})") from None
+    if probs.shape != (len(crops), len(bundle.labels)) or not np.isfinite(probs).all():
+        raise BundleError(f"{bundle.name}: the trial run gave probabilities of shape {probs.shape} or non-finite values")
+    if bundle.ood is not None and bundle.thresholds.get("ood") is not None:
+        if emb is None or emb.shape[-1] != bundle.ood["means"].shape[1]:
+            width = None if emb is None else emb.shape[-1]
+            raise BundleError(f"{bundle.name}: the model's embedding width {width} does not match ood.npz "
+                              f"({bundle.ood['means'].shape[1]})")
+        if not np.isfinite(ood_scores(emb, bundle.ood)).all():
+            raise BundleError(f"{bundle.name}: the unfamiliar-cell check gives non-finite distances")
+    try:
+        preds = clf.classify(crops[:2])  # the whole path a capture takes: thresholds, flags
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as exc:
+        raise BundleError(f"{bundle.name}: the trial run on sample crops failed ({exc})") from None
+    if len(preds) != min(2, len(crops)):
+        raise BundleError(f"{bundle.name}: the trial run classified {len(preds)} of {min(2, len(crops))} crops")
+    return clf
+
+
+def load_validated(path: Path | None = None, data: bytes | None = None, threads: int = 1) -> tuple[Bundle, Classifier]:
+    bundle = load_bundle(path, data)
+    return bundle, validated(bundle, threads)
+
+
 def load_active(configured: str, data_dir: Path, threads: int = 1) -> tuple[Bundle, Classifier, list[str]]:
     """The first bundle that loads and passes every check; problems with the others are returned."""
     problems = []
@@ -37,8 +103,8 @@ def load_active(configured: str, data_dir: Path, threads: int = 1) -> tuple[Bund
         if not path.exists() and path != Path(configured).expanduser():
             continue
         try:
-            bundle = load_bundle(path)
-            return bundle, Classifier(bundle, threads=threads), problems
+            bundle, clf = load_validated(path, threads=threads)
+            return bundle, clf, problems
         except BundleError as exc:
             problems.append(str(exc))
             log.error("model bundle refused: %s", exc)
@@ -47,8 +113,7 @@ def load_active(configured: str, data_dir: Path, threads: int = 1) -> tuple[Bund
 
 def install(data: bytes, data_dir: Path, threads: int = 1) -> Bundle:
     """Validate, then make it current; the old current becomes previous."""
-    bundle = load_bundle(data=data)
-    Classifier(bundle, threads=threads)  # tensors, shapes and labels checked by a real interpreter
+    bundle, _ = load_validated(data=data, threads=threads)  # the same rule as at start-up
     d = models_dir(data_dir)
     d.mkdir(parents=True, exist_ok=True)
     current = d / "current.lkb"

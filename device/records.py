@@ -16,6 +16,13 @@ class RecordError(ValueError):
     """A request that cannot be carried out; the message is for the operator."""
 
 
+class Discarded(RecordError):
+    """The capture's caller gave up before its rows were written: nothing was saved."""
+
+
+FINISHED = "this sample is finished; start a new sample to capture more"
+
+
 def create_sample(store: Store, code: str, user: str, operator_id: int | None = None, patient_name: str = "",
                   patient_age: str = "", patient_sex: str = "", note: str = "", target: int = 100,
                   model_name: str = "", model_sha256: str = "") -> int:
@@ -43,11 +50,14 @@ def get_sample(store: Store, sample_id: int) -> sqlite3.Row:
 
 
 def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, user: str,
-               captured_at: str | None = None, source: str = "") -> int:
-    """Images first (atomically), then the rows in one transaction."""
+               captured_at: str | None = None, source: str = "", may_commit=None, model=None) -> int:
+    """Images first (atomically), then the rows in one transaction. The sample's status is checked
+    again inside that transaction, so a field can never land in a sample finished meanwhile.
+    ``may_commit()`` is asked there too (False: the caller gave up, nothing is saved); ``model``
+    (a Bundle) is recorded with the field, so a report names the model that really classified it."""
     sample = get_sample(store, sample_id)
-    if sample["status"] != "open":
-        raise RecordError("this sample is finished; start a new sample to capture more")
+    if sample["status"] != "open":  # early, before the encoding work; the rule itself is below
+        raise RecordError(FINISHED)
     t0 = time.perf_counter()
     # Bounded in size (boxes keep the frame's coordinates); the analysis made that copy already.
     field_jpeg = encode_jpeg(analysis.stored if analysis.stored is not None else stored_copy(image), quality=92)
@@ -63,12 +73,21 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
             written.append(rel)
             crop_rels.append(rel)
         with store.transaction() as tx:
+            status = tx.execute("SELECT status FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if status is None or status[0] != "open":
+                raise RecordError(FINISHED if status else f"no sample {sample_id}")
+            if may_commit is not None and not may_commit():
+                raise Discarded("the capture was cancelled by its caller")
             h, w = image.shape[:2]
+            meta = model.metadata if model is not None else {}
             cur = tx.execute(
                 "INSERT INTO fields (sample_id, image_path, captured_at, source, width, height, qc_ok, qc_message, "
-                "qc_json, analysis_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "qc_json, analysis_ms, model_name, model_version, model_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
-                 json.dumps({**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}), analysis.timings_ms.get("total")))
+                 json.dumps({**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}),
+                 analysis.timings_ms.get("total"), str(meta.get("name", "")),
+                 str(meta.get("version", "")), model.sha256 if model is not None else ""))
             fid = cur.lastrowid
             for c, rel in zip(analysis.cells, crop_rels):
                 p = c.prediction
@@ -159,10 +178,25 @@ def report_order(cells) -> list:
     return sorted(cells, key=lambda c: (rank(c), c["id"]))
 
 
-def summary_of(store: Store, sample_id: int, rules, target: int | None = None) -> SampleSummary:
-    sample = get_sample(store, sample_id)
-    counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in cells_of(store, sample_id)]
+def summary_of(store: Store, sample_id: int, rules, target: int | None = None, conn=None) -> SampleSummary:
+    """``conn``: read inside that (open) transaction, so the summary matches what it then writes."""
+    conn = conn or store.connect()
+    sample = conn.execute("SELECT target FROM samples WHERE id = ?", (sample_id,)).fetchone()
+    if sample is None:
+        raise RecordError(f"no sample {sample_id}")
+    rows = conn.execute("SELECT label, category, flag, operator_label FROM cells WHERE sample_id = ? ORDER BY id",
+                        (sample_id,)).fetchall()
+    counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in rows]
     return summarize(counted, target if target is not None else sample["target"], rules)
+
+
+def models_of(store: Store, sample_id: int) -> list[dict]:
+    """Every model that classified a field of the sample, in order of first use, with its field count."""
+    rows = store.connect().execute(
+        "SELECT model_name, model_version, model_sha256, COUNT(*) AS n, MIN(id) AS first FROM fields "
+        "WHERE sample_id = ? GROUP BY model_name, model_version, model_sha256 ORDER BY first", (sample_id,))
+    return [{"name": r["model_name"] or "(not recorded)", "version": r["model_version"], "sha256": r["model_sha256"],
+             "fields": r["n"]} for r in rows]
 
 
 def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_id: int | None,
@@ -206,7 +240,8 @@ def accept_class(store: Store, sample_id: int, label: str, user: str, user_id: i
 def finish_sample(store: Store, sample_id: int, user: str, rules, verified_by: str = "") -> SampleSummary:
     """The summary is computed inside the write transaction, so it matches the cells it was computed from."""
     with store.transaction() as tx:
-        summary = summary_of(store, sample_id, rules)
+        # computed inside the write transaction: no capture can commit between the count and the result
+        summary = summary_of(store, sample_id, rules, conn=tx)
         undecided = summary.uncertain
         data = summary.to_dict() | {"undecided": undecided}
         cur = tx.execute("UPDATE samples SET status = 'finished', finished_at = ?, finished_by = ?, verified_by = ?, "

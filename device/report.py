@@ -196,9 +196,13 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
 
     pdf.ln(2)
     pdf.heading(_("Model"))
-    meta = bundle.metadata
-    kv(_("Model"), f"{bundle.name} ({meta['task']}, {meta['input'].get('quantization')})")
-    kv(_("Model checksum"), bundle.sha256[:16])
+    used = records.models_of(store, s["id"])  # the models that classified it, not the one in use now
+    for u in used:
+        kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"], version=u["version"],
+                         sha=u["sha256"][:16] or "-", fields=words.ngettext("%(num)d field", "%(num)d fields",
+                                                                              u["fields"])))
+    if not used:
+        kv(_("Model"), _("no field captured"))
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")

@@ -5,14 +5,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from device.bundle import Bundle, BundleError, load_bundle
+from device.bundle import Bundle, BundleError
 from device.camera import SupervisedCamera, make_camera
 from device.capture import CaptureLoop
 from device.classifier import Classifier
 from device.config import AppConfig
-from device.models import load_active, models_dir
+from device.models import load_active, load_validated, models_dir
 from device.pipeline import Analyzer
-from device.store import RepairReport, Store
+from device.store import RepairReport, Store, StoreError
 
 log = logging.getLogger("leukoscope")
 
@@ -28,7 +28,10 @@ class Runtime:
     loop: CaptureLoop
     repair: RepairReport
     model_problems: list[str] = field(default_factory=list)
-    active: tuple[int, str] | None = None  # the open sample shown on a capture page: what the button captures
+    # what the push-button captures into: chosen on a sample's page ("Use the push-button here"),
+    # cleared when that sample finishes; (sample id, sample code, user)
+    button_target: tuple[int, str, str] | None = None
+    button_message: str = ""  # the last refused or failed press, shown on the capture page
     button: object | None = None
     _model_key: tuple | None = None
     _model_checked: float = 0.0
@@ -51,8 +54,7 @@ class Runtime:
             return
         self._model_key = key
         try:
-            bundle = load_bundle(path)
-            classifier = Classifier(bundle, threads=self.config.model.threads)
+            bundle, classifier = load_validated(path, threads=self.config.model.threads)
         except BundleError as exc:
             self.model_problems.append(f"new model refused, still using {self.bundle.name}: {exc}")
             log.error("new model refused: %s", exc)
@@ -67,11 +69,54 @@ class Runtime:
         log.info("model switched from %s to %s", previous, bundle.name)
 
     def press(self) -> None:
-        """The push-button: capture into the sample on screen."""
-        if self.active is None:
-            log.warning("push-button pressed with no open sample on screen")
-            return
-        self.loop.submit(*self.active)
+        """The push-button: capture into the sample chosen for it; a refused press is logged and shown."""
+        target = self.button_target
+        if target is None:
+            return self._button_refused("push-button pressed, but no sample is chosen for it: open a sample "
+                                        "and choose \"Use the push-button here\"")
+        sid, code, user = target
+        try:
+            future = self.loop.submit(sid, user)
+        except Exception as exc:  # noqa: BLE001 - CaptureError and anything else: say why
+            return self._button_refused(f"push-button capture into {code} refused: {exc}")
+        self.button_message = ""
+
+        def done(f):
+            exc = f.exception() if not f.cancelled() else None
+            if exc is not None:
+                self._button_refused(f"push-button capture into {code} failed: {exc}")
+
+        future.add_done_callback(done)
+
+    def _button_refused(self, message: str) -> None:
+        log.warning("%s", message)
+        self.button_message = message
+
+    def choose_button_target(self, sample_id: int, code: str, user: str) -> None:
+        self.button_target = (sample_id, code, user)
+        self.button_message = ""
+        self.store.audit(user, "button-target", f"sample:{sample_id}")
+
+    def sample_finished(self, sample_id: int) -> None:
+        if self.button_target and self.button_target[0] == sample_id:
+            self.button_target = None
+
+    def health(self) -> tuple[bool, dict]:
+        """What /health reports: the capture loop, the storage, and the last error of each."""
+        state = self.loop.state()
+        problems = []
+        try:
+            self.store.verify()
+        except StoreError as exc:
+            problems.append(str(exc))
+        if not state["alive"]:
+            problems.append("the capture loop is not responding")
+        ok = not problems
+        if state["error"]:
+            problems.append(state["error"])
+        return ok, {"ok": ok, "camera": state["camera"]["status"], "model": self.bundle.name,
+                    "capture_loop": {"alive": state["alive"], "restarts": state["restarts"], "busy": state["busy"]},
+                    "problems": problems}
 
     def apply_config(self, new: AppConfig) -> list[str]:
         """Use changed settings now; returns what was applied."""
@@ -90,7 +135,7 @@ class Runtime:
         if self.button is not None:
             self.button.close()
         self.loop.stop()
-        self.store.close()
+        self.store.release_lock()
 
 
 def camera_from_config(cfg: AppConfig):
@@ -99,9 +144,27 @@ def camera_from_config(cfg: AppConfig):
                        height=c.height, still_size=c.still_size or None, preview_size=c.preview_size)
 
 
+def reserve_mb(data_dir) -> int:
+    """16 MB, or a twentieth of a small disk: enough for sign-in and deleting samples when full."""
+    import os
+    import shutil
+
+    os.makedirs(data_dir, exist_ok=True)
+    return max(1, min(16, shutil.disk_usage(data_dir).total // 20 // (1024 * 1024)))
+
+
 def build_runtime(cfg: AppConfig, start: bool = True) -> Runtime:
-    store = Store(cfg.data_dir, min_free_mb=cfg.storage.min_free_mb)
+    store = Store(cfg.data_dir, min_free_mb=cfg.storage.min_free_mb, exclusive=True, reserve_mb=reserve_mb(cfg.data_dir))
+    try:
+        return _build(cfg, store, start)
+    except BaseException:
+        store.release_lock()
+        raise
+
+
+def _build(cfg: AppConfig, store: Store, start: bool) -> Runtime:
     repair = store.consistency_check(repair=True)
+    store.keep_reserve()
     if repair.repaired:
         log.warning("start-up check repaired %d item(s): %s", repair.repaired, repair.to_dict())
     bundle, classifier, problems = load_active(cfg.model.bundle, cfg.data_dir, cfg.model.threads)
@@ -114,6 +177,7 @@ def build_runtime(cfg: AppConfig, start: bool = True) -> Runtime:
         st = current.stat()
         runtime._model_key = (st.st_mtime_ns, st.st_size)
     loop.on_idle.append(runtime.check_model)
+    loop.on_idle.append(store.keep_reserve)
     if start:
         camera.poll()
         loop.start()

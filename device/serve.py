@@ -11,6 +11,22 @@ from device.runtime import build_runtime
 
 log = logging.getLogger("leukoscope")
 
+# Connections: waitress's default of 100 let 150 idle sockets starve /health and the kiosk. Idle
+# channels cost one descriptor and no thread, so allow many, and drop the silent ones quickly.
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT = 30  # seconds a connection may stay silent (the MJPEG stream is written to, so it stays)
+CLEANUP_INTERVAL = 5
+
+
+def raise_fd_limit(want: int = CONNECTION_LIMIT + 200) -> None:
+    """systemd's default soft limit (1024) is below CONNECTION_LIMIT plus files and sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
 
 def process_age() -> float:
     """Seconds since this process started (from /proc), so "ready in" includes imports."""
@@ -32,8 +48,11 @@ def serve(cfg: AppConfig) -> int:
 
     runtime = build_runtime(cfg)
     app = create_app(runtime)
+    raise_fd_limit()
     server = waitress.create_server(app, host=cfg.server.host, port=cfg.server.port, threads=cfg.server.threads,
-                                    ident="leukoscope", clear_untrusted_proxy_headers=True)
+                                    ident="leukoscope", clear_untrusted_proxy_headers=True,
+                                    connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT,
+                                    cleanup_interval=CLEANUP_INTERVAL, asyncore_use_poll=True)
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
@@ -49,11 +68,14 @@ def serve(cfg: AppConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def watchdog(interval: float):
+        # alive() is true while the loop idles or runs one job within its time limit (a long
+        # analysis is not a hang), false when the thread is gone or stuck past that limit
         while not stopping.wait(interval):
-            if runtime.loop.alive():
+            ok, body = runtime.health()
+            if ok:
                 sdnotify.notify("WATCHDOG=1")
             else:
-                log.error("capture loop is not responding: withholding the watchdog ping")
+                log.error("withholding the watchdog ping: %s", "; ".join(body["problems"]))
 
     interval = sdnotify.watchdog_interval()
     if interval:

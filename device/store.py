@@ -3,22 +3,35 @@
 Every image is written atomically (temporary file, fsync, rename) before the
 row that points to it commits, so after a power cut a row never points to a
 missing or half-written file. Files without rows (written, then the power
-went before the commit) are found and removed by ``consistency_check``.
+went before the commit) are found by ``consistency_check`` and moved to a
+quarantine folder, never deleted: a database restored later may still claim them.
+
+The appliance holds an exclusive lock on its data folder, so a second server
+(or a restore) cannot run its start-up repair against live records.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import logging
+import os
 import shutil
 import sqlite3
 import threading
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from device.imageio import write_atomic
+
+log = logging.getLogger("leukoscope.store")
+LOCK_NAME = "leukoscope.lock"
+RESERVE_NAME = "reserve.bin"
+QUARANTINE = "quarantine"
+QUARANTINE_MAX_BYTES = 512 * 1024 * 1024
 
 MIGRATIONS = [
     # 1: the first schema
@@ -120,6 +133,12 @@ MIGRATIONS = [
     ALTER TABLE samples ADD COLUMN reopened_by TEXT;
     ALTER TABLE samples ADD COLUMN reopen_reason TEXT
     """,
+    # 3 (issue 12): the model that classified each field; a sample may span a model change
+    """
+    ALTER TABLE fields ADD COLUMN model_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE fields ADD COLUMN model_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE fields ADD COLUMN model_sha256 TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 
@@ -131,40 +150,146 @@ class StorageFull(OSError):
     """Not enough free space to store a capture; the message is for the operator."""
 
 
+class StoreError(RuntimeError):
+    """The records cannot be used as they are; the message tells the operator what to do."""
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class StoreDamaged(StoreError):
+    pass
+
+
+class StorageGone(StoreError):
+    pass
+
+
+def restore_advice(data_dir: Path) -> str:
+    return (f"Stop the appliance (sudo systemctl stop leukoscope), move {data_dir} aside (do not delete it), then "
+            f"restore the last backup: leukoscope restore BACKUP_FOLDER --data-dir {data_dir} --force")
+
+
+class DataDirLock:
+    """An exclusive flock on ``data_dir/leukoscope.lock`` holding the owner's pid; released on close
+    (or by the kernel when the process dies, so a power cut never leaves a stale lock)."""
+
+    def __init__(self, data_dir: Path, purpose: str = "the appliance"):
+        self.path = Path(data_dir) / LOCK_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(f"{data_dir} is in use by another Leukoscope process ({holder}); only one may use "
+                              f"a data folder at a time. Stop it first (sudo systemctl stop leukoscope) or choose "
+                              f"another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        self.fd = fd
+        self.inode = os.fstat(fd).st_ino
+
+    @staticmethod
+    def holder(data_dir: Path) -> str | None:
+        """Who holds the folder's lock now ("pid N: ..."), or None; takes nothing."""
+        try:
+            fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)
+
+    def intact(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
 @dataclass
 class RepairReport:
-    orphan_files_removed: list[str]
-    rows_without_files: list[str]
+    orphans_quarantined: list[str]
+    rows_without_files: list[str]  # reported, never deleted: the row's counts and reviews still matter
     temp_files_removed: list[str]
     integrity: str
+    orphans_left: list[str] = field(default_factory=list)  # quarantine full: left where they were
 
     @property
     def repaired(self) -> int:
-        return len(self.orphan_files_removed) + len(self.rows_without_files) + len(self.temp_files_removed)
+        return len(self.orphans_quarantined) + len(self.temp_files_removed)
 
     def to_dict(self) -> dict:
-        return {"integrity": self.integrity, "orphan_files_removed": self.orphan_files_removed,
-                "rows_without_files": self.rows_without_files, "temp_files_removed": self.temp_files_removed}
+        return {"integrity": self.integrity, "orphans_quarantined": self.orphans_quarantined,
+                "rows_without_files": self.rows_without_files, "temp_files_removed": self.temp_files_removed,
+                "orphans_left": self.orphans_left}
 
 
 class Store:
     """One SQLite database and an images folder under ``data_dir``."""
 
-    def __init__(self, data_dir: str | Path, min_free_mb: int = 50):
+    def __init__(self, data_dir: str | Path, min_free_mb: int = 50, exclusive: bool = False, reserve_mb: int = 0):
+        """``exclusive``: the appliance itself: lock the folder and refuse to open records that are
+        missing beside existing images or damaged. ``reserve_mb``: keep a file of that size to release
+        when the disk fills, so sign-in and deleting old samples still work."""
         self.data_dir = Path(data_dir)
         self.images = self.data_dir / "images"
-        self.images.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "leukoscope.db"
         self.min_free_mb = min_free_mb
+        self.reserve_bytes = reserve_mb * 1024 * 1024
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self.migrate()
+        self.lock = DataDirLock(self.data_dir) if exclusive else None
+        try:
+            if exclusive:
+                self._refuse_missing_database()
+            self.images.mkdir(parents=True, exist_ok=True)
+            try:
+                self.migrate()
+            except sqlite3.DatabaseError as exc:
+                raise StoreDamaged(f"the records database {self.db_path} cannot be read ({exc}). "
+                                   + restore_advice(self.data_dir)) from exc
+            self._db_inode = os.stat(self.db_path).st_ino
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _refuse_missing_database(self) -> None:
+        try:
+            empty = self.db_path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = True
+        if not empty or not self.images.is_dir():
+            return
+        n = sum(1 for p in self.images.rglob("*") if p.is_file())
+        if n:
+            what = "empty" if self.db_path.exists() else "missing"
+            raise StoreDamaged(f"the records database {self.db_path} is {what} but {n} stored images exist: "
+                               "starting would lose the link between them and their samples. "
+                               + restore_advice(self.data_dir))
 
     # -- connections -------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=True)
+            inode = getattr(self, "_db_inode", None)
+            if inode is not None:
+                self.verify()  # a new thread must never create a fresh, empty database
+            # once created, open read-write only: a vanished file is an error, not a new database
+            uri = f"file:{self.db_path}?mode={'rw' if inode is not None else 'rwc'}"
+            conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=True)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed capture survives a power cut (SD cards lose data with less).
@@ -174,23 +299,48 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def verify(self) -> None:
+        """Raise StorageGone when the data folder was deleted or replaced under this process."""
+        inode = getattr(self, "_db_inode", None)
+        try:
+            same_db = inode is None or os.stat(self.db_path).st_ino == inode
+        except OSError:
+            same_db = False
+        if not same_db or (self.lock is not None and not self.lock.intact()):
+            raise StorageGone(f"the data folder {self.data_dir} was removed or replaced while the appliance was "
+                              "running: nothing more can be saved. Restart the appliance "
+                              "(sudo systemctl restart leukoscope); restore a backup if records are missing")
+
     @contextmanager
     def transaction(self):
         conn = self.connect()
         with self._write_lock:
+            self.verify()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # also after a failed COMMIT (disk full, deferred constraint): a connection left
+                # inside a transaction would make every later write on this thread fail
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("rollback failed; reopening this thread's connection")
+                        self.close()
                 raise
-            conn.execute("COMMIT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def release_lock(self) -> None:
+        self.close()
+        if self.lock is not None:
+            self.lock.close()
 
     def migrate(self) -> int:
         conn = self.connect()
@@ -208,10 +358,32 @@ class Store:
 
     # -- files -------------------------------------------------------------
     def check_space(self, needed_bytes: int = 0) -> None:
-        free = shutil.disk_usage(self.data_dir).free
+        self.verify()  # before any file is written: never recreate a deleted data folder
+        free = self.keep_reserve()
         if free - needed_bytes < self.min_free_mb * 1024 * 1024:
             raise StorageFull(errno.ENOSPC, f"storage almost full ({free // (1024 * 1024)} MB free): "
                                             "export and delete old samples before capturing more")
+
+    def keep_reserve(self) -> int:
+        """Release the reserve file when the disk is nearly full (so sign-in, which writes, and
+        deleting samples still work), put it back once there is room again. Returns free bytes."""
+        free = shutil.disk_usage(self.data_dir).free
+        if not self.reserve_bytes:
+            return free
+        path = self.data_dir / RESERVE_NAME
+        try:
+            if path.exists():
+                if free < self.reserve_bytes:
+                    path.unlink()
+                    log.warning("disk nearly full (%d bytes free): reserve released for sign-in and deletion", free)
+                    free = shutil.disk_usage(self.data_dir).free
+            elif free > 2 * self.reserve_bytes:
+                with open(path, "wb") as fh:
+                    os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
+                free = shutil.disk_usage(self.data_dir).free
+        except OSError as exc:
+            log.warning("reserve file %s: %s", path, exc)
+        return free
 
     def write_file(self, rel: str, data: bytes) -> str:
         try:
@@ -252,8 +424,17 @@ class Store:
 
     # -- start-up check ----------------------------------------------------
     def consistency_check(self, repair: bool = True) -> RepairReport:
+        """Find files without rows and rows without files. With ``repair``: refuse damaged records,
+        remove half-written temporary files, and move orphan images to the quarantine folder (never
+        deleted: a backup restored later may claim them). Rows are never deleted."""
         conn = self.connect()
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        try:
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            integrity = str(exc)
+        if repair and integrity != "ok":
+            raise StoreDamaged(f"the records database {self.db_path} failed its integrity check ({integrity}). "
+                               + restore_advice(self.data_dir))
         referenced = {r[0] for r in conn.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells")}
         temp_removed, orphans = [], []
         for p in self.images.rglob("*"):
@@ -261,7 +442,7 @@ class Store:
                 continue
             rel = p.relative_to(self.data_dir).as_posix()
             if p.name.startswith(".") and p.name.endswith(".tmp"):
-                temp_removed.append(rel)
+                temp_removed.append(rel)  # never renamed into place: no row can name it
             elif rel not in referenced:
                 orphans.append(rel)
         missing_rows = []
@@ -269,15 +450,40 @@ class Store:
             for row in conn.execute(f"SELECT id, {col} FROM {table}"):
                 if not (self.data_dir / row[1]).is_file():
                     missing_rows.append(f"{table}:{row[0]}:{row[1]}")
-        if repair:
-            self.remove_files(temp_removed + orphans)
-            if missing_rows:
-                with self.transaction() as tx:
-                    for item in missing_rows:
-                        table, rid, _ = item.split(":", 2)
-                        tx.execute(f"DELETE FROM {table} WHERE id = ?", (int(rid),))
-            report = RepairReport(orphans, missing_rows, temp_removed, integrity)
-            if report.repaired:
-                self.audit("system", "startup-repair", "", report.to_dict())
-            return report
-        return RepairReport(orphans, missing_rows, temp_removed, integrity)
+        if not repair:
+            return RepairReport(orphans, missing_rows, temp_removed, integrity)
+        self.remove_files(temp_removed)
+        moved, left = self._quarantine(orphans)
+        report = RepairReport(moved, missing_rows, temp_removed, integrity, left)
+        if missing_rows:
+            log.error("%d record(s) point to missing images (kept; their counts stay valid): %s",
+                      len(missing_rows), missing_rows[:5])
+        if report.repaired or missing_rows or left:
+            self.audit("system", "startup-repair", "", report.to_dict())
+        return report
+
+    def quarantine_bytes(self) -> int:
+        q = self.data_dir / QUARANTINE
+        return sum(p.stat().st_size for p in q.rglob("*") if p.is_file()) if q.is_dir() else 0
+
+    def _quarantine(self, rels: list[str]) -> tuple[list[str], list[str]]:
+        """Move orphan images under quarantine/<time>/, up to QUARANTINE_MAX_BYTES in all; the rest stay."""
+        if not rels:
+            return [], []
+        used = self.quarantine_bytes()
+        batch = self.data_dir / QUARANTINE / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        moved, left = [], []
+        for rel in rels:
+            src = self.data_dir / rel
+            size = src.stat().st_size
+            if used + size > QUARANTINE_MAX_BYTES:
+                left.append(rel)
+                continue
+            dst = batch / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)  # same file system: a rename, nothing copied
+            used += size
+            moved.append(rel)
+        if left:
+            log.warning("quarantine full (%d MB): %d orphan image(s) left in place", used >> 20, len(left))
+        return moved, left

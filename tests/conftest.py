@@ -109,7 +109,7 @@ def serving(tmp_path: Path, **settings):
     from device.web import create_app
 
     cfg = AppConfig()
-    cfg.storage.data_dir = str(tmp_path / "data")
+    cfg.storage.data_dir = str(settings.get("data_dir", tmp_path / "data"))
     shutil.copytree(REPO / "device/assets/fields", tmp_path / "fields")
     cfg.camera.folder = str(tmp_path / "fields")
     cfg.sample.target_cells = settings.get("target_cells", 5)

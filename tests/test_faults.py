@@ -21,6 +21,7 @@ def test_power_cuts(tmp_path):
 
     stats = run(POWER_CUTS, tmp_path, seed=7, log=lambda *_: None)
     assert stats["failures"] == [], stats["failures"]
+    assert stats["acknowledged_lost"] == 0 and stats["captures_answered"] > 0
     assert stats["cycles"] == POWER_CUTS
     assert stats["fields_stored"] > POWER_CUTS // 2  # captures really happened between the cuts
     print(f"power cuts: {json.dumps({k: v for k, v in stats.items() if k != 'failures'})}")

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from device.sample import CountedCell, FlagRule, summarize, wilson_interval
-from device.store import Store
+from device.store import MIGRATIONS, Store
 
 
 def test_wilson_interval_known_values():
@@ -82,7 +82,7 @@ def test_store_schema_wal_and_foreign_keys(tmp_path):
     assert Store(tmp_path).migrate() == len(MIGRATIONS)  # re-opening migrates nothing
 
 
-def test_consistency_check_repairs_orphans_and_dangling_rows(tmp_path):
+def test_consistency_check_quarantines_orphans_and_keeps_dangling_rows(tmp_path):
     from device import records
 
     store = Store(tmp_path)
@@ -97,11 +97,15 @@ def test_consistency_check_repairs_orphans_and_dangling_rows(tmp_path):
     (tmp_path / "images" / str(sid) / ".abc.jpg.123.tmp").write_bytes(b"half")
     report = store.consistency_check()
     assert report.integrity == "ok"
-    assert report.orphan_files_removed == [orphan]
+    assert report.orphans_quarantined == [orphan]
     assert len(report.temp_files_removed) == 1
     assert [r.split(":")[2] for r in report.rows_without_files] == [gone]
     assert not (tmp_path / orphan).exists() and (tmp_path / kept).exists()
-    assert store.connect().execute("SELECT COUNT(*) FROM fields").fetchone()[0] == 1
-    audit = store.connect().execute("SELECT action FROM audit WHERE action = 'startup-repair'").fetchall()
-    assert len(audit) == 1
-    assert store.consistency_check().repaired == 0  # a second run finds nothing
+    # the orphan is moved, never deleted: a restored database may still claim it
+    quarantined = list((tmp_path / "quarantine").rglob("*.jpg"))
+    assert [p.read_bytes() for p in quarantined] == [b"written but never committed"]
+    assert quarantined[0].as_posix().endswith(orphan)
+    assert store.connect().execute("SELECT COUNT(*) FROM fields").fetchone()[0] == 2  # rows are kept
+    audit = store.connect().execute("SELECT detail FROM audit WHERE action = 'startup-repair'").fetchall()
+    assert len(audit) == 1 and orphan in audit[0][0]
+    assert store.consistency_check().repaired == 0  # a second run finds nothing new to move

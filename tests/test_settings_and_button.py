@@ -54,7 +54,9 @@ def test_settings_page_changes_apply_live(live_app):
     assert rt.store.connect().execute("SELECT COUNT(*) FROM audit WHERE action = 'settings-changed'").fetchone()[0] == 1
 
 
-def test_push_button_captures_into_the_sample_on_screen(live_app):
+def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
+    """Issue 12 item 5: viewing a sample does not aim the button; choosing does; finishing clears it;
+    a refused press is logged and shown on the capture page."""
     from gpiozero.pins.mock import MockFactory
 
     from device import records
@@ -63,21 +65,40 @@ def test_push_button_captures_into_the_sample_on_screen(live_app):
     base, app, rt, _ = live_app
     s = signed_in(base)
     sid = records.create_sample(rt.store, "BTN-1", "admin")
+    other = records.create_sample(rt.store, "BTN-2", "admin")
     factory = MockFactory()
     button = start_button(17, rt.press, pin_factory=factory)
-    try:
-        factory.pin(17).drive_low()  # pressed before any sample is on screen: nothing happens
-        factory.pin(17).drive_high()
-        time.sleep(0.3)
-        assert rt.loop.captures == 0
-        s.get(base + f"/samples/{sid}")  # the capture page makes it the active sample
+
+    def press():
         factory.pin(17).drive_low()
         factory.pin(17).drive_high()
+
+    def fields(sample):
+        return rt.store.connect().execute("SELECT COUNT(*) FROM fields WHERE sample_id = ?", (sample,)).fetchone()[0]
+
+    try:
+        page = s.get(base + f"/samples/{other}")  # only looking at a sample does not aim the button
+        press()
+        time.sleep(0.5)
+        assert rt.loop.captures == 0
+        page = s.get(base + f"/samples/{sid}")
+        assert "no sample is chosen" in page.text and 'id="button-message"' in page.text  # the refusal is shown
+        r = s.post(base + f"/samples/{sid}/button", data={"csrf_token": csrf_of(page.text)})
+        assert "captures into this sample" in r.text
+        assert "captures into BTN-1" in s.get(base + f"/samples/{other}").text  # visible from any sample
+        press()
         t0 = time.monotonic()
-        while rt.loop.captures < 1:
+        while fields(sid) < 1:
             assert time.monotonic() - t0 < 10
             time.sleep(0.05)
-        n = rt.store.connect().execute("SELECT COUNT(*) FROM fields WHERE sample_id = ?", (sid,)).fetchone()[0]
-        assert n == 1
+        assert fields(other) == 0
+        r = s.post(base + f"/samples/{sid}/finish", data={"csrf_token": csrf_of(page.text), "confirmed": "1"})
+        assert r.ok
+        assert rt.button_target is None
+        press()
+        time.sleep(0.5)
+        assert fields(sid) == 1 and fields(other) == 0
+        assert "no sample is chosen" in s.get(base + f"/samples/{other}").text
+        assert s.get(base + "/api/status").json()["button_message"]
     finally:
         button.close()

@@ -1,8 +1,11 @@
 """The local web page: a Flask app factory. The only global state is the app it returns."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
+import sqlite3
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +17,16 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from device.runtime import Runtime
 from device.web import words
+from device.sample import DISCLAIMER
+from device.store import StoreError
+
+log = logging.getLogger("leukoscope.web")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
 
 # Reachable without signing in: everything else redirects to the login page.
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
@@ -61,6 +74,19 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     app.add_url_rule("/health", "health", views.health)
 
     @app.before_request
+    def storage_present():
+        # the data folder deleted or replaced under us: refuse everything (no empty database,
+        # no "first start" set-up page), and let the operator see why
+        try:
+            runtime.store.verify()
+        except StoreError as exc:
+            if request.endpoint not in ("health", "static"):
+                return views.error_page(503, str(exc))
+        if request.method == "POST":
+            runtime.store.keep_reserve()  # nearly full: release the reserve before this request writes
+        return None
+
+    @app.before_request
     def require_login():
         g.user = auth.current_user(runtime.store)
         if request.endpoint in PUBLIC_ENDPOINTS:
@@ -102,6 +128,22 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     @app.errorhandler(405)
     def not_allowed(exc):
         return views.error_page(405, _("That action is not available here."))
+
+    @app.errorhandler(StoreError)
+    def store_error(exc):
+        log.error("storage: %s", exc)
+        return views.error_page(503, str(exc))
+
+    @app.errorhandler(OSError)
+    @app.errorhandler(sqlite3.OperationalError)
+    def disk_full(exc):
+        if not _is_disk_full(exc):
+            log.exception("request failed")
+            return views.error_page(500, "Something went wrong on the appliance. Nothing was lost; try again.")
+        runtime.store.keep_reserve()
+        log.error("storage full: %s", exc)
+        return views.error_page(507, "The appliance's storage is full: nothing was changed. An administrator can "
+                                     "export and delete old samples (History) to free space.")
 
     @app.errorhandler(500)
     def server_error(exc):

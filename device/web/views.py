@@ -32,10 +32,8 @@ def error_page(code: int, message: str):
 
 
 def health():
-    r = rt()
-    state = r.loop.state()
-    ok = state["alive"]
-    return jsonify(ok=ok, camera=state["camera"]["status"], model=r.bundle.name), 200 if ok else 503
+    ok, body = rt().health()
+    return jsonify(body), 200 if ok else 503
 
 
 def _text(name: str, limit: int = MAX_TEXT) -> str:
@@ -98,12 +96,23 @@ def sample(sample_id: int):
                        or (c["operator_label"] and c["operator_label"] != c["label"])]
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
                                n_highlighted=len(highlighted), model=r.bundle, limits=words.model_limits(r.bundle),
-                               result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id))
-    r.active = (sample_id, g.user["username"])  # the push-button now captures into this sample
+                               result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id),
+                               models_used=records.models_of(r.store, sample_id))
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
-                           state=r.loop.state())
+                           state=r.loop.state(), button_target=r.button_target, button_message=r.button_message)
+
+
+@bp.route("/samples/<int:sample_id>/button", methods=["POST"])
+def use_button(sample_id: int):
+    """Make this open sample the push-button's target (an explicit choice, shown on every capture page)."""
+    s = _sample_or_404(sample_id)
+    if s["status"] != "open":
+        return error_page(409, "This sample is finished.")
+    rt().choose_button_target(sample_id, s["sample_code"], g.user["username"])
+    flash(f"The push-button now captures into {s['sample_code']}.")
+    return redirect(url_for("views.sample", sample_id=sample_id))
 
 
 def _count_panel(s, summary, n_fields: int) -> str:
@@ -143,7 +152,7 @@ def _capture_json(s, result: dict) -> dict:
 @bp.route("/samples/<int:sample_id>/upload", methods=["POST"])
 def upload_field(sample_id: int):
     """A field photographed elsewhere (a phone on the eyepiece, a file): analysed like a capture."""
-    from device.imageio import ImageError, decode_image
+    from device.imageio import ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS, DecoderBusy, ImageError, decode_image
 
     s = _sample_or_404(sample_id)
     if s["status"] != "open":
@@ -153,7 +162,9 @@ def upload_field(sample_id: int):
         return error_page(400, _("Choose an image file to upload."))
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:80]
     try:
-        image = decode_image(f.read(), name=name)
+        image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0, fit=ANALYSIS_MAX_PIXELS)
+    except DecoderBusy as exc:
+        return error_page(503, str(exc))
     except ImageError as exc:
         return error_page(415, str(exc))
     try:
@@ -227,11 +238,11 @@ def preview_still():
 @bp.route("/api/status")
 def status():
     r = rt()
-    camera = r.loop.state()["camera"]
-    status_word = camera["status"]
-    return jsonify(camera=camera, camera_text=_(status_word), busy=r.loop.busy, model=r.bundle.name,
-                   model_problems=r.model_problems, captures=r.loop.captures,
-                   active_sample=r.active[0] if r.active else None)
+    state = r.loop.state()
+    camera = state["camera"]
+    return jsonify(camera=camera, camera_text=_(camera["status"]), busy=r.loop.busy, model=r.bundle.name,
+                   model_problems=r.model_problems, captures=r.loop.captures, loop_error=state["error"],
+                   button_sample=r.button_target[0] if r.button_target else None, button_message=r.button_message)
 
 
 @bp.route("/samples/<int:sample_id>/review")
@@ -301,8 +312,7 @@ def finish(sample_id: int):
                               verified_by=_text("verified_by", 120))
     except records.RecordError as exc:
         return error_page(409, _(str(exc)))
-    if r.active and r.active[0] == sample_id:
-        r.active = None  # the push-button no longer captures into a finished sample
+    r.sample_finished(sample_id)  # the push-button no longer captures into it
     return redirect(url_for("views.sample", sample_id=sample_id))
 
 
