@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from device import records
 from device.camera import CameraError, SupervisedCamera
-from device.imageio import ANALYSIS_MAX_PIXELS, encode_jpeg, fit_pixels
+from device.imageio import encode_jpeg
 from device.pipeline import Analyzer
 from device.store import StorageFull, Store, StoreError
 
@@ -243,7 +243,8 @@ class CaptureLoop:
             except CameraError as exc:
                 raise CaptureError(f"camera not available: {exc}") from None
             image, captured_at, source = frame.image, frame.captured_at, frame.source
-        image = fit_pixels(image, ANALYSIS_MAX_PIXELS)  # bounded work per field, whatever the sensor
+        # Camera frames stay full size: the analysis bounds its own cost (one resample to a bounded
+        # copy) and cuts the classifier's crops from the full frame. Uploads were fitted at decoding.
         analysis = self.analyzer.analyze(image)
         model = getattr(self.analyzer.classifier, "bundle", None)
         fid = records.save_field(self.store, job.sample_id, image, analysis, job.user, captured_at=captured_at,

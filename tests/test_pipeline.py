@@ -112,3 +112,39 @@ def test_analyze_refuses_an_unreadable_file(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "not an image file" in json.loads(out.stdout)["error"]
+
+
+def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells():
+    """The HQ camera's full frame: same cells (boxes in its own pixels) and CPU time per field
+    that does not grow with the megapixels beyond one resample (measured as thread CPU time,
+    which another process's load does not inflate much)."""
+    import time
+
+    import cv2
+
+    from device.bundle import load_bundle
+    from device.classifier import Classifier
+    from device.imageio import read_image
+    from device.pipeline import Analyzer
+
+    img = read_image(REPO / "device/assets/fields/BloodImage_00010.jpg")
+    big = cv2.resize(img, (4056, 3040), interpolation=cv2.INTER_CUBIC)
+    analyzer = Analyzer(Classifier(load_bundle()))
+
+    def cpu(frame):
+        analyzer.analyze(frame)
+        times = []
+        for _ in range(4):
+            t0 = time.thread_time()
+            res = analyzer.analyze(frame)
+            times.append(time.thread_time() - t0)
+        return res, sorted(times)[1]
+
+    small_res, small_t = cpu(img)
+    big_res, big_t = cpu(big)
+    assert big_res.qc.ok and len(big_res.cells) == len(small_res.cells) == 2
+    f = 4056 / 640
+    for a, b in zip(sorted(c.found.box for c in small_res.cells), sorted(c.found.box for c in big_res.cells)):
+        assert all(abs(x * f - y) <= 0.05 * 4056 for x, y in zip(a, b)), (a, b)
+    assert abs(big_res.scale.um_per_px * f / small_res.scale.um_per_px - 1) < 0.1
+    assert big_t < 4 * small_t + 0.05, (small_t, big_t)  # 12.6x the pixels

@@ -17,7 +17,6 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from device.runtime import Runtime
 from device.web import words
-from device.sample import DISCLAIMER
 from device.store import StoreError
 
 log = logging.getLogger("leukoscope.web")
