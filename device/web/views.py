@@ -33,7 +33,10 @@ def health():
     r = rt()
     state = r.loop.state()
     ok = state["alive"]
-    return jsonify(ok=ok, camera=state["camera"]["status"], model=r.bundle.name), 200 if ok else 503
+    cam = state["camera"]
+    # the camera's name and its last error say why a box shows no live view, without signing in
+    return jsonify(ok=ok, camera=cam["status"], camera_name=cam["name"], camera_error=cam["error"],
+                   model=r.bundle.name), 200 if ok else 503
 
 
 def _text(name: str, limit: int = MAX_TEXT) -> str:
