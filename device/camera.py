@@ -175,13 +175,19 @@ def _import_picamera2():
     return Picamera2
 
 
-def detect_picamera2() -> list[str]:
-    """The sensor models libcamera lists (e.g. ["imx477"]); [] when none or picamera2 is unusable."""
+def picamera2_cameras() -> tuple[list[str], str | None]:
+    """The sensor models libcamera lists (e.g. ["imx477"]) and, when there are none, why."""
     try:
         Picamera2 = _import_picamera2()
-        return [str(c.get("Model", "unknown")) for c in Picamera2.global_camera_info()]
-    except Exception:  # noqa: BLE001 - detection must never stop an install or a start
-        return []
+        models = [str(c.get("Model", "unknown")) for c in Picamera2.global_camera_info()]
+    except Exception as exc:  # noqa: BLE001 - detection must never stop an install or a start
+        return [], str(exc) if isinstance(exc, CameraError) else _reason(exc)
+    return models, None if models else "libcamera lists no camera (check the ribbon cable, then reboot)"
+
+
+def detect_picamera2() -> list[str]:
+    """The Pi camera sensors attached; [] when none or picamera2 is unusable."""
+    return picamera2_cameras()[0]
 
 
 def _close_bounded(cam, timeout: float) -> bool:
