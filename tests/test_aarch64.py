@@ -1,0 +1,73 @@
+"""The appliance on an emulated Raspberry Pi OS base (Debian Bookworm arm64 through qemu-user-static).
+
+Skipped, with the reason, where the machine cannot run arm64 programs: not root, no binfmt_misc
+(a container that may not mount it), or no qemu-aarch64 handler registered. scripts/test.sh installs
+debootstrap, qemu-user-static and binfmt-support and mounts binfmt_misc when it can, then builds the
+chroot before the suite (first time: several minutes; afterwards cached, seconds).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import aarch64_chroot as arm  # noqa: E402
+
+FIELDS = sorted(p.name for p in (REPO / "device/assets/fields").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def chroot():
+    reason = arm.why_not()
+    if reason:
+        pytest.skip(f"no arm64 emulation here: {reason}")
+    report = arm.build()
+    print(f"arm64 chroot: {report}")
+    assert report["arch"] == ["aarch64", "arm64"]  # really arm64 programs, run through qemu
+    return report
+
+
+def test_apt_c_extension_imports_in_the_installers_venv(chroot):
+    probe = ("import numpy, pywt, cv2, ai_edge_litert, gpiozero; from pywt import _extensions; "
+             "print(numpy.__version__, numpy.__file__, pywt.__file__, cv2.__version__)")
+    out = arm.run(f"{arm.PREFIX}/venv/bin/python -c '{probe}'")
+    assert out.returncode == 0, out.stderr[-2000:]
+    numpy_version, numpy_file, pywt_file, cv2_version = out.stdout.split()
+    assert numpy_version.startswith("1.")  # the venv kept apt's numpy major ...
+    assert numpy_file.startswith(f"{arm.PREFIX}/venv/")  # ... with its own (newer 1.x) numpy
+    assert pywt_file.startswith("/usr/lib/python3/dist-packages/")  # apt's C extension, built against 1.24
+    major, minor = map(int, cv2_version.split(".")[:2])
+    assert major == 4 and minor < 12  # OpenCV wheels from 4.12 on require numpy 2
+    # the control: the same apt extension under numpy 2 fails the way picamera2's simplejpeg did
+    bad = arm.run(f"{arm.CONTROL}/bin/python -c 'import numpy; print(numpy.__version__); from pywt import _extensions'")
+    assert bad.returncode != 0 and bad.stdout.startswith("2."), bad.stdout + bad.stderr[-1500:]
+    assert "numpy" in bad.stderr and ("ImportError" in bad.stderr or "ValueError" in bad.stderr)
+
+
+def test_analyze_on_arm64_matches_x86(chroot):
+    x86 = subprocess.run([sys.executable, "-m", "device.cli", "analyze", "--json",
+                          *[f"device/assets/fields/{f}" for f in FIELDS]],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert x86.returncode == 0, x86.stderr
+    # PYTHONPATH=/src: this checkout's code over the venv's dependencies
+    out = arm.run("cd /src && PYTHONPATH=/src " + f"{arm.PREFIX}/venv/bin/leukoscope analyze --json "
+                  + " ".join(f"device/assets/fields/{f}" for f in FIELDS), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a = [json.loads(line) for line in out.stdout.splitlines()]
+    b = [json.loads(line) for line in x86.stdout.splitlines()]
+    assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == len(FIELDS) == 13
+    biggest = 0.0
+    for ra, rb in zip(a, b):
+        assert ra["analysed"] == rb["analysed"], ra["path"]
+        assert [c["box"] for c in ra["cells"]] == [c["box"] for c in rb["cells"]], ra["path"]
+        assert [c["predicted"] for c in ra["cells"]] == [c["predicted"] for c in rb["cells"]], ra["path"]
+        biggest = max([biggest] + [abs(ca["probability"] - cb["probability"])
+                                   for ca, cb in zip(ra["cells"], rb["cells"])])
+    assert sum(len(r["cells"]) for r in a) >= 10
+    print(f"largest probability difference arm64 vs x86: {biggest:.4f}")
+    assert biggest < 0.05  # int8 kernels differ between XNNPACK's x86 and NEON paths, a little
