@@ -71,3 +71,19 @@ def test_analyze_on_arm64_matches_x86(chroot):
     assert sum(len(r["cells"]) for r in a) >= 10
     print(f"largest probability difference arm64 vs x86: {biggest:.4f}")
     assert biggest < 0.05  # int8 kernels differ between XNNPACK's x86 and NEON paths, a little
+
+
+def test_skip_reason_names_what_is_missing(tmp_path, monkeypatch):
+    """On a machine without binfmt support the smoke test is skipped with a reason a person can act on."""
+    if arm.os.geteuid() != 0 or arm.platform.machine() == "aarch64" or arm.shutil.which("debootstrap") is None:
+        pytest.skip("the binfmt checks are reached only as root on a non-arm64 host with debootstrap")
+    monkeypatch.setattr(arm, "BINFMT", tmp_path)
+    assert "binfmt_misc is not mounted" in arm.why_not()
+    (tmp_path / "status").write_text("enabled\n")
+    assert "no qemu-aarch64 binfmt handler registered" in arm.why_not()
+    (tmp_path / "qemu-aarch64").write_text("disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: P\n")
+    assert "disabled" in arm.why_not()
+    (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: P\n")
+    assert "lacks the F flag" in arm.why_not()
+    (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n")
+    assert arm.why_not() is None

@@ -306,3 +306,36 @@ def test_kiosk_autostart_units_and_installer_agree(tmp_path):
     assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
     out = run_installer("--root", str(root), "--prefix", "/opt/lk", "--uninstall")
     assert out.returncode == 0 and not (root / "etc/xdg/autostart/leukoscope-kiosk.desktop").exists()
+
+
+def test_lgpio_needs_the_units_writable_working_directory(tmp_path):
+    """gpiozero's pins on Bookworm come from lgpio, whose import makes a notification FIFO in the
+    current directory. Under ProtectSystem=strict "/" is a read-only bind mount: there the import (and
+    so the push-button) fails; in the unit's WorkingDirectory, the writable state directory, it works."""
+    import os
+    import shutil
+
+    pytest.importorskip("lgpio", reason="lgpio is not installed (the dev extra has it on Linux, Python 3.11)")
+    probe = [sys.executable, "-c", "import lgpio"]
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        # what ProtectSystem=strict does to "/": a read-only bind mount, read-only even for root
+        ro = subprocess.run(["unshare", "--mount", "sh", "-c", 'd=$1; shift; mount --bind "$d" "$d" && '
+                             'mount -o remount,bind,ro "$d" && cd "$d" && exec "$@"', "sh", str(readonly), *probe], capture_output=True, text=True,
+                            timeout=60)
+        if "mount" in ro.stderr and "lgd-nfy" not in ro.stderr:
+            pytest.skip(f"cannot make a read-only bind mount here: {ro.stderr.strip()[-200:]}")
+    elif os.geteuid() != 0:
+        ro = subprocess.run(probe, cwd="/", capture_output=True, text=True, timeout=60)  # "/" is not ours to write
+    else:
+        pytest.skip("no unshare(1) to make a read-only directory for root")
+    assert ro.returncode != 0 and ".lgd-nfy" in ro.stderr, ro.stderr
+    state = tmp_path / "state"  # the StateDirectory= the unit works in
+    state.mkdir()
+    ok = subprocess.run(probe, cwd=state, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert [p.name for p in state.iterdir() if p.name.startswith(".lgd-nfy")]  # the FIFO lgpio made
+    unit = _ini(REPO / "systemd/leukoscope.service")["Service"]
+    assert unit["WorkingDirectory"] == ["/var/lib/" + unit["StateDirectory"][0]]
+    assert "ProtectSystem=strict" in (REPO / "systemd/leukoscope.service").read_text()
