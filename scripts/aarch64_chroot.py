@@ -46,9 +46,12 @@ def base_key() -> str:
 
 
 def venv_key() -> str:
-    h = hashlib.sha256(json.dumps([PREFIX, CONTROL, base_key()]).encode())
-    for f in ("pyproject.toml", "systemd/install.sh"):
-        h.update((REPO / f).read_bytes())
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = [project.get("dependencies", []), project.get("optional-dependencies", {}).get("device", [])]
+    h = hashlib.sha256(json.dumps([PREFIX, CONTROL, base_key(), deps]).encode())
+    h.update((REPO / "systemd/install.sh").read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -133,15 +136,19 @@ def _copy_sources(root: Path) -> None:
             shutil.copy2(p, src / name)
 
 
-def _chroot(root: Path, script: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+def _env() -> dict:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "http_proxy", "https_proxy", "HTTP_PROXY",
               "HTTPS_PROXY", "no_proxy", "NO_PROXY", "PIP_INDEX_URL"):
         if k in os.environ:
             env[k] = os.environ[k]
+    return env
+
+
+def _chroot(root: Path, script: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run(["chroot", str(root), "/bin/bash", "-c", script], capture_output=True, text=True,
-                         env=env, timeout=timeout)
+                         env=_env(), timeout=timeout)
     if check and out.returncode != 0:
         raise RuntimeError(f"in the arm64 chroot, `{script}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
                            f"{out.stderr[-3000:]}")
@@ -196,6 +203,33 @@ def run(script: str, timeout: float = 600, check: bool = False) -> subprocess.Co
         _copy_sources(root)
         with _mounted(root):
             return _chroot(root, script, timeout, check=check)
+
+
+@contextlib.contextmanager
+def background(script: str, files: dict[str, str] | None = None):
+    """Start a bash script inside the chroot (e.g. `leukoscope serve`) and stop it on leaving; ``files``
+    are written into the chroot first ({path inside: text}). Yields the Popen (stdout+stderr to a log)."""
+    root = root_dir()
+    with _locked():
+        _copy_sources(root)
+        for path, text in (files or {}).items():
+            dest = root / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+        with _mounted(root):
+            log_file = open(root / "tmp/background.log", "w+")
+            proc = subprocess.Popen(["chroot", str(root), "/bin/bash", "-c", "exec " + script], env=_env(),
+                                    stdout=log_file, stderr=subprocess.STDOUT)
+            try:
+                yield proc, log_file
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                log_file.close()
 
 
 def main(argv: list[str]) -> int:

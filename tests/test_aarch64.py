@@ -87,3 +87,46 @@ def test_skip_reason_names_what_is_missing(tmp_path, monkeypatch):
     assert "lacks the F flag" in arm.why_not()
     (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n")
     assert arm.why_not() is None
+
+
+def test_service_on_arm64_reports_an_absent_pi_camera_and_keeps_serving(chroot):
+    """`leukoscope serve` in the installer's venv, camera back-end picamera2. The stand-in picamera2
+    imports apt's pywt first (the real one imports apt's simplejpeg, built the same way against numpy 1)
+    and lists no camera, as on a Pi whose ribbon is loose: /health answers, with the reason."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stand_in = ("import pywt  # an apt C extension compiled against numpy 1.x, like simplejpeg\n"
+                "class Picamera2:\n"
+                "    @staticmethod\n"
+                "    def global_camera_info():\n"
+                "        return []\n")
+    config = '[camera]\nbackend = "picamera2"\n'
+    script = (f"env PYTHONPATH=/src:/tmp/standin timeout 300 {arm.PREFIX}/venv/bin/leukoscope serve "
+              f"--config /tmp/arm-config.toml --port {port} --data-dir /tmp/arm-data")
+    with arm.background(script, {"/tmp/standin/picamera2/__init__.py": stand_in,
+                                 "/tmp/arm-config.toml": config}) as (proc, log):
+        t0 = time.monotonic()
+        body = None
+        while time.monotonic() - t0 < 180:
+            assert proc.poll() is None, log.seek(0) or log.read()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    body = json.loads(r.read())
+                if body.get("camera_error"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        started = time.monotonic() - t0
+        assert body is not None, log.seek(0) or log.read()[-3000:]
+        print(f"arm64 serve answered with the camera state after {started:.0f} s: {body}")
+        assert body["ok"] is True and body["camera"] == "disconnected" and body["camera_name"] == "picamera2"
+        assert "no Pi camera detected" in body["camera_error"]
+        time.sleep(2)  # a few reopen attempts later, the worker is still alive
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert json.loads(r.read())["ok"] is True

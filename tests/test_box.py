@@ -339,3 +339,36 @@ def test_lgpio_needs_the_units_writable_working_directory(tmp_path):
     unit = _ini(REPO / "systemd/leukoscope.service")["Service"]
     assert unit["WorkingDirectory"] == ["/var/lib/" + unit["StateDirectory"][0]]
     assert "ProtectSystem=strict" in (REPO / "systemd/leukoscope.service").read_text()
+
+
+def test_installer_camera_detection_agrees_with_the_cli_and_config(tmp_path):
+    """`leukoscope cameras --picamera2` (what install.sh asks) answers from picamera2's camera list,
+    and the line install.sh rewrites is the one `config defaults` writes."""
+    import os
+
+    fake = tmp_path / "pkgs" / "picamera2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "class Picamera2:\n"
+        "    @staticmethod\n"
+        "    def global_camera_info():\n"
+        "        return [{'Model': 'imx477', 'Num': 0}]\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'pkgs'}:{REPO}")
+    out = subprocess.run([sys.executable, "-m", "device.cli", "cameras", "--picamera2"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "imx477", out.stderr
+    (fake / "__init__.py").write_text("raise ValueError('numpy.dtype size changed')\n")
+    out = subprocess.run([sys.executable, "-m", "device.cli", "cameras", "--picamera2"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "numpy.dtype size changed" in out.stderr
+    installer = (REPO / "systemd/install.sh").read_text()
+    m = re.search(r'sed -i "s\|\^(.+?)\|(.+?)\|" "\$ETC/config.toml"', installer)
+    assert m, "the installer's config edit moved"
+    old, new = m.group(1).replace('\\"', '"'), m.group(2).replace('\\"', '"').replace("$CAMS", "imx477")
+    from device.config import commented_defaults
+
+    text = commented_defaults()
+    assert text.count(old + "\n") == 1
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(text.replace(old + "\n", new + "\n"))
+    assert load_config(cfg_path).camera.backend == "picamera2"
