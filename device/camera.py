@@ -6,6 +6,7 @@ is unplugged and plugged back in never takes the rest of the process down.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import numpy as np
 from device.imageio import IMAGE_SUFFIXES, ImageError, read_image
 
 PREVIEW_WIDTH = 640
+log = logging.getLogger("leukoscope.camera")
 
 
 class CameraError(RuntimeError):
@@ -207,7 +209,10 @@ def _close_bounded(cam, timeout: float) -> bool:
     t = threading.Thread(target=shut, name="picamera2-close", daemon=True)
     t.start()
     t.join(timeout)
-    return not t.is_alive()
+    if t.is_alive():
+        log.error("the Pi camera did not close within %g s; it may stay claimed until the service restarts", timeout)
+        return False
+    return True
 
 
 def lores_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -400,7 +405,10 @@ class SupervisedCamera:
     def close(self) -> None:
         with self._lock:
             if self._open:
-                self.camera.close()
+                try:
+                    self.camera.close()
+                except Exception:  # noqa: BLE001 - a camera that has gone away cannot be closed twice
+                    pass
                 self._open = False
             self.status = "closed"
 

@@ -422,3 +422,13 @@ def test_unusable_picamera2_is_reported_on_the_page_and_in_health(live_app, monk
     assert "numpy.dtype size changed" in page and 'id="camera-name">picamera2<' in page
     time.sleep(0.5)  # several reopen attempts later, still alive
     assert rt.loop.alive() and requests.get(base + "/health", timeout=5).json()["ok"] is True
+
+
+def test_close_that_hangs_is_abandoned_after_the_timeout(fake_picamera2, monkeypatch):
+    """A stalled sensor can make stop() hang; closing must not take the worker thread with it."""
+    cam = Picamera2Camera(timeout=0.3)
+    cam.open()
+    monkeypatch.setattr(fake_picamera2.instances[-1], "stop", lambda: fake_picamera2.unstall.wait(30))
+    t0 = time.monotonic()
+    cam.close()
+    assert time.monotonic() - t0 < 2 and cam._cam is None
