@@ -113,7 +113,9 @@ apt_has() {  # a package apt can install here (a real candidate, not only a name
 }
 
 step "checking the system"
-PY=$(command -v python3 || true)
+# Debian's own python3: apt's picamera2, lgpio and numpy live in its dist-packages
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3 || true)
 [ -n "$PY" ] || { echo "python3 not found" >&2; exit 1; }
 PYV=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed, found $PYV" >&2; exit 1; }
