@@ -7,6 +7,7 @@
 #   sudo systemd/install.sh --uninstall --purge   ... and the records, config and the system user
 #   systemd/install.sh --root DIR           write the files under DIR only (no apt, users or systemctl)
 #   systemd/install.sh --venv-only          only build the program's venv (the aarch64 test uses this)
+#   systemd/install.sh --list-packages      print the apt packages it would install here, and stop
 #
 # Options: --prefix DIR (default /opt/leukoscope), --no-kiosk.
 set -euo pipefail
@@ -19,6 +20,7 @@ UNINSTALL=0
 PURGE=0
 KIOSK=1
 VENV_ONLY=0
+LIST_PACKAGES=0
 while (($#)); do
     case "$1" in
         --dry-run) DRY=1 ;;
@@ -26,9 +28,10 @@ while (($#)); do
         --purge) PURGE=1 ;;
         --no-kiosk) KIOSK=0 ;;
         --venv-only) VENV_ONLY=1 ;;
+        --list-packages) LIST_PACKAGES=1 ;;
         --prefix) PREFIX=$2; shift ;;
         --root) ROOT=$(realpath -m "$2"); shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -128,19 +131,29 @@ if ((VENV_ONLY)); then
     exit 0
 fi
 
+choose_packages() {
+    PKGS=(python3-venv python3-pip)
+    # From Raspberry Pi OS's archive (absent on plain Debian, which is fine with a USB or replay camera):
+    # picamera2 for the Pi camera, lgpio for gpiozero's push-button on Bookworm and the Pi 5.
+    for p in python3-picamera2 python3-lgpio; do
+        if apt_has "$p" || ((DRY)); then PKGS+=("$p"); else echo "not available here: $p"; fi
+    done
+    if ((KIOSK)); then
+        # Raspberry Pi OS Bookworm calls it chromium-browser; Trixie and Debian call it chromium.
+        if apt_has chromium-browser; then PKGS+=(chromium-browser); else PKGS+=(chromium); fi
+    fi
+}
+
+if ((LIST_PACKAGES)); then  # from apt's current lists, as they are
+    choose_packages
+    echo "packages: ${PKGS[*]}"
+    exit 0
+fi
+
 step "system packages"
 # The package lists first: on a fresh image apt knows no package versions until it has run.
 host apt-get update -qq
-PKGS=(python3-venv python3-pip)
-# From Raspberry Pi OS's archive (absent on plain Debian, which is fine with a USB or replay camera):
-# picamera2 for the Pi camera, lgpio for gpiozero's push-button on Bookworm and the Pi 5.
-for p in python3-picamera2 python3-lgpio; do
-    if apt_has "$p" || ((DRY)); then PKGS+=("$p"); else echo "not available here: $p"; fi
-done
-if ((KIOSK)); then
-    # Raspberry Pi OS Bookworm calls it chromium-browser; Trixie and Debian call it chromium.
-    if apt_has chromium-browser; then PKGS+=(chromium-browser); else PKGS+=(chromium); fi
-fi
+choose_packages
 host env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PKGS[@]}"
 
 step "system user"

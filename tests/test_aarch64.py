@@ -130,3 +130,18 @@ def test_service_on_arm64_reports_an_absent_pi_camera_and_keeps_serving(chroot):
         time.sleep(2)  # a few reopen attempts later, the worker is still alive
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
             assert json.loads(r.read())["ok"] is True
+
+
+def test_installer_package_names_against_debian_arm64(chroot):
+    """The installer's apt choices against Debian Bookworm arm64's real package lists: Debian calls the
+    browser `chromium` (no `chromium-browser` candidate), and picamera2/lgpio are only in Raspberry Pi
+    OS's own archive, so here they are reported missing rather than failing the install."""
+    out = arm.run("cd /src && bash systemd/install.sh --list-packages")
+    assert out.returncode == 0, out.stderr
+    assert "packages: python3-venv python3-pip chromium\n" in out.stdout
+    assert "not available here: python3-picamera2" in out.stdout and "not available here: python3-lgpio" in out.stdout
+    names = arm.run("apt-cache policy python3-venv python3-pip chromium chromium-browser")
+    candidates = dict(zip([line.rstrip(":") for line in names.stdout.splitlines() if not line.startswith(" ")],
+                          [line.split(":", 1)[1].strip() for line in names.stdout.splitlines()
+                           if line.strip().startswith("Candidate:")]))
+    assert candidates["chromium-browser"] == "(none)" and candidates["chromium"] != "(none)", candidates
