@@ -171,10 +171,10 @@ def build(timeout: float = 1500) -> dict:
             subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                             SUITE, str(tmp), MIRROR], check=True, capture_output=True, timeout=timeout)
             (tmp / ".complete").write_text(base_key())
-            for old in CACHE.glob("bookworm-arm64-*"):  # an older recipe's chroot: 500 MB we no longer use
+            tmp.rename(root)
+            for old in CACHE.glob("bookworm-arm64-*"):  # an older recipe's chroot: 400 MB we no longer use
                 if old != root:
                     _remove_tree(old)
-            tmp.rename(root)
             report["base"] = f"built in {time.monotonic() - t0:.0f} s"
         arch = _chroot(root, "uname -m; dpkg --print-architecture", 120)
         report["arch"] = arch.stdout.split()

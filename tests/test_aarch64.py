@@ -18,6 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import aarch64_chroot as arm  # noqa: E402
 
+# A cold cache means debootstrap plus the venv inside pytest (about 10 minutes on 2 cores) when
+# scripts/test.sh has not built it first: longer than the suite's per-test time-out.
+pytestmark = pytest.mark.timeout(1800)
+
 FIELDS = sorted(p.name for p in (REPO / "device/assets/fields").glob("*.jpg"))
 
 
