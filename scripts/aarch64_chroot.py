@@ -70,6 +70,13 @@ def why_not() -> str | None:
             return f"{tool} is not installed (scripts/test.sh installs debootstrap qemu-user-static binfmt-support)"
     if platform.machine() == "aarch64":
         return None  # runs natively
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None:
+        return "qemu-user-static is not installed (apt install qemu-user-static binfmt-support)"
+    try:
+        subprocess.run([qemu, "--version"], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{qemu} does not run here ({exc})"
     if not (BINFMT / "status").exists():
         return (f"binfmt_misc is not mounted at {BINFMT} (mount -t binfmt_misc binfmt_misc {BINFMT}; "
                 "a container may forbid it): without it the kernel cannot hand arm64 programs to qemu")
