@@ -79,8 +79,9 @@ def test_analyze_on_arm64_matches_x86(chroot):
 
 def test_skip_reason_names_what_is_missing(tmp_path, monkeypatch):
     """On a machine without binfmt support the smoke test is skipped with a reason a person can act on."""
-    if arm.os.geteuid() != 0 or arm.platform.machine() == "aarch64" or arm.shutil.which("debootstrap") is None:
-        pytest.skip("the binfmt checks are reached only as root on a non-arm64 host with debootstrap")
+    if (arm.os.geteuid() != 0 or arm.platform.machine() == "aarch64" or arm.shutil.which("debootstrap") is None
+            or arm.shutil.which("qemu-aarch64-static") is None):
+        pytest.skip("the binfmt checks are reached only as root on a non-arm64 host with debootstrap and qemu")
     monkeypatch.setattr(arm, "BINFMT", tmp_path)
     assert "binfmt_misc is not mounted" in arm.why_not()
     (tmp_path / "status").write_text("enabled\n")
