@@ -87,8 +87,9 @@ def why_not() -> str | None:
     text = entry.read_text()
     if not text.startswith("enabled"):
         return "the qemu-aarch64 binfmt handler is disabled (update-binfmts --enable qemu-aarch64)"
-    interp = next((line.split(None, 1)[1] for line in text.splitlines() if line.startswith("interpreter ")), "")
-    if "F" not in next((line.split(None, 1)[1] for line in text.splitlines() if line.startswith("flags:")), ""):
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(" ") for line in text.splitlines())}
+    interp = fields.get("interpreter", "")
+    if "F" not in fields.get("flags:", ""):
         # without the F(ix-binary) flag the interpreter must exist inside the chroot too
         return f"the qemu-aarch64 binfmt handler ({interp}) lacks the F flag, so it cannot run inside a chroot"
     return None
