@@ -255,6 +255,25 @@ def _config_defaults(args) -> int:
     return 0
 
 
+def _cameras(args) -> int:
+    from device.camera import picamera2_cameras
+
+    models, why = picamera2_cameras()
+    if args.picamera2:  # for the installer: the sensor names, or exit status 1
+        if models:
+            print(" ".join(models))
+        else:
+            print(why, file=sys.stderr)
+        return 0 if models else 1
+    for m in models:
+        print(f"picamera2  {m}    [camera] backend = \"picamera2\"")
+    if not models:
+        print(f"picamera2  none: {why}")
+    videos = sorted(str(p) for p in Path("/dev").glob("video*"))
+    print(f"opencv     {', '.join(videos) if videos else 'no /dev/video* devices'}")
+    return 0
+
+
 def _kiosk(args) -> int:
     import shutil
     import time
@@ -277,7 +296,8 @@ def _kiosk(args) -> int:
     if browser is None:
         print("no Chromium installed (apt install chromium)", file=sys.stderr)
         return 1
-    os.execvp(browser, [browser, "--kiosk", "--noerrdialogs", "--disable-infobars", "--no-first-run",
+    # --ozone-platform-hint=auto: a native Wayland window under labwc/wayfire, X11 elsewhere
+    os.execvp(browser, [browser, "--kiosk", "--ozone-platform-hint=auto", "--noerrdialogs", "--disable-infobars", "--no-first-run",
                         "--disable-session-crashed-bubble", "--disable-features=Translate", "--incognito",
                         "--disable-background-networking", "--check-for-update-interval=31536000",
                         f"--app={args.url}"])
@@ -378,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     q = csub.add_parser("defaults", help="print every setting with its default, commented out")
     q.set_defaults(func=_config_defaults)
+
+    p = sub.add_parser("cameras", help="list the cameras this machine has (Pi camera through picamera2, V4L2)")
+    p.add_argument("--picamera2", action="store_true", help="print only the Pi camera sensors; exit 1 if none")
+    p.set_defaults(func=_cameras)
 
     p = sub.add_parser("kiosk", help="wait for the appliance, then open its page full-screen")
     p.add_argument("--url", default="http://127.0.0.1:8080/")

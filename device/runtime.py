@@ -114,7 +114,10 @@ class Runtime:
         ok = not problems
         if state["error"]:
             problems.append(state["error"])
-        return ok, {"ok": ok, "camera": state["camera"]["status"], "model": self.bundle.name,
+        cam = state["camera"]
+        # the camera's name and its last error say why a box shows no live view, without signing in
+        return ok, {"ok": ok, "camera": cam["status"], "camera_name": cam["name"], "camera_error": cam["error"],
+                    "model": self.bundle.name,
                     "capture_loop": {"alive": state["alive"], "restarts": state["restarts"], "busy": state["busy"]},
                     "problems": problems}
 

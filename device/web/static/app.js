@@ -110,6 +110,8 @@
           const s = await r.json();
           status.textContent = msg("msgCamera") + " " + (s.camera_text || s.camera.status) + (s.camera.error ? ": " + s.camera.error : "");
           status.className = "status " + s.camera.status;
+          const name = document.getElementById("camera-name");
+          if (name) name.textContent = s.camera.name;
           // a capture made elsewhere (the push-button) into the sample on screen: show it
           const root = document.querySelector(".capture");
           const btn = document.getElementById("capture");
