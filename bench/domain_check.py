@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.detect_bccd import DEFAULT_ROOT, iou, load_boxes
+from bench.views import BCCD_ROOT as DEFAULT_ROOT, iou, load_boxes
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle")
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N fields (fast mode)")
     args = ap.parse_args(argv)
 
     from device.bundle import load_bundle
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     cfg = AppConfig()
     analyzer = Analyzer(Classifier(bundle), cfg.field_settings())
     preds = []
-    for xml in sorted((args.root / "Annotations").glob("*.xml")):
+    xmls = sorted((args.root / "Annotations").glob("*.xml"))
+    for xml in xmls[: args.limit or None]:
         truth = load_boxes(xml)
         res = analyzer.analyze(read_image(args.root / "JPEGImages" / f"{xml.stem}.jpg"), skip_qc=True)
         for c in res.cells:

@@ -153,7 +153,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     parity = {"top1_agreement": agreement, "floor": parity_floor, "n": int(len(y_te)),
               "delta": {k: (None if rep_q.get(k) is None or rep_f.get(k) is None else rep_q[k] - rep_f[k])
                         for k in PARITY_KEYS}}
-    log(f"parity on {len(y_te)} test images: top-1 agreement {agreement:.4f}; balanced accuracy "
+    log(f"parity on {len(y_te)} test cells: top-1 agreement {agreement:.4f}; balanced accuracy "
         f"float {rep_f['balanced_accuracy']:.4f} -> {variant} {rep_q['balanced_accuracy']:.4f}")
     if agreement < parity_floor:
         raise ParityError(f"{variant} model agrees with the float model on only {agreement:.4f} of test images "

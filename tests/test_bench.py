@@ -73,3 +73,30 @@ def test_fuzz_bench_counts_cases():
 def test_powercut_bench_short():
     r = run_bench("bench.powercut", "--cycles", "5")
     assert r["cycles"] == 5 and r["failures"] == [] and r["acknowledged_lost"] == 0 and r["clients"] == 4
+
+
+def test_scale_fast():
+    r = run_bench("bench.scale", "--fast")
+    assert r["bccd"]["deviation_p90"] < 0.25 and 0.07 < r["bccd"]["um_per_px_median"] < 0.1
+    assert abs(r["pbc-normal-wbc"]["um_per_px_median"] / r["pbc-normal-wbc"]["stated_um_per_px"] - 1) < 0.1
+
+
+def test_qc_fast():
+    r = run_bench("bench.qc", "--every", "30")
+    assert r["real"]["as photographed"]["pass_rate"] >= 0.9
+    assert all(d["right_message_rate"] >= 0.9 for d in r["degraded"].values()), r["degraded"]
+
+
+def test_detect_at_half_magnification_fast():
+    r = run_bench("bench.detect_bccd", "--magnification", "0.5", "--limit", "40")
+    assert r["recall"] >= 0.93 and r["precision"] >= 0.93, r
+
+
+def test_pipeline_at_the_hq_camera_size_fast():
+    r = run_bench("bench.pipeline", "--fields", "6", "--size", "4056x3040", "--no-ready")
+    assert r["size"] == "4056x3040" and r["cells"] > 0
+
+
+def test_domain_check_fast():
+    r = run_bench("bench.domain_check", "--limit", "40")
+    assert r["cells"] >= 35 and r["called_leukocyte"] >= 0.5, r

@@ -102,3 +102,32 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
         assert s.get(base + "/api/status").json()["button_message"]
     finally:
         button.close()
+
+
+def test_the_settings_page_keeps_the_last_measured_scale(live_app):
+    """A field's red cells measure the pixel size; the administrator keeps that value as the
+    configured one (used for fields with too few red cells), and it survives a restart."""
+    from device.settings import load_effective
+
+    base, app, rt, tmp = live_app
+    s = signed_in(base)
+    page = s.get(base + "/settings")
+    assert "No field measured" in page.text
+    r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 409
+    rt.loop.capture(records_sample(rt), "tester")
+    measured = rt.analyzer.locator.last_measured
+    assert measured is not None and measured.source == "red cells" and 0.06 < measured.um_per_px < 0.12
+    assert 'id="field-scale"' in s.get(base + f"/samples/{rt.store.connect().execute('SELECT MAX(id) FROM samples').fetchone()[0]}").text
+    page = s.get(base + "/settings")
+    assert "Last measured from the red cells" in page.text
+    r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})
+    assert r.ok and rt.config.camera.um_per_pixel == round(measured.um_per_px, 5)
+    again = load_effective(None, rt.config.data_dir)
+    assert again.camera.um_per_pixel == round(measured.um_per_px, 5)
+
+
+def records_sample(rt) -> int:
+    from device import records
+
+    return records.create_sample(rt.store, "SCALE-1", "tester")

@@ -100,7 +100,9 @@ def sample(sample_id: int):
                                models_used=records.models_of(r.store, sample_id))
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
+    last_scale = (json.loads(last["qc_json"] or "{}").get("scale") if last else None) or None
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
+                           last_scale=last_scale,
                            state=r.loop.state(), button_target=r.button_target, button_message=r.button_message)
 
 
@@ -413,7 +415,32 @@ def settings():
     values = {f"{s}.{k}": getattr(getattr(r.config, s), k) for s, k, _, _ in st.EDITABLE}
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
-                           model=r.bundle, problems=r.model_problems, error=error), 400 if error else 200
+                           model=r.bundle, problems=r.model_problems, error=error,
+                           measured=r.analyzer.locator.last_measured), 400 if error else 200
+
+
+@bp.route("/settings/scale", methods=["POST"])
+@admin_required
+def keep_scale():
+    """Keep the scale last measured from the red cells as the configured pixel size (the value used
+    for fields with too few red cells)."""
+    from device import settings as st
+    from device.config import ConfigError
+
+    r = rt()
+    measured = r.analyzer.locator.last_measured
+    if measured is None:
+        return error_page(409, _("No field has been measured yet: capture a field with red cells first."))
+    value = round(measured.um_per_px, 5)
+    try:
+        new = st.save_overrides(r.config, {"camera": {"um_per_pixel": value}})
+    except ConfigError as exc:
+        return error_page(400, str(exc))
+    r.apply_config(new)
+    r.store.audit(g.user["username"], "settings-changed", detail={"camera": {"um_per_pixel": value},
+                                                                 "from": "last measured scale"})
+    flash(_("Pixel size set to %(um)s um per pixel, as measured.", um=value))
+    return redirect(url_for("views.settings"))
 
 
 @bp.route("/settings/model", methods=["POST"])

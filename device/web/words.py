@@ -37,6 +37,7 @@ DATA_STRINGS = (
     _l("Out of focus: turn the fine focus, then capture again"),
     _l("Unusual scale: check that a 40x-100x objective is in use and the camera is not zoomed, "
        "or set the pixel size in Settings"), _l("Blast"),
+    _l("red cells"), _l("last measured"), _l("configured"), _l("given"),
     _l("Clinic name (on reports)"), _l("Time zone (e.g. Africa/Nairobi)"), _l("Default language"),
     _l("Target white cells per sample"), _l("Delete records older than (days, 0 = keep)"), _l("Camera"),
     _l("Replay folder (replay camera)"), _l("USB camera number (/dev/videoN)"),
