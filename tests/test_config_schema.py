@@ -23,9 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ---- the config file: `leukoscope serve --config` exits with one line naming section and key ----------
 
-def _serve_refuses(tmp_path, capsys, toml: str, *expected: str) -> str:
+def _serve_refuses(tmp_path, capsys, monkeypatch, toml: str, *expected: str) -> str:
+    from device import serve as serve_mod
     from device.cli import main
 
+    # a config the schema wrongly let through must not start a real server inside the test run
+    monkeypatch.setattr(serve_mod, "serve", lambda cfg: 0)
     path = tmp_path / "config.toml"
     path.write_text(toml)
     code = main(["serve", "--config", str(path), "--data-dir", str(tmp_path / "data")])
@@ -38,34 +41,34 @@ def _serve_refuses(tmp_path, capsys, toml: str, *expected: str) -> str:
     return err
 
 
-def test_config_file_refuses_a_target_of_99999999999999999999_cells(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[sample]\ntarget_cells = 99999999999999999999\n",
+def test_config_file_refuses_a_target_of_99999999999999999999_cells(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[sample]\ntarget_cells = 99999999999999999999\n",
                    "[sample] target_cells", "at most 10000")
 
 
-def test_config_file_refuses_a_preview_size_of_5(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[camera]\npreview_size = [5, 5]\n", "[camera] preview_size", "at least 64")
-    _serve_refuses(tmp_path, capsys, "[camera]\npreview_size = [640]\n", "[camera] preview_size", "width and height")
-    _serve_refuses(tmp_path, capsys, "[camera]\npreview_size = 5\n", "[camera] preview_size")
+def test_config_file_refuses_a_preview_size_of_5(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[camera]\npreview_size = [5, 5]\n", "[camera] preview_size", "at least 64")
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[camera]\npreview_size = [640]\n", "[camera] preview_size", "width and height")
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[camera]\npreview_size = 5\n", "[camera] preview_size")
 
 
-def test_config_file_refuses_a_fractional_port(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[server]\nport = 8080.5\n", "[server] port", "whole number")
+def test_config_file_refuses_a_fractional_port(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[server]\nport = 8080.5\n", "[server] port", "whole number")
 
 
-def test_config_file_refuses_0_server_threads(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[server]\nthreads = 0\n", "[server] threads", "at least 1")
+def test_config_file_refuses_0_server_threads(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[server]\nthreads = 0\n", "[server] threads", "at least 1")
 
 
-def test_config_file_refuses_min_brightness_above_max(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[qc]\nmin_background = 240\n", "[qc] min_background",
+def test_config_file_refuses_min_brightness_above_max(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[qc]\nmin_background = 240\n", "[qc] min_background",
                    "below max_cell_brightness")
-    _serve_refuses(tmp_path, capsys, "[qc]\nmin_background = 100\nmax_cell_brightness = 90\n",
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[qc]\nmin_background = 100\nmax_cell_brightness = 90\n",
                    "[qc] min_background")
 
 
-def test_config_file_refuses_a_negative_free_space_limit(tmp_path, capsys):
-    _serve_refuses(tmp_path, capsys, "[storage]\nmin_free_mb = -1\n", "[storage] min_free_mb", "at least 0")
+def test_config_file_refuses_a_negative_free_space_limit(tmp_path, capsys, monkeypatch):
+    _serve_refuses(tmp_path, capsys, monkeypatch, "[storage]\nmin_free_mb = -1\n", "[storage] min_free_mb", "at least 0")
 
 
 # ---- the schema itself --------------------------------------------------------------------------------
