@@ -2,7 +2,9 @@
 
 Every setting has a default that works, so ``leukoscope serve`` needs no file.
 Unknown keys are refused with their section named, so a typo is not silently
-ignored.
+ignored. Every value goes through one schema (types and ranges: ``LIMITS`` and ``ORDER``
+below, checked by pydantic) whether it comes from the config file or the Settings page,
+and the defaults dump (``leukoscope config defaults``) prints the same ranges.
 """
 from __future__ import annotations
 
@@ -16,8 +18,17 @@ from typing import Annotated, Literal, get_type_hints
 
 import tomli_w
 from annotated_types import Interval, MaxLen
-from pydantic import (AfterValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      ValidationError, create_model)
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
 from pydantic_core import PydanticCustomError
 
 from device.cells import CellFinderSettings

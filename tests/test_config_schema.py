@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from device import config as cfgmod
-from device.config import AppConfig, ConfigError, commented_defaults, config_from_dict, load_config
+from device.config import (
+    AppConfig,
+    ConfigError,
+    commented_defaults,
+    config_from_dict,
+    load_config,
+)
 from device.settings import form_values, load_effective, overrides_path
 from tests.conftest import csrf_of, signed_in
 
@@ -180,7 +186,7 @@ def _post_settings(base, s, rt, **changes):
 
 
 def _refused(live_app, field: str, value: str, *expected: str):
-    base, app, rt, tmp = live_app
+    base, _, rt, _ = live_app
     s = signed_in(base)
     before = rt.config
     r = _post_settings(base, s, rt, **{field: value})
@@ -219,7 +225,7 @@ def test_settings_page_refuses_a_negative_free_space_limit(live_app):
 
 
 def test_settings_page_refuses_fractional_whole_numbers_and_accepts_good_values(live_app):
-    base, app, rt, tmp = live_app
+    base, _, rt, _ = live_app
     s = _refused(live_app, "sample.target_cells", "1.5", "Target white cells per sample", "must be a whole number")
     r = _post_settings(base, s, rt, **{"camera.preview_size": "800 x 600", "storage.min_free_mb": "0",
                                        "server.threads": "4", "sample.target_cells": "10000"})
@@ -230,7 +236,7 @@ def test_settings_page_refuses_fractional_whole_numbers_and_accepts_good_values(
 
 
 def test_settings_page_message_is_translated(live_app):
-    base, app, rt, tmp = live_app
+    base, _, rt, _ = live_app
     s = signed_in(base)
     rt.store.connect().execute("UPDATE users SET language = 'fr'")
     r = _post_settings(base, s, rt, **{"server.threads": "0"})
