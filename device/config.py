@@ -332,7 +332,8 @@ def _flag_rules(rules) -> list[FlagRule]:
         try:
             out.append(check_section(FlagRule, rule, "flags"))
         except ConfigError as exc:
-            raise ConfigError(str(exc).replace("[flags]", f"[{where}]", 1), "sample", "flags",
+            # named by its place in the list, so the page and the journal point at the right table
+            raise ConfigError(str(exc).replace("[flags]", f"[{where}]", 1), where, exc.key,
                               exc.template, exc.params) from None
     return out
 

@@ -242,3 +242,14 @@ def test_settings_page_message_is_translated(live_app):
     r = _post_settings(base, s, rt, **{"server.threads": "0"})
     assert r.status_code == 400
     assert "doit valoir au moins 1" in r.text, r.text
+
+
+def test_settings_page_names_the_flag_rule_and_key(live_app):
+    base, _, rt, _ = live_app
+    s = signed_in(base)
+    r = _post_settings(base, s, rt, flags_toml='[[sample.flags]]\ncategory = "malignant"\nmessage = "refer"\n'
+                                               'min_count = 1\n[[sample.flags]]\ncategory = "malignant"\n'
+                                               'message = "x"\nmin_fraction = 1.5\n')
+    assert r.status_code == 400 and "[sample.flags #2] min_fraction: must be at most 1" in r.text, r.text[-2000:]
+    assert "min_fraction = 1.5" in r.text  # the typed rules are kept in the form
+    assert rt.config.sample.flags == AppConfig().sample.flags
