@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     report = json.loads((Path(run_dir) / "report.json").read_text())
     result({
         "bench": "train_eval", "task": args.task, "quick": args.quick, "run_dir": str(run_dir),
-        "model": recipe.model.name, "split_unit": report["unit"], "test_images": report["n"],
+        "model": recipe.model.name, "split_unit": report["unit"], "test_images": report["cells"]["test"]["images"],
+        "test_cells": report["n"], "test_images_without_cell": report["cells"]["test"]["images_without_cell"],
         "balanced_accuracy": round(report["balanced_accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
         "accuracy": round(report["accuracy"], 4), "ece": round(report["ece"], 4),
         "epochs_run": report["epochs_run"], "best_epoch": report["best_epoch"],

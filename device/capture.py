@@ -253,6 +253,9 @@ class CaptureLoop:
         summary = records.summary_of(self.store, job.sample_id, self.rules)
         return {
             "field_id": fid, "qc": analysis.qc.figures(), "qc_ok": analysis.qc.ok, "qc_message": analysis.qc.message,
+            # boxes are in the frame's pixels (the stored image may be smaller): the page draws them on this size
+            "width": int(image.shape[1]), "height": int(image.shape[0]),
+            "scale": analysis.scale.to_dict() if analysis.scale else None,
             "cells": [{"box": list(c.found.box), "label": c.prediction.shown_label, "predicted": c.prediction.label,
                        "category": c.prediction.category if not c.prediction.flag else "uncertain",
                        "probability": round(c.prediction.probability, 4), "flag": c.prediction.flag}

@@ -90,7 +90,7 @@ def _model_test(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
     else:
-        print(f"{r['n']} recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
+        print(f"{r['n']} cells from the recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
               f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: {r['recorded_balanced_accuracy']:.4f})")
         if r["files_with_other_content"]:
             print(f"skipped {len(r['files_with_other_content'])} files whose content differs from the record")

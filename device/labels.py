@@ -19,6 +19,33 @@ class Label:
 
 
 @lru_cache(maxsize=1)
+def _merges() -> dict[str, dict[str, str]]:
+    """Per task: a source label -> the task's label it counts as (e.g. a promyelocyte is an immature
+    granulocyte for the screen, a myeloblast a blast)."""
+    raw = tomllib.loads(resources.files("device").joinpath("data/labels.toml").read_text("utf-8"))
+    labels, tasks = _vocabulary()
+    out: dict[str, dict[str, str]] = {}
+    for task, groups in raw.get("merge", {}).items():
+        if task not in tasks:
+            raise ValueError(f"[merge.{task}]: no such task")
+        for target, sources in groups.items():
+            if target not in tasks[task]:
+                raise ValueError(f"[merge.{task}] {target!r} is not a label of the task")
+            for src in sources:
+                if src not in labels:
+                    raise ValueError(f"[merge.{task}] {src!r} is not in the vocabulary")
+                out.setdefault(task, {})[src] = target
+    return out
+
+
+def task_label(task: str, name: str) -> str | None:
+    """The label ``name`` takes in ``task`` (itself, or what the task merges it into), or None."""
+    if name in task_labels(task):
+        return name
+    return _merges().get(task, {}).get(name)
+
+
+@lru_cache(maxsize=1)
 def _vocabulary() -> tuple[dict[str, Label], dict[str, tuple[str, ...]]]:
     raw = tomllib.loads(resources.files("device").joinpath("data/labels.toml").read_text("utf-8"))
     labels = {}

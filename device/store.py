@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import uuid
 from contextlib import contextmanager
@@ -329,6 +330,12 @@ class Store:
                     except sqlite3.Error:
                         log.exception("rollback failed; reopening this thread's connection")
                         self.close()
+                exc = sys.exc_info()[1]
+                if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == 13:
+                    # SQLITE_FULL: the disk filled while the rows were written; the same words as a full
+                    # disk while the images were written, for the operator.
+                    raise StorageFull(errno.ENOSPC, "storage full: the capture was not saved; "
+                                                    "export and delete old samples") from exc
                 raise
 
     def close(self) -> None:

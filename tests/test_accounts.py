@@ -143,8 +143,13 @@ def test_parallel_guesses_get_at_most_the_limit_of_password_checks(live_app, mon
     for t in threads:
         t.join(60)
     assert len(checks) <= rt.config.web.max_failed_logins, len(checks)  # before: 38 checks
-    # the right password is signed in only if it was among the first five checked
-    assert results[19] == 302 if "long-enough-1" in checks else results[19] == 401
+    # the right password is signed in only if it was among the first five checked; otherwise it is
+    # refused, as locked (401) or, all 40 coming from one client, by the per-client limit (429)
+    if "long-enough-1" in checks:
+        assert results[19] == 302, results
+    else:
+        assert results[19] in (401, 429), results
+    assert all(code in (302, 401, 429) for code in results), results
 
 
 # -- 14: no user enumeration -----------------------------------------------------

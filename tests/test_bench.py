@@ -25,6 +25,8 @@ def test_train_eval_quick(tmp_path):
     pytest.importorskip("tensorflow")
     r = run_bench("bench.train_eval", "--task", "differential", "--quick", "--out", str(tmp_path))
     assert r["quick"] and r["test_images"] == 8 * 40
+    # one cell per image, but for single platelets (below the finder's smallest nucleus)
+    assert r["test_cells"] == r["test_images"] - r["test_images_without_cell"] >= 8 * 40 - 20
     assert 0.0 <= r["balanced_accuracy"] <= 1.0
     # two epochs on 40 images per class already beat chance (1/8) by far
     assert r["balanced_accuracy"] > 0.3, r
@@ -40,7 +42,7 @@ def test_latency_quick():
 
 def test_detect_bccd_test_split():
     r = run_bench("bench.detect_bccd", "--split", "test")
-    assert r["images"] == 72 and r["recall"] >= 0.98
+    assert r["fields"] == 72 and r["recall"] >= 0.98
 
 
 def test_pipeline_short():
@@ -99,4 +101,5 @@ def test_pipeline_at_the_hq_camera_size_fast():
 
 def test_domain_check_fast():
     r = run_bench("bench.domain_check", "--limit", "40")
-    assert r["cells"] >= 35 and r["called_leukocyte"] >= 0.5, r
+    # Another lab's white cells: called leukocytes or left for review, hardly ever something else.
+    assert r["cells"] >= 35 and r["called_non_leukocyte"] <= 0.1, r

@@ -92,7 +92,7 @@ def capture_to_target(page, rt, prefix, target_text, fields_before=0):
     above_fold(page, "#review-link")
     above_fold(page, "#finish")
     while int(page.locator("#count").inner_text()) < target:
-        assert captures < 20, "target never reached"
+        assert captures < 30, "target never reached"
         if captures == 1:
             page.locator("body").press("Space")
         else:
@@ -146,6 +146,9 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     from playwright.sync_api import expect
 
     base, app, rt, _ = live_app
+    # Only classified cells count toward the target, and the bundled model leaves most of the
+    # bundled BCCD fields' cells (another lab) for review: a small target keeps the walk short.
+    rt.config.sample.target_cells = 2
     ctx = browser.new_context(viewport=SMALL, accept_downloads=True)
     page = ctx.new_page()
     errors = []

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import AML, PBC, write_image
+from tests.conftest import AML, PBC, SHARED_DATA as SHARED, write_image
 from training import splits
 from training.datasets import read_aml_lmu, read_cnmc, read_folder, read_pbc, read_source, read_taleqani
 
@@ -73,3 +73,28 @@ def test_generic_folder_reader_with_label_map(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="folder not found"):
         read_pbc(tmp_path / "nope")
+
+
+def test_every_source_maps_onto_the_screen_task():
+    """The blast screen's labels from each source: PBC's normal differential, the bone-marrow set's
+    blasts (BLA) and promyelocytes (as immature granulocytes), AML-LMU's myeloblasts and monoblasts."""
+    from device.labels import category_of, task_label, task_labels
+    from training.datasets import read_source
+
+    screen = set(task_labels("screen"))
+    assert category_of("blast") == "malignant" and category_of("ig") == "atypical"
+    mll = read_source("mll", SHARED / "bone-marrow-mll-subset")
+    by_code = {}
+    for r in mll.records:
+        by_code.setdefault(r.relpath.split("/")[0], set()).add(task_label("screen", r.label))
+    assert by_code == {"BLA": {"blast"}, "LYT": {"lymphocyte"}, "MON": {"monocyte"}, "NGS": {"neutrophil"},
+                       "EOS": {"eosinophil"}, "PMO": {"ig"}}
+    aml = read_source("aml-lmu", SHARED / "aml-cytomorphology-lmu-subset")
+    aml_by = {}
+    for r in aml.records:
+        aml_by.setdefault(r.relpath.split("/")[0], set()).add(task_label("screen", r.label))
+    assert aml_by["MYO"] == aml_by["MOB"] == {"blast"}
+    assert aml_by["PMO"] == aml_by["MYB"] == aml_by["MMZ"] == {"ig"} and aml_by["NGB"] == {"neutrophil"}
+    assert aml_by["LYA"] == {None} and aml_by["KSC"] == {None}  # not part of the screen: left out
+    pbc = read_source("pbc", SHARED / "pbc-normal-wbc")
+    assert {task_label("screen", r.label) for r in pbc.records} == screen - {"blast"}

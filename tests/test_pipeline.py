@@ -148,3 +148,26 @@ def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells()
         assert all(abs(x * f - y) <= 0.05 * 4056 for x, y in zip(a, b)), (a, b)
     assert abs(big_res.scale.um_per_px * f / small_res.scale.um_per_px - 1) < 0.1
     assert big_t < 4 * small_t + 0.05, (small_t, big_t)  # 12.6x the pixels
+
+
+def test_boxes_of_a_large_frame_are_drawn_on_the_frame_size_not_the_stored_copy(tmp_path):
+    """A 12 MP camera frame is stored as a bounded copy; its cells' boxes stay in frame pixels,
+    and what the page is given to draw them (width, height) is the frame's size."""
+    import cv2
+
+    from device import records
+    from device.imageio import read_image
+    from tests.conftest import serving
+
+    big = cv2.resize(read_image(REPO / "device/assets/fields/BloodImage_00010.jpg"), (4056, 3040),
+                     interpolation=cv2.INTER_CUBIC)
+    with serving(tmp_path) as (base, app, rt):
+        sid = records.create_sample(rt.store, "BIG", "t")
+        r = rt.loop.capture(sid, "t", image=big, source="test")
+        assert (r["width"], r["height"]) == (4056, 3040) and r["cells"]
+        assert r["scale"]["source"] == "red cells" and 0.008 < r["scale"]["um_per_px"] < 0.02
+        row = rt.store.connect().execute("SELECT image_path, width, height FROM fields WHERE id = ?",
+                                         (r["field_id"],)).fetchone()
+        stored = read_image(rt.store.path(row["image_path"]))
+        assert (row["width"], row["height"]) == (4056, 3040) and max(stored.shape[:2]) == 1600
+        assert max(c["box"][2] for c in r["cells"]) > 1600  # frame coordinates, not the stored copy's

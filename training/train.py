@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,7 +43,9 @@ def library_versions() -> dict:
 def prepare_data(recipe: Recipe) -> PreparedData:
     class_names = list(labels.task_labels(recipe.task))
     datasets = [read_source(s.kind, s.path, **s.options) for s in recipe.data.sources]
-    records = [r for d in datasets for r in d.records if r.label in class_names]
+    # Each source's labels as the task counts them (e.g. a promyelocyte is an "ig" for the screen).
+    records = [replace(r, label=labels.task_label(recipe.task, r.label)) for d in datasets for r in d.records
+               if labels.task_label(recipe.task, r.label)]
     if not records:
         raise ValueError(f"no images with labels of task {recipe.task!r} in the given sources")
     dedup = splits.deduplicate(records)

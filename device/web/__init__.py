@@ -150,6 +150,9 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
 
     @app.context_processor
     def inject():
-        return words.template_helpers(runtime) | {"clinic_name": runtime.config.web.clinic_name, "user": g.get("user")}
+        from device.web.views import _scale_text
+
+        return words.template_helpers(runtime) | {"clinic_name": runtime.config.web.clinic_name, "user": g.get("user"),
+                                                  "scale_text": _scale_text}
 
     return app

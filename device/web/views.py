@@ -148,7 +148,13 @@ def _capture_json(s, result: dict) -> dict:
     result["count_html"] = _count_panel(s, summary, len(records.fields_of(r.store, sid)))
     result["qc_html"] = render_template("_qc.html", ok=result["qc_ok"], message=result["qc_message"],
                                         n=len(result["cells"]))
+    sc = result.get("scale")
+    result["scale_text"] = _scale_text(sc) if sc else ""
     return result
+
+
+def _scale_text(sc: dict) -> str:
+    return "· " + _("%(um)s um per pixel (%(how)s)", um="%.3f" % sc["um_per_px"], how=_(sc["source"]))
 
 
 @bp.route("/samples/<int:sample_id>/upload", methods=["POST"])

@@ -176,7 +176,7 @@ def model_limits(bundle) -> list[tuple[str, str]]:
         q = meta.get("input", {}).get("quantization")
         m = meta.get("metrics", {}).get(q) or {}
         if m.get("balanced_accuracy") is not None:
-            found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out images",
+            found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out cells",
                                        ba=m["balanced_accuracy"], f1=m.get("macro_f1", 0.0), n=m.get("n", 0))
     if "not_validated_on" not in found:
         m = re.search(r"^#+[^\n]*validated[^\n]*\n+(.+?)(?:\n#|\Z)", text, re.S | re.M | re.I)

@@ -16,10 +16,14 @@
     const img = new Image();
     img.onload = () => {
       const rects = r.cells.map((c) => `<rect class="${catClass(c.category)}" x="${c.box[0]}" y="${c.box[1]}" width="${c.box[2] - c.box[0]}" height="${c.box[3] - c.box[1]}"></rect>`).join("");
-      box.innerHTML = `<img src="${esc(r.image_url)}" alt="Last field"><svg viewBox="0 0 ${img.naturalWidth} ${img.naturalHeight}" preserveAspectRatio="none">${rects}</svg>`;
+      // boxes are in the camera frame's pixels; the stored image may be a smaller copy of it
+      const w = r.width || img.naturalWidth, h = r.height || img.naturalHeight;
+      box.innerHTML = `<img src="${esc(r.image_url)}" alt="Last field"><svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${rects}</svg>`;
     };
     img.src = r.image_url;
     qc.innerHTML = r.qc_html; // rendered by the server (escaped there)
+    const scale = document.getElementById("field-scale");
+    if (scale) scale.textContent = r.scale_text || "";
     const panel = document.getElementById("count-panel");
     if (panel) panel.innerHTML = r.count_html;
   }
