@@ -29,7 +29,7 @@ class Appliance:
         if not fields.exists():
             shutil.copytree(REPO / "device/assets/fields", fields)
         cfg = workdir / "config.toml"
-        cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 1000000\n{extra_config}')
+        cfg.write_text(f'[camera]\nfolder = "{fields}"\n[sample]\ntarget_cells = 10000\n{extra_config}')
         self.data_dir = Path(data_dir) if data_dir else workdir / "data"
         self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--config", str(cfg), "--port",
                                       str(self.port), "--data-dir", str(self.data_dir)], cwd=REPO,

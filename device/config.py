@@ -2,16 +2,34 @@
 
 Every setting has a default that works, so ``leukoscope serve`` needs no file.
 Unknown keys are refused with their section named, so a typo is not silently
-ignored.
+ignored. Every value goes through one schema (types and ranges: ``LIMITS`` and ``ORDER``
+below, checked by pydantic) whether it comes from the config file or the Settings page,
+and the defaults dump (``leukoscope config defaults``) prints the same ranges.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Literal, get_type_hints
 
 import tomli_w
+from annotated_types import Interval, MaxLen
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
 
 from device.cells import CellFinderSettings
 from device.qc import QCSettings
@@ -126,11 +144,161 @@ def default_data_dir() -> Path:
 
 
 class ConfigError(ValueError):
-    pass
+    """A refused setting. ``str()`` is the operator's one line ("[sample] target_cells: must be at most
+    10000 (got 99999)"); ``section``, ``key``, ``template`` and ``params`` let the page translate it."""
+
+    def __init__(self, message: str, section: str = "", key: str = "", template: str = "",
+                 params: dict | None = None):
+        super().__init__(message)
+        self.section, self.key, self.template, self.params = section, key, template, dict(params or {})
+
+
+def N_(text: str) -> str:
+    """Marks a message for the translation catalogue; translated where it is shown (the Settings page)."""
+    return text
+
+
+# ---- The schema: every setting's type and range, in one table --------------------------------------
+# Each section is a plain dataclass (attribute access everywhere else); its pydantic model is built from
+# the dataclass's own fields plus the limits below, so a new field cannot escape type checking, and a
+# number without a limit here fails test_every_number_has_a_range.
+
+def _size(lo: int, hi: int, allow_empty: bool):
+    def two(v: list[int]) -> list[int]:
+        if len(v) == 2 or (allow_empty and not v):
+            return v
+        raise PydanticCustomError("size", N_("give two whole numbers, width and height") if not allow_empty else
+                                  N_("give two whole numbers, width and height, or nothing"))
+
+    return Annotated[list[Annotated[StrictInt, Interval(ge=lo, le=hi)]], Field(max_length=2), AfterValidator(two)]
+
+
+# (ge, le) closed ranges; gt for "positive" floats (a zero size means nothing)
+LIMITS: dict[str, dict] = {
+    "server": {"port": (1, 65535), "threads": (1, 64)},
+    "camera": {"device": (0, 63), "width": (64, 10000), "height": (64, 10000), "um_per_pixel": (0.01, 2.0),
+               "preview_size": ("size", 64, 4096, False), "still_size": ("size", 64, 10000, True),
+               "backend": ("choice", "replay", "opencv", "picamera2")},
+    "model": {"threads": (1, 8)},
+    "qc": {"max_edge_um": ("gt", 0, 10), "min_background": (0, 255), "max_cell_brightness": (0, 255),
+           "max_clipped": (0, 1), "min_cell_fraction": (0, 1), "max_cell_fraction": (0, 1), "min_contrast": (0, 255)},
+    "cells": {"threshold": (0, 255), "min_threshold": (0, 255), "min_nucleus_um2": ("gt", 0, 1000),
+              "typical_nucleus_um2": ("gt", 0, 1000), "join_um": ("gt", 0, 20), "open_um": ("gt", 0, 20),
+              "cell_scale": (1, 5), "min_box_um": ("gt", 0, 100), "split_ratio": (1, 20), "max_cells": (1, 1000),
+              "working_um_per_px": (0.05, 1.0), "edge_margin": (0, 100)},
+    "sample": {"target_cells": (1, 10000)},
+    "storage": {"min_free_mb": (0, 10_000_000), "retention_days": (0, 36500)},
+    "web": {"max_failed_logins": (1, 100), "lockout_minutes": (1, 1440), "session_hours": (1, 168),
+            "language": ("choice", "en", "fr", "ar"), "clinic_name": ("text", 200)},
+    "gpio": {"button_pin": (0, 27)},
+    "flags": {"level": ("choice", "review", "refer"), "min_count": (0, 10000), "min_fraction": (0, 1),
+              "message": ("text", 300), "category": ("text", 60)},
+}
+# (lower, higher): the first must stay below the second
+ORDER = {"qc": [("min_background", "max_cell_brightness"), ("min_cell_fraction", "max_cell_fraction")],
+         "cells": [("min_nucleus_um2", "typical_nucleus_um2")]}
+
+
+def _field_type(tp, limit):
+    base = {bool: StrictBool, int: StrictInt, float: StrictFloat, str: StrictStr}.get(tp, tp)
+    if tp is float:  # a whole number is a fine float in TOML ("min_background = 70")
+        base = StrictFloat | StrictInt
+    if limit is None:
+        return base
+    kind = limit[0]
+    if kind == "size":
+        return _size(*limit[1:])
+    if kind == "choice":
+        return Literal[limit[1:]]
+    if kind == "text":
+        return Annotated[StrictStr, MaxLen(limit[1])]
+    if kind == "gt":
+        return Annotated[base, Interval(gt=limit[1], le=limit[2])]
+    return Annotated[base, Interval(ge=limit[0], le=limit[1])]
+
+
+@functools.cache
+def _model(cls, section: str):
+    hints = get_type_hints(cls)
+    limits = LIMITS.get(section, {})
+    required = {f.name for f in fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    spec = {f.name: (_field_type(hints[f.name], limits.get(f.name)), ... if f.name in required else None)
+            for f in fields(cls) if f.name != "flags"}
+    return create_model(f"{section}_schema", __config__=ConfigDict(extra="forbid"), **spec)
+
+
+# English templates of the schema's messages (translated on the page; see device/web/words.py)
+_MESSAGES = {
+    "greater_than_equal": (N_("must be at least %(limit)s"), "ge"),
+    "less_than_equal": (N_("must be at most %(limit)s"), "le"),
+    "greater_than": (N_("must be more than %(limit)s"), "gt"),
+    "less_than": (N_("must be less than %(limit)s"), "lt"),
+    "int_type": (N_("must be a whole number"), None),
+    "float_type": (N_("must be a number"), None),
+    "bool_type": (N_("must be true or false"), None),
+    "string_type": (N_("must be text"), None),
+    "missing": (N_("is required"), None),
+    "list_type": (N_("must be a list of numbers, e.g. [640, 480]"), None),
+    "too_long": (N_("must be at most %(limit)s long"), "max_length"),
+    "literal_error": (N_("must be one of %(limit)s"), "expected"),
+}
+
+
+def _error_from(exc, section: str) -> ConfigError:
+    """The first problem pydantic found, as one ConfigError naming section and key."""
+    err = exc.errors(include_url=False)[0]
+    # union members add their own names to the location (e.g. "int", "float"): keep the field's
+    key = str(err["loc"][0]) if err["loc"] else ""
+    kind = err["type"]
+    if kind in ("int_type", "float_type") and "float" in str(err["loc"]):
+        kind = "float_type"
+    if kind == "int_from_float":
+        kind = "int_type"
+    template, ctx_key = _MESSAGES.get(kind, (err.get("msg", "not valid"), None))
+    if kind == "size":
+        template = err["msg"]
+    params = {"limit": err.get("ctx", {}).get(ctx_key, "")} if ctx_key else {}
+    got = err.get("input")
+    where = f"[{section}] {key}".strip()
+    text = (template % params) if params else template
+    if not isinstance(got, dict):
+        text += f" (got {str(got)[:40]!r})" if isinstance(got, str) else f" (got {str(got)[:40]})"
+    return ConfigError(f"{where}: {text}", section, key, template, params)
+
+
+def check_section(cls, raw: dict, where: str):
+    """A section's dataclass from a TOML table, checked against the schema: unknown keys, wrong types
+    and out-of-range values refused, naming the section and key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table", where)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown setting(s) {unknown}; known: {sorted(known)}", where)
+    try:
+        model = _model(cls, where).model_validate({k: v for k, v in raw.items() if k != "flags"})
+    except ValidationError as exc:
+        raise _error_from(exc, where) from None
+    hints = get_type_hints(cls)
+    values = {k: float(getattr(model, k)) if hints[k] is float else getattr(model, k) for k in raw if k != "flags"}
+    merged = {**{f.name: getattr(cls(), f.name) for f in fields(cls)}, **values} if where in ORDER else {}
+    for lower, higher in ORDER.get(where, []):
+        if not merged[lower] < merged[higher]:
+            tmpl = N_("must be below %(other)s (%(value)s)")
+            raise ConfigError(f"[{where}] {lower}: must be below {higher} ({merged[higher]}) (got {merged[lower]})",
+                              where, lower, tmpl, {"other": higher, "value": merged[higher]})
+    if "flags" in raw:
+        values["flags"] = _flag_rules(raw["flags"])
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}", where) from None
 
 
 def build_section(cls, raw: dict, where: str):
-    """A dataclass from a TOML table: unknown keys and wrong types refused, naming the section."""
+    """A dataclass from a TOML table, types checked loosely: training recipes only (the appliance's own
+    settings go through the schema, ``check_section``)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"[{where}] must be a table")
     known = {f.name: f for f in fields(cls)}
@@ -139,7 +307,7 @@ def build_section(cls, raw: dict, where: str):
         raise ConfigError(f"[{where}]: unknown setting(s) {unknown}; known: {sorted(known)}")
     values = {}
     for name, value in raw.items():
-        default = getattr(cls(), name) if not is_dataclass(known[name].type) else None
+        default = getattr(cls(), name) if not dataclasses.is_dataclass(known[name].type) else None
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"[{where}] {name}: expected true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
@@ -153,6 +321,21 @@ def build_section(cls, raw: dict, where: str):
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def _flag_rules(rules) -> list[FlagRule]:
+    if not isinstance(rules, list):
+        raise ConfigError("[[sample.flags]] must be a list of tables", "sample", "flags")
+    out = []
+    for i, rule in enumerate(rules, 1):
+        where = f"sample.flags #{i}"
+        try:
+            out.append(check_section(FlagRule, rule, "flags"))
+        except ConfigError as exc:
+            # named by its place in the list, so the page and the journal point at the right table
+            raise ConfigError(str(exc).replace("[flags]", f"[{where}]", 1), where, exc.key,
+                              exc.template, exc.params) from None
+    return out
 
 
 # Settings of earlier versions whose meaning is gone (sizes as fractions of the frame,
@@ -175,34 +358,16 @@ def _drop_retired(raw: dict) -> dict:
 
 
 def config_from_dict(raw: dict) -> AppConfig:
+    """The whole configuration from a TOML document (the config file, or it merged with the page's
+    overrides), every section checked against the schema."""
     raw = _drop_retired(dict(raw))
-    sections = {f.name: f for f in fields(AppConfig)}
-    unknown = sorted(set(raw) - set(sections))
+    sections = {f.name for f in fields(AppConfig)}
+    unknown = sorted(set(raw) - sections)
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; known: {sorted(sections)}")
     cfg = AppConfig()
     for name, value in raw.items():
-        cls = type(getattr(cfg, name))
-        if name == "sample":
-            value = dict(value)
-            rules = value.pop("flags", None)
-            section = build_section(SampleConfig, value, "sample")
-            if rules is not None:
-                try:
-                    section.flags = [FlagRule(**r) for r in rules]
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"[[sample.flags]]: {exc}") from None
-        else:
-            section = build_section(cls, value, name)
-        setattr(cfg, name, section)
-    if cfg.camera.backend not in ("replay", "opencv", "picamera2"):
-        raise ConfigError(f"[camera] backend: {cfg.camera.backend!r} is not one of replay, opencv, picamera2")
-    if not 0.01 <= cfg.camera.um_per_pixel <= 2.0:
-        raise ConfigError("[camera] um_per_pixel must be within 0.01..2.0 micrometres per pixel")
-    if not 1 <= cfg.server.port <= 65535:
-        raise ConfigError("[server] port must be within 1..65535")
-    if cfg.sample.target_cells < 1:
-        raise ConfigError("[sample] target_cells must be at least 1")
+        setattr(cfg, name, check_section(type(getattr(cfg, name)), value, name))
     return cfg
 
 
@@ -224,17 +389,35 @@ def dumps(cfg: AppConfig) -> str:
     return tomli_w.dumps(cfg.to_dict())
 
 
+def _range_note(limit) -> str:
+    """The schema's range of a number, for the defaults file ("1..65535")."""
+    if not limit or limit[0] in ("choice", "text"):
+        return ""
+    if limit[0] == "size":
+        return f"  # width, height: {limit[1]}..{limit[2]} each" + (" ([] = the sensor's full size)" if limit[3] else "")
+    if limit[0] == "gt":
+        return f"  # more than {limit[1]}, at most {limit[2]}"
+    return f"  # {limit[0]}..{limit[1]}"
+
+
 def commented_defaults() -> str:
-    """Every setting with its default, commented out: the installer's /etc/leukoscope/config.toml.
-    Uncomment a line to change it."""
+    """Every setting with its default and its range, commented out: the installer's
+    /etc/leukoscope/config.toml. Uncomment a line to change it."""
     lines = ["# Leukoscope configuration. Every setting is shown with its default, commented out.",
              "# Uncomment and edit a line to change it; restart the service (systemctl restart leukoscope).",
              "# Settings changed on the page's Settings screen are kept in <data_dir>/settings.toml and win.", ""]
-    for line in dumps(AppConfig()).splitlines():
-        if not line.strip():
+    defaults = AppConfig().to_dict()
+    for section, values in defaults.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if key == "flags":
+                continue
+            text = tomli_w.dumps({key: value}).strip() if not isinstance(value, list) else \
+                f"{key} = [{', '.join(str(v) for v in value)}]"
+            lines.append(f"# {text}{_range_note(LIMITS.get(section, {}).get(key))}")
+        lines.append("")
+        if section == "sample":  # the default flag rules, as tables to copy and edit
+            for line in tomli_w.dumps({"sample": {"flags": values["flags"]}}).splitlines():
+                lines.append("# " + line if line.strip() else "")
             lines.append("")
-        elif line.startswith("["):
-            lines.append(line if not line.startswith("[[") else "# " + line)
-        else:
-            lines.append("# " + line)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"

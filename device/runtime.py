@@ -127,11 +127,14 @@ class Runtime:
         self.config = new
         self.analyzer.settings = new.field_settings()
         self.loop.rules = new.sample.flags
+        self.store.min_free_mb = new.storage.min_free_mb
         # The pixel size is the analysis's business: changing it needs no camera restart.
         if {**asdict(old.camera), "um_per_pixel": 0} != {**asdict(new.camera), "um_per_pixel": 0}:
             self.loop.replace_camera(SupervisedCamera(camera_from_config(new)))
             applied.append("camera restarted")
         applied.append("settings in use")
+        if old.server != new.server:
+            applied.append("server settings at the next restart")
         return applied
 
     def stop(self) -> None:

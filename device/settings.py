@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tomli_w
 
-from device.config import AppConfig, ConfigError, config_from_dict, load_config
+from device.config import N_, AppConfig, ConfigError, config_from_dict, load_config
 from device.imageio import write_atomic
 
 # (section, key, label, kind) of what the Settings page edits field by field.
@@ -22,9 +22,12 @@ EDITABLE = [
     ("web", "language", "Default language", "choice:en,fr,ar"),
     ("sample", "target_cells", "Target white cells per sample", "int"),
     ("storage", "retention_days", "Delete records older than (days, 0 = keep)", "int"),
+    ("storage", "min_free_mb", "Refuse new captures below this free space (MB)", "int"),
+    ("server", "threads", "Web server threads (used at the next restart)", "int"),
     ("camera", "backend", "Camera", "choice:replay,opencv,picamera2"),
     ("camera", "folder", "Replay folder (replay camera)", "text"),
     ("camera", "device", "USB camera number (/dev/videoN)", "int"),
+    ("camera", "preview_size", "Preview size, width x height (e.g. 640x480)", "size"),
     ("camera", "um_per_pixel", "Pixel size, um per pixel (stage micrometer; used when a field has too few red cells)",
      "float"),
     ("qc", "max_edge_um", "Focus: widest acceptable cell edge (um)", "float"),
@@ -65,7 +68,10 @@ def load_effective(config_path: str | Path | None, data_dir: str | Path | None =
         raise ConfigError(f"{over_path}: not valid TOML ({exc}); fix or remove it") from None
     if not over:
         return base_cfg
-    cfg = config_from_dict(_merge(base_cfg.to_dict(), over))
+    try:
+        cfg = config_from_dict(_merge(base_cfg.to_dict(), over))
+    except ConfigError as exc:  # e.g. a value saved by an older version that the schema now refuses
+        raise ConfigError(f"{over_path} (saved on the Settings page): {exc}; fix or remove that line") from None
     cfg.storage.data_dir = base_cfg.storage.data_dir  # the overrides live in it; they cannot move it
     return cfg
 
@@ -82,8 +88,24 @@ def save_overrides(cfg: AppConfig, changes: dict) -> AppConfig:
     return new_cfg
 
 
+def _number(text: str):
+    """Page text as a number, whole or not: the schema, not the form, decides what the setting accepts
+    (so "1.5" threads gets the schema's "must be a whole number")."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)  # ValueError for text that is no number at all
+
+
+def _size(text: str) -> list:
+    """ "640x480", "640 x 480" or "640, 480" -> [640, 480]; "" -> [] (the schema says if that is allowed)."""
+    parts = [p for p in text.lower().replace("x", " ").replace(",", " ").split()]
+    return [_number(p) for p in parts]
+
+
 def parse_form(form, cfg: AppConfig) -> dict:
-    """Form fields -> a dict of sections; raises ConfigError naming the field."""
+    """Form fields -> a dict of sections; raises ConfigError naming the field. Only the text is read
+    here; types and ranges are the schema's (device.config), checked on the whole result by save_overrides."""
     changes: dict = {}
     for section, key, label, kind in EDITABLE:
         raw = form.get(f"{section}.{key}")
@@ -91,10 +113,10 @@ def parse_form(form, cfg: AppConfig) -> dict:
             continue
         raw = raw.strip()
         try:
-            if kind == "int":
-                value = int(raw)
-            elif kind == "float":
-                value = float(raw)
+            if kind in ("int", "float"):
+                value = _number(raw)
+            elif kind == "size":
+                value = _size(raw)
             elif kind.startswith("choice:"):
                 if raw not in kind.split(":", 1)[1].split(","):
                     raise ValueError
@@ -104,7 +126,8 @@ def parse_form(form, cfg: AppConfig) -> dict:
                     raise ValueError
                 value = raw
         except ValueError:
-            raise ConfigError(f"{label}: {raw[:40]!r} is not a valid value") from None
+            raise ConfigError(f"{label}: {raw[:40]!r} is not a valid value", section, key,
+                              N_("%(value)s is not a valid value"), {"value": repr(raw[:40])}) from None
         changes.setdefault(section, {})[key] = value
     flags = form.get("flags_toml")
     if flags is not None and flags.strip():
@@ -116,6 +139,19 @@ def parse_form(form, cfg: AppConfig) -> dict:
             raise ConfigError("Flag rules: write only [[sample.flags]] tables here")
         changes.setdefault("sample", {})["flags"] = parsed.get("sample", {}).get("flags", [])
     return changes
+
+
+def form_values(cfg: AppConfig, form=None) -> dict:
+    """What each field of the page shows: the setting in use, or after a refused save what was typed
+    (so one bad value loses none of the others)."""
+    out = {}
+    for section, key, _, kind in EDITABLE:
+        value = getattr(getattr(cfg, section), key)
+        if kind == "size":
+            value = "x".join(str(v) for v in value)
+        typed = form.get(f"{section}.{key}") if form is not None else None
+        out[f"{section}.{key}"] = typed if typed is not None else value
+    return out
 
 
 def flags_toml(cfg: AppConfig) -> str:

@@ -412,13 +412,13 @@ def settings():
             changes = st.parse_form(request.form, r.config)
             new = st.save_overrides(r.config, changes)
         except ConfigError as exc:
-            error = str(exc)
+            error = words.config_error(exc)
         else:
             applied = r.apply_config(new)
             r.store.audit(g.user["username"], "settings-changed", detail=changes)
-            flash(_("Settings saved: %(what)s.", what=", ".join(applied)))
+            flash(_("Settings saved: %(what)s.", what=", ".join(_(a) for a in applied)))
             return redirect(url_for("views.settings"))
-    values = {f"{s}.{k}": getattr(getattr(r.config, s), k) for s, k, _, _ in st.EDITABLE}
+    values = st.form_values(r.config, request.form if error else None)
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
                            model=r.bundle, problems=r.model_problems, error=error,
@@ -441,7 +441,7 @@ def keep_scale():
     try:
         new = st.save_overrides(r.config, {"camera": {"um_per_pixel": value}})
     except ConfigError as exc:
-        return error_page(400, str(exc))
+        return error_page(400, words.config_error(exc))
     r.apply_config(new)
     r.store.audit(g.user["username"], "settings-changed", detail={"camera": {"um_per_pixel": value},
                                                                  "from": "last measured scale"})

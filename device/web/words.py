@@ -44,7 +44,10 @@ DATA_STRINGS = (
     _l("Pixel size, um per pixel (stage micrometer; used when a field has too few red cells)"),
     _l("Focus: widest acceptable cell edge (um)"), _l("Minimum glass brightness (0-255)"),
     _l("Maximum cell brightness (0-255)"), _l("Maximum clipped fraction of cell pixels"),
-    _l("Minimum fraction of the field covered by cells (smear present)"), _l("female"), _l("male"), _l("other"),
+    _l("Minimum fraction of the field covered by cells (smear present)"),
+    _l("Refuse new captures below this free space (MB)"), _l("Web server threads (used at the next restart)"),
+    _l("Preview size, width x height (e.g. 640x480)"),
+    _l("camera restarted"), _l("settings in use"), _l("server settings at the next restart"), _l("female"), _l("male"), _l("other"),
     _l("this sample is finished; its cells can no longer be changed"),
     _l("the model was not confident about this cell: choose its class instead of confirming"),
     _l("give a reason for re-opening the sample"), _l("this sample is not finished"),
@@ -197,3 +200,22 @@ def template_helpers(runtime) -> dict:
             "display": display, "cells_text": cells, "flag_text": flag_text, "level_name": level_name,
             "category_name": category_name, "qc_text": qc_text, "local_time": local_time, "lang": lang(),
             "rtl": lang() in RTL}
+
+
+def config_error(exc) -> str:
+    """A refused setting (device.config.ConfigError) in the page's language: the field as the Settings page
+    labels it (else "[section] key"), then the schema's rule."""
+    from device.settings import EDITABLE
+
+    if not getattr(exc, "template", ""):
+        return str(exc)  # a message without a catalogue entry (a time zone name, a flag rule): shown as is
+    labels = {(s, k): label for s, k, label, _ in EDITABLE}
+
+    def name(key: str) -> str:
+        label = labels.get((exc.section, key))
+        return gettext(label) if label else f"[{exc.section}] {key}"
+
+    params = dict(exc.params)
+    if "other" in params:  # a min/max pair: name the other setting the same way
+        params["other"] = name(params["other"])
+    return f"{name(exc.key)}: {gettext(exc.template, **params)}"
