@@ -39,13 +39,6 @@ class Located:
     stored: np.ndarray | None = None  # the bounded copy of the frame (what the record keeps)
 
 
-def measure_scale(rgb: np.ndarray, s: FieldSettings) -> ScaleEstimate:
-    est = estimate_scale(rgb, s.fallback_um_per_px)
-    if est.source == "red cells" and est.confidence < s.min_scale_confidence:
-        return ScaleEstimate(s.fallback_um_per_px, 0.0, "configured", est.red_cells, est.rbc_diameter_px)
-    return est
-
-
 def locate(rgb: np.ndarray, s: FieldSettings, um_per_px: float | None = None, skip_qc: bool = False) -> Located:
     """Scale, QC and the white cells of a full-resolution field (boxes in its pixels).
     ``um_per_px`` given (a dataset's known pixel size) skips the measurement.
@@ -57,7 +50,7 @@ def locate(rgb: np.ndarray, s: FieldSettings, um_per_px: float | None = None, sk
     if um_per_px:
         scale = given(um_per_px)
     else:
-        est = measure_scale(base, s)
+        est = estimate_scale(base, s.fallback_um_per_px, min_confidence=s.min_scale_confidence)
         if est.source == "red cells":  # measured in the copy's pixels: convert to the frame's
             est = ScaleEstimate(est.um_per_px / f, est.confidence, est.source, est.red_cells,
                                 est.rbc_diameter_px * f)
