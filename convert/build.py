@@ -13,7 +13,7 @@ import numpy as np
 
 from device import labels as vocab
 from device.bundle import FORMAT, Bundle, load_bundle, pack
-from device.classifier import Classifier, ood_scores
+from device.classifier import Classifier
 from device.preprocess import normalize
 from training.config import recipe_from_dict
 from training.evaluate import records_from_manifest
@@ -162,19 +162,28 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     thresholds = {"review": rep_q["review"]["threshold"]}
     if "malignant" in rep_q:
         thresholds["malignant"] = rep_q["malignant"]["validation"]["threshold"]
+        thresholds["malignant_review"] = rep_q["malignant"]["review_threshold"]
     files = {}
     if "embedding" in outputs:
         _, e_tr = run_q(x_tr)
         ood = _ood_stats(e_tr, y_tr, len(names))
-        va_scores = ood_scores(e_va, ood)
-        thresholds["ood"] = float(np.quantile(va_scores, 0.995))
+        # Calibrated per class on validation: a cell is "unfamiliar" when it lies further from the mean of the
+        # class it is called than 99.5 % of that class's validation cells (classes with few validation cells
+        # take the pooled figure), so review goes to cells unusual for their class.
+        d_va = np.einsum("nd,de,ne->n", e_va - ood["means"][y_va], ood["precision"], e_va - ood["means"][y_va])
+        pooled = float(np.quantile(d_va, 0.995))
+        ood["class_threshold"] = np.array([float(np.quantile(d_va[y_va == c], 0.995)) if (y_va == c).sum() >= 30
+                                           else pooled for c in range(len(names))], np.float32)
+        thresholds["ood"] = 1.0
         buf = io.BytesIO()
         np.savez(buf, **ood)
         files["ood.npz"] = buf.getvalue()
     meta["thresholds"] = thresholds
     meta["thresholds_note"] = ("review: lowest top-probability at which validation accuracy on kept cells reaches "
-                               f"{recipe.evaluate.review_accuracy}; ood: 99.5th percentile of validation distances; "
-                               "malignant: chosen on validation for the target sensitivity")
+                               f"{recipe.evaluate.review_accuracy}; ood: 1 = each class's 99.5th percentile of validation distances to its mean; "
+                               "malignant: blast operating point, chosen on validation for the target sensitivity (a cell at or "
+                               "above it counts as a blast); malignant_review: blast probability from which a cell "
+                               "below the operating point goes to review")
     meta["datasets"] = [{"name": s["name"], "licence": s.get("licence"), "citation": s.get("citation"),
                          "split_unit": summary["unit"]} for s in summary["sources"]]
     meta["split"] = {"unit": summary["unit"], "seed": summary["seed"], "counts": summary["counts"],
@@ -201,6 +210,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
         n=rep_q["n"], images=len(part["test"]), bal=rep_q["balanced_accuracy"], f1=rep_q["macro_f1"], fbal=rep_f["balanced_accuracy"],
         ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation)
     meta["model_card"] = card
+    meta.update(card_fields(recipe.task, summary["sources"], summary["unit"], rep_q))
     files["MODEL_CARD.md"] = card.encode()
     files["model.tflite"] = tflite
     files["metadata.json"] = json.dumps(meta, indent=2).encode()
@@ -220,6 +230,36 @@ def _manifest_rows(run_dir: Path):
     return read_manifest(run_dir / "split_manifest.csv")
 
 
+SCREEN_NOT_VALIDATED = (
+    "lymphoblasts (ALL) in peripheral blood from a lab it was not trained on; children's samples; bone marrow "
+    "from other labs; smears photographed through the appliance's own camera and microscope; stains other than "
+    "May-Grunwald-Giemsa; lymphoma cells, myelodysplasia and other atypical cells")
+
+
+def card_fields(task: str, sources: list[dict], unit: str, rep: dict) -> dict:
+    """What the result page and the PDF show beside the blast fraction (the bundle's own words):
+    what the model was trained on, where it was never validated, and its operating point's figures."""
+    from training.datasets import about_of
+
+    split = "split by subject" if unit == "subject" else "split by image (no patient ids: a patient's cells can be on both sides)"
+    parts = [f"{s['name']} ({s.get('about') or about_of(s['name']) or 'no description'})" for s in sources]
+    out = {"trained_on": "; ".join(parts) + f"; {split}"}
+    mal = rep.get("malignant")
+    if task == "screen" and mal:
+        out["not_validated_on"] = SCREEN_NOT_VALIDATED
+        v, t = mal["validation"], mal["test"]
+
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.1f} %"
+
+        out["operating_point"] = (
+            f"a cell counts as a blast when its blast probability is at least {v['threshold']:.3f}, chosen on "
+            f"validation for {pct(mal['target_sensitivity'])} sensitivity; held-out test cells of the training labs: "
+            f"sensitivity {pct(t['sensitivity'])} ({t['tp']} of {t['tp'] + t['fn']} blasts), specificity "
+            f"{pct(t['specificity'])} ({t['tn']} of {t['tn'] + t['fp']} other cells)")
+    return out
+
+
 def _validation_text(task: str) -> str:
     if task == "differential":
         return ("Validated only on held-out images of the same dataset (normal cells from healthy donors, one lab, "
@@ -228,5 +268,9 @@ def _validation_text(task: str) -> str:
                 "and unfamiliar-cell checks and left for review, but that is a safety net, not a detector. Not "
                 "validated on other stains, microscopes or cameras, on bone marrow, or on field crops from the "
                 "appliance's own camera.")
+    if task == "screen":
+        return ("Trained on normal blood cells from two labs and on bone-marrow blasts from one lab (see Trained on). "
+                "Its figures on a lab it never saw are in `cross_lab` (python -m bench.blast_screen). Never validated "
+                "on: " + SCREEN_NOT_VALIDATED + ".")
     return ("Validated only on the held-out split recorded in test_files.csv. Not validated across laboratories, "
             "stains, microscopes or cameras.")

@@ -68,6 +68,13 @@ def default_bundle_path() -> Path:
     return Path(str(resources.files("device").joinpath("assets/models/default.lkb")))
 
 
+def builtin_bundle_paths() -> dict[str, Path]:
+    """The bundles that ship with the appliance, by file stem: ``default`` (the blast screen) and
+    the others (e.g. ``differential``, the 8-class differential), any of which Settings can switch to."""
+    d = default_bundle_path().parent
+    return {p.stem: p for p in sorted(d.glob("*.lkb"))}
+
+
 def pack(files: dict[str, bytes]) -> bytes:
     """Archive members in a fixed order, uncompressed (the TFLite file does not compress well)."""
     buf = io.BytesIO()
@@ -177,7 +184,14 @@ def _read_ood(raw: bytes, n_labels: int, where: str) -> dict[str, np.ndarray]:
         raise BundleError(f"{where}: ood.npz 'precision' has shape {precision.shape}; expected ({d}, {d}) floats")
     if not (np.isfinite(means).all() and np.isfinite(precision).all()):
         raise BundleError(f"{where}: ood.npz holds non-finite numbers")
-    return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
+    out = {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
+    spread = ood.get("class_threshold")
+    if spread is not None:  # per-class calibration: a cell is unusual for the class it is called
+        if spread.shape != (n_labels,) or spread.dtype.kind != "f" or not (np.isfinite(spread).all() and
+                                                                           (spread > 0).all()):
+            raise BundleError(f"{where}: ood.npz 'class_threshold' must be {n_labels} positive finite numbers")
+        out["class_threshold"] = spread.astype(np.float32)
+    return out
 
 
 def _is_number(v) -> bool:
@@ -238,8 +252,11 @@ def _check_metadata(meta, where: str) -> None:
     for key, value in thresholds.items():
         if not _is_number(value):
             bad(f"threshold {key!r} must be a number, not {value!r}")
-    if "review" in thresholds and not 0.0 <= thresholds["review"] <= 1.0:
-        bad("threshold 'review' must be between 0 and 1")
+    for key in ("review", "malignant", "malignant_review"):
+        if key in thresholds and not 0.0 <= thresholds[key] <= 1.0:
+            bad(f"threshold {key!r} must be between 0 and 1")
+    if thresholds.get("malignant_review", 0.0) > thresholds.get("malignant", 1.0):
+        bad("threshold 'malignant_review' must not be above the operating point 'malignant'")
     if "ood" in thresholds and thresholds["ood"] <= 0:
         bad("threshold 'ood' must be positive")
     outputs = meta.get("outputs", {})

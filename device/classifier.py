@@ -37,9 +37,14 @@ def _interpreter_class(only: str | None = None):
     raise RuntimeError(f"no TFLite interpreter installed ({only or 'pip install ai-edge-litert'})")
 
 
-def ood_scores(emb: np.ndarray, ood: dict[str, np.ndarray]) -> np.ndarray:
-    """Squared Mahalanobis distance of each embedding to the nearest class mean
-    (shared covariance): large means unlike any cell type the model was trained on."""
+def ood_scores(emb: np.ndarray, ood: dict[str, np.ndarray], top: np.ndarray | None = None) -> np.ndarray:
+    """How unusual each cell is. With per-class calibration (``class_threshold`` in ood.npz): the squared
+    Mahalanobis distance (shared covariance) to the mean of the class the cell is called (``top``), over that
+    class's own validation 99.5th percentile; above 1 it is unusual for its class. Older bundles: the distance
+    to the nearest class mean (unlike any cell type the model was trained on)."""
+    if "class_threshold" in ood and top is not None:
+        diff = emb - ood["means"][top]
+        return np.einsum("nd,de,ne->n", diff, ood["precision"], diff) / ood["class_threshold"][top]
     diff = emb[:, None, :] - ood["means"][None, :, :]
     return np.einsum("nkd,de,nke->nk", diff, ood["precision"], diff).min(1)
 
@@ -50,7 +55,7 @@ class CellPrediction:
     category: str
     probability: float
     probabilities: dict[str, float]
-    flag: str | None  # None, "low-confidence" or "unfamiliar"
+    flag: str | None  # None, "low-confidence", "unfamiliar" or "possible-blast"
     ood_score: float | None
 
     @property
@@ -151,19 +156,40 @@ class Classifier:
 
     def classify(self, crops: np.ndarray) -> list[CellPrediction]:
         probs, emb = self.raw(crops)
-        scores = None if emb is None or self.bundle.ood is None else ood_scores(emb, self.bundle.ood)
-        t_review = float(self.bundle.thresholds.get("review", 0.0))
-        t_ood = self.bundle.thresholds.get("ood")
+        scores = None if emb is None or self.bundle.ood is None else ood_scores(emb, self.bundle.ood, probs.argmax(1))
+        th = self.bundle.thresholds
         names, cats = self.bundle.labels, self.bundle.categories
+        mal = [i for i, c in enumerate(cats) if c == "malignant"]
         out = []
         for i, p in enumerate(probs):
-            top = int(p.argmax())
-            flag = None
             score = None if scores is None else float(scores[i])
-            if score is not None and t_ood is not None and score > float(t_ood):
-                flag = "unfamiliar"
-            elif float(p[top]) < t_review:
-                flag = "low-confidence"
+            top, flag = decide(p, mal, score, th)
             out.append(CellPrediction(names[top], cats[top], float(p[top]),
                                       {n: float(v) for n, v in zip(names, p)}, flag, score))
         return out
+
+
+def decide(p: np.ndarray, malignant: list[int], ood_score: float | None, thresholds: dict) -> tuple[int, str | None]:
+    """One cell's label index and flag from its probabilities: the screen's operating-point rule.
+
+    - Blast probability (the sum over malignant labels) at or above the bundle's operating point
+      (``thresholds["malignant"]``, chosen on validation for a target sensitivity): the cell counts as
+      a blast, even when a normal class has the top probability, and even if it looks unfamiliar
+      (a screen must not lose a blast to a doubt).
+    - Far from every trained class: "unfamiliar", left for review.
+    - Blast probability between ``thresholds["malignant_review"]`` and the operating point: "possible-blast",
+      left for review (a reviewer decides; it is never counted as normal on the model's word).
+    - Top probability below ``thresholds["review"]``: "low-confidence", left for review.
+    """
+    top = int(p.argmax())
+    t_mal, t_mal_review = thresholds.get("malignant"), thresholds.get("malignant_review")
+    blast = float(p[malignant].sum()) if malignant else 0.0
+    if malignant and t_mal is not None and blast >= float(t_mal):
+        return malignant[int(np.argmax(p[malignant]))], None
+    if ood_score is not None and thresholds.get("ood") is not None and ood_score > float(thresholds["ood"]):
+        return top, "unfamiliar"
+    if malignant and t_mal_review is not None and blast >= float(t_mal_review):
+        return top, "possible-blast"
+    if float(p[top]) < float(thresholds.get("review", 0.0)):
+        return top, "low-confidence"
+    return top, None

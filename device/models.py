@@ -80,7 +80,7 @@ def validated(bundle: Bundle, threads: int = 1) -> Classifier:
             width = None if emb is None else emb.shape[-1]
             raise BundleError(f"{bundle.name}: the model's embedding width {width} does not match ood.npz "
                               f"({bundle.ood['means'].shape[1]})")
-        if not np.isfinite(ood_scores(emb, bundle.ood)).all():
+        if not np.isfinite(ood_scores(emb, bundle.ood, probs.argmax(1))).all():
             raise BundleError(f"{bundle.name}: the unfamiliar-cell check gives non-finite distances")
     try:
         preds = clf.classify(crops[:2])  # the whole path a capture takes: thresholds, flags
@@ -121,6 +121,52 @@ def install(data: bytes, data_dir: Path, threads: int = 1) -> Bundle:
         write_atomic(d / "previous.lkb", current.read_bytes())
     write_atomic(current, data)
     return load_bundle(current)
+
+
+def builtin(data_dir: Path) -> list[tuple[str, Bundle]]:
+    """The bundles shipped with the appliance (stem, bundle), for the Settings page's switch."""
+    from device.bundle import builtin_bundle_paths
+
+    out = []
+    for stem, path in builtin_bundle_paths().items():
+        try:
+            out.append((stem, load_bundle(path)))
+        except BundleError:
+            continue  # a damaged shipped file is reported by `leukoscope model check`, not here
+    return out
+
+
+def bundle_of_sample(data_dir: Path, used: list[dict], in_use: Bundle) -> Bundle | None:
+    """The bundle whose model classified most of a sample's fields (``records.models_of``), found among the
+    bundle in use, the installed ones and the shipped ones, so that the result page and the PDF state the
+    limits of the model that produced the result. The bundle in use when no field was captured; None when
+    that model is no longer on the appliance."""
+    if not used:
+        return in_use
+    sha = max(used, key=lambda u: u["fields"])["sha256"]
+    if not sha or sha == in_use.sha256:
+        return in_use
+    from device.bundle import builtin_bundle_paths
+
+    d = models_dir(data_dir)
+    for path in (d / "current.lkb", d / "previous.lkb", *builtin_bundle_paths().values()):
+        try:
+            b = load_bundle(path) if path.is_file() else None
+        except BundleError:
+            continue
+        if b is not None and b.sha256 == sha:
+            return b
+    return None
+
+
+def install_builtin(stem: str, data_dir: Path, threads: int = 1) -> Bundle:
+    """Make a shipped bundle current, through the same checks as an upload (the old current is kept)."""
+    from device.bundle import builtin_bundle_paths
+
+    path = builtin_bundle_paths().get(stem)
+    if path is None:
+        raise BundleError(f"no shipped model named {stem!r}")
+    return install(path.read_bytes(), data_dir, threads)
 
 
 def rollback(data_dir: Path) -> Bundle:

@@ -38,6 +38,11 @@ class Preprocessing:
     # crop always shows the same area, so cell size is part of what the model sees.
     # 0 = older bundles (box side * cell_context).
     crop_um: float = 0.0
+    # Diameter (micrometres) of the round window the model sees, centred in the crop; outside it
+    # every pixel is one fixed colour. Every source is then framed alike: a dataset whose images
+    # are smaller than the crop cannot show its padding, and the window's edge is the same for a
+    # 40x bone-marrow scan and a 100x blood smear. 0 = the whole square (older bundles).
+    window_um: float = 0.0
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -52,6 +57,8 @@ class Preprocessing:
             raise ValueError("input_size must be within [8, 1024]")
         if self.crop_um and not 5.0 <= self.crop_um <= 200.0:
             raise ValueError("crop_um must be 0 or within [5, 200] micrometres")
+        if self.window_um and not (self.crop_um and 5.0 <= self.window_um <= self.crop_um * 1.5):
+            raise ValueError("window_um needs crop_um and must be within [5, 1.5 x crop_um] micrometres")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,24 +124,42 @@ def enhance(img: np.ndarray) -> np.ndarray:
     return np.clip(med.astype(np.float32) - 0.9 * lap, 0, 255).astype(np.uint8)
 
 
-def lab_stats(img: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)
+WINDOW_FILL = 240  # the colour outside the round window: plain light background
+
+
+def window_mask(size: int, pp: Preprocessing) -> np.ndarray | None:
+    """Boolean (size, size) mask of the round window, or None when the model sees the whole square."""
+    if not pp.window_um:
+        return None
+    r = size * pp.window_um / pp.crop_um / 2.0
+    c = (size - 1) / 2.0
+    yy, xx = np.ogrid[:size, :size]
+    return (yy - c) ** 2 + (xx - c) ** 2 <= r * r
+
+
+def lab_stats(img: np.ndarray, mask: np.ndarray | None = None
+              ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+    lab = (lab[mask] if mask is not None else lab.reshape(-1, 3)).astype(np.float64)
     return tuple(lab.mean(0)), tuple(lab.std(0) + 1e-6)
 
 
-def stain_normalize(img: np.ndarray, reference) -> np.ndarray:
-    """Reinhard: match each Lab channel's mean and spread to the reference."""
+def stain_normalize(img: np.ndarray, reference, mask: np.ndarray | None = None) -> np.ndarray:
+    """Reinhard: match each Lab channel's mean and spread (inside ``mask``) to the reference."""
     ref_mean, ref_std = (np.asarray(v, np.float64) for v in reference)
+    mean, std = (np.asarray(v) for v in lab_stats(img, mask))
     lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float64)
-    mean = lab.reshape(-1, 3).mean(0)
-    std = lab.reshape(-1, 3).std(0) + 1e-6
     lab = (lab - mean) / std * ref_std + ref_mean
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
-def stain_reference(images) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Mean Lab statistics of prepared (resized, not yet normalised) crops: the target of ``stain_normalize``."""
-    stats = [lab_stats(img) for img in images]
+def stain_reference(images, pp: Preprocessing | None = None
+                    ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Mean Lab statistics of prepared (resized, not yet normalised) crops, inside the round
+    window if ``pp`` has one: the target of ``stain_normalize``."""
+    images = list(images)
+    mask = window_mask(images[0].shape[0], pp) if pp is not None and images else None
+    stats = [lab_stats(img, mask) for img in images]
     mean = tuple(float(x) for x in np.mean([m for m, _ in stats], axis=0))
     std = tuple(float(x) for x in np.mean([sd for _, sd in stats], axis=0))
     return mean, std
@@ -156,8 +181,12 @@ def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = Fal
     s = pp.input_size
     img = shrink_to(img, s, s)
     # After resizing: cheaper, and the reference is measured at exactly this stage.
+    mask = window_mask(s, pp) if pp.crop_um else None
     if pp.stain_reference is not None:
-        img = stain_normalize(img, pp.stain_reference)
+        img = stain_normalize(img, pp.stain_reference, mask)
+    if mask is not None:
+        img = img.copy()
+        img[~mask] = WINDOW_FILL
     if pp.color_order == "BGR":
         img = img[..., ::-1]
     return np.ascontiguousarray(img)

@@ -50,9 +50,30 @@ def test_pipeline_short():
     assert r["fields"] == 15 and r["frame_to_commit_median_ms"] > 0 and r["peak_rss_mb"] > 0
 
 
-def test_blast_flag():
-    r = run_bench("bench.blast_flag")
-    assert r["blasts"]["n"] == 22 and r["normal_types"]["n"] == 63
+def test_blast_screen_fast():
+    """The screen's figures on the shipped bundle: every figure with its counts and a Wilson interval that
+    contains it; the AML-LMU set is used whole (22 blasts, 63 normal-type cells)."""
+    r = run_bench("bench.blast_screen", "--fast")
+    assert r["fast"] and 0 < r["review_from"] <= r["operating_point"] < 1
+
+    def check(s, n=None):
+        assert 0 <= s["k"] <= s["n"] and (n is None or s["n"] == n), s
+        assert s["ci95"][0] <= s["value"] <= s["ci95"][1]
+
+    ul = r["unseen_lab"]
+    for key in ("strict_sensitivity", "screening_sensitivity"):
+        check(ul[key], 22)
+    check(ul["specificity"], 63)
+    assert ul["screening_sensitivity"]["k"] >= ul["strict_sensitivity"]["k"]
+    for key in ("sensitivity", "specificity"):
+        check(r["in_lab"][key])
+    assert r["in_lab"]["sensitivity"]["n"] == 20  # 20 blasts in the fast mode
+    assert 0.5 < r["in_lab"]["roc_auc"] <= 1.0
+    assert 0.5 < r["pbc_differential"]["balanced_accuracy"] <= 1.0
+    rows = {row["blast_fraction"]: row for row in r["per_sample"]}
+    assert set(rows) == {0.0, 0.05} and all(row["samples"] == 40 for row in rows.values())
+    assert rows[0.05]["refer"]["k"] >= rows[0.0]["refer"]["k"]  # more blasts never refer less often here
+    assert "not_measured" in r["other_lab_normals"]
 
 
 def test_load_short():

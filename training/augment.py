@@ -53,9 +53,11 @@ def _affine(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
     return out[0]
 
 
-def augment_image(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
-    """uint8 (H, W, 3) -> uint8, the same size. ``seed`` is a shape-(2,) int tensor."""
-    seeds = tf.random.experimental.stateless_split(seed, 9)
+def augment_image(img: tf.Tensor, cfg: AugmentConfig, seed, window=None, fill: float = 0.0) -> tf.Tensor:
+    """uint8 (H, W, 3) -> uint8, the same size. ``seed`` is a shape-(2,) int tensor. ``window``: the
+    bundle's round window (bool H x W); outside it is reset to ``fill`` after the geometry and colour
+    changes, so the model always sees the window the device shows it."""
+    seeds = tf.random.experimental.stateless_split(seed, 12)
     x = tf.cast(img, tf.float32)
     if cfg.flip:
         x = tf.image.stateless_random_flip_left_right(x, seeds[0])
@@ -75,4 +77,16 @@ def augment_image(img: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
         f = tf.random.stateless_uniform((), seeds[6], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
         mean = tf.reduce_mean(x, axis=(0, 1), keepdims=True)
         x = (x - mean) * f + mean
+    if cfg.hue or cfg.saturation:
+        y = tf.clip_by_value(x / 255.0, 0.0, 1.0)
+        if cfg.hue:
+            y = tf.image.stateless_random_hue(y, cfg.hue, seeds[8])
+        if cfg.saturation:
+            y = tf.image.stateless_random_saturation(y, 1.0 - cfg.saturation, 1.0 + cfg.saturation, seeds[9])
+        x = y * 255.0
+    if cfg.grey:
+        g = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
+        x = tf.where(tf.random.stateless_uniform((), seeds[10]) < cfg.grey, g, x)
+    if window is not None:
+        x = tf.where(tf.constant(window)[:, :, None], x, tf.constant(fill, tf.float32))
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)

@@ -70,6 +70,11 @@ class AugmentConfig:
     contrast: float = 0.1
     stain: float = 0.05  # HED channel jitter (scale and shift)
     blur: float = 0.0  # maximum Gaussian blur sigma in pixels: softer optics than the training scanner
+    # Colour style of other labs: hue shift (fraction of the hue circle), saturation (+/- fraction), and
+    # the probability of showing a crop in grey levels only (morphology without colour).
+    hue: float = 0.0
+    saturation: float = 0.0
+    grey: float = 0.0
 
 
 @dataclass
@@ -78,6 +83,9 @@ class EvalConfig:
     # Cells whose top probability is below the threshold are left "uncertain" for review;
     # the threshold is the lowest one at which validation accuracy on kept cells reaches this.
     review_accuracy: float = 0.99
+    # Blast probability from which a cell below the operating point still goes to review: the
+    # validation threshold for this (higher) sensitivity.
+    review_sensitivity: float = 0.995
 
 
 @dataclass

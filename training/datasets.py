@@ -40,6 +40,8 @@ class DatasetInfo:
     um_per_px: float | None = None
     um_per_px_source: str = "measured per image from its red cells"
     kind: str = "cell"
+    # What a clinic should read about the source, in plain words (lab, sample type, imaging).
+    about: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ PBC_INFO = DatasetInfo(
     False,
     # The red-cell ruler (device/scale.py) on 300 random images: median 0.102, p10-p90 0.094-0.113.
     0.102, "red-cell ruler, median over the set (python -m bench.scale)",
+    about="normal peripheral-blood cells of healthy donors, Hospital Clinic of Barcelona (CellaVision DM96, "
+          "100x, May-Grunwald-Giemsa)",
 )
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 
@@ -122,6 +126,7 @@ AML_INFO = DatasetInfo(
     False,
     # The red-cell ruler on the 74 of 160 images with enough red cells: median 0.075, p10-p90 0.068-0.087.
     0.075, "red-cell ruler, median over the set (python -m bench.scale)",
+    about="peripheral-blood cells of AML patients and controls, Munich University Hospital (100x, M8 scanner)",
 )
 # MYB is a myelocyte, not a myeloblast: the blasts are MYO and MOB.
 AML_CLASSES = {
@@ -151,6 +156,8 @@ MLL_INFO = DatasetInfo(
     # median lymphocyte nucleus area matched to PBC's (whose scale the ruler measures) gives 0.088;
     # the same match on AML-LMU gives 0.078 against its ruler's 0.075.
     0.088, "lymphocyte nucleus area matched to PBC's (python -m bench.scale)",
+    about="bone-marrow cells with leukaemic blasts, Munich Leukemia Laboratory (40x oil, Fraunhofer scanner, "
+          "May-Grunwald-Giemsa/Pappenheim)",
 )
 # Blasts are not told apart (myeloid or lymphoid) in this set; promyelocytes are immature, not blasts.
 MLL_CLASSES = {"BLA": "blast", "LYT": "lymphocyte", "MON": "monocyte", "NGS": "neutrophil", "EOS": "eosinophil",
@@ -237,6 +244,12 @@ READERS: dict[str, Callable[..., Dataset]] = {
     "taleqani": read_taleqani,
     "cnmc": read_cnmc,
 }
+
+
+def about_of(name: str) -> str:
+    """The plain-words description of a known source (older run folders did not record it)."""
+    known = {i.name: i.about for i in (PBC_INFO, AML_INFO, MLL_INFO, TALEQANI_INFO, CNMC_INFO)}
+    return known.get(name, "")
 
 
 def read_source(kind: str, path: str | Path, **options) -> Dataset:

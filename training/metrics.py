@@ -116,6 +116,31 @@ def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, target: f
     return float(pos_scores[max(k, 1) - 1])
 
 
+def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> dict:
+    """The blast operating point for a screen, chosen on validation.
+
+    Start from the highest threshold that reaches ``target`` sensitivity; then lower it while the
+    specificity stays the same (down to just above the next negative's score): at equal
+    specificity a screening programme wants the higher sensitivity. Returns the chosen point, the
+    point that only just reaches the target, and the next point down in threshold (one more
+    negative called positive), each with its sensitivity and specificity."""
+    positive = positive.astype(bool)
+    t_target = threshold_for_sensitivity(positive, score, target)
+    neg, pos = score[~positive], score[positive]
+    below = neg[neg < t_target]
+    floor = float(below.max()) if len(below) else -np.inf
+    # the lowest positive score still above every negative that the target point rejects
+    candidates = pos[(pos > floor) & (pos <= t_target)]
+    t_chosen = float(candidates.min()) if len(candidates) else t_target
+    out = {"target_sensitivity": target,
+           "at_target": sensitivity_specificity(positive, score, t_target),
+           "chosen": sensitivity_specificity(positive, score, t_chosen)}
+    if np.isfinite(floor):
+        # the next point: the threshold that also admits the highest rejected negative
+        out["next"] = sensitivity_specificity(positive, score, floor)
+    return out
+
+
 def sensitivity_specificity(positive: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     positive = positive.astype(bool)
     flagged = score >= threshold

@@ -35,11 +35,16 @@ def build_report(class_names: list[str], test_probs: np.ndarray, test_y: np.ndar
         val_pos = np.isin(val_y, malignant_idx)
         test_pos = np.isin(test_y, malignant_idx)
         test_score = malignant_score(test_probs, class_names)
-        t = metrics.threshold_for_sensitivity(val_pos, val_score, cfg.target_sensitivity)
+        op = metrics.operating_point(val_pos, val_score, cfg.target_sensitivity)
+        t = op["chosen"]["threshold"]
+        t_review = min(t, metrics.threshold_for_sensitivity(val_pos, val_score, cfg.review_sensitivity))
         report["malignant"] = {
             "target_sensitivity": cfg.target_sensitivity,
             "chosen_on": "val",
             "validation": metrics.sensitivity_specificity(val_pos, val_score, t),
+            "validation_points": op,
+            "review_threshold": t_review,
+            "review_sensitivity": cfg.review_sensitivity,
             "test": metrics.sensitivity_specificity(test_pos, test_score, t),
             "test_roc_auc": metrics.roc_auc(test_pos, test_score),
         }

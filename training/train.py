@@ -71,7 +71,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
 def source_summaries(data: PreparedData) -> list[dict]:
     return [{"name": d.info.name, "root": str(d.root), "licence": d.info.licence, "citation": d.info.citation,
              "subject_ids": d.info.subject_ids, "kind": d.info.kind, "um_per_px": d.info.um_per_px,
-             "um_per_px_source": d.info.um_per_px_source} for d in data.datasets]
+             "um_per_px_source": d.info.um_per_px_source, "about": d.info.about} for d in data.datasets]
 
 
 def new_run_dir(out_root: Path, recipe: Recipe) -> Path:
@@ -97,7 +97,7 @@ def with_stain_reference(records: list[Record], pp, seed: int, n: int = 400):
     plain = replace(pp, stain_reference=None)
     sample = [records[i] for i in sorted(idx)]
     crops = load_cells(sample, plain, sorted({r.label for r in sample})).x
-    return replace(pp, stain_reference=stain_reference(crops))
+    return replace(pp, stain_reference=stain_reference(crops, pp))
 
 
 def configure_tensorflow(seed: int, threads: int) -> None:
@@ -167,9 +167,13 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     aug = recipe.augment
     bs = recipe.train.batch_size
 
+    from device.preprocess import WINDOW_FILL, window_mask
+
+    window = window_mask(pp.input_size, pp) if pp.crop_um else None
+
     def train_map(seed, item):
         x, y = item
-        x = augment_image(x, aug, seed)
+        x = augment_image(x, aug, seed, window, float(WINDOW_FILL))
         return x, y
 
     def to_model(x, y):

@@ -94,10 +94,15 @@ def sample(sample_id: int):
         highlighted = [c for c in records.report_order(cells)
                        if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
                        or (c["operator_label"] and c["operator_label"] != c["label"])]
+        from device import models
+
+        used = records.models_of(r.store, sample_id)
+        # the limits of the model that produced this result, not of the one in use now
+        limits = words.model_limits(models.bundle_of_sample(r.config.data_dir, used, r.bundle))
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
-                               n_highlighted=len(highlighted), model=r.bundle, limits=words.model_limits(r.bundle),
+                               n_highlighted=len(highlighted), model=r.bundle, limits=limits,
                                result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id),
-                               models_used=records.models_of(r.store, sample_id))
+                               models_used=used)
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
     last_scale = (json.loads(last["qc_json"] or "{}").get("scale") if last else None) or None
@@ -363,7 +368,10 @@ def report_pdf(sample_id: int):
 
     r = rt()
     s = _sample_or_404(sample_id)
-    pdf = sample_pdf(r.store, s, r.config, r.bundle)
+    from device import models
+
+    pdf = sample_pdf(r.store, s, r.config,
+                     models.bundle_of_sample(r.config.data_dir, records.models_of(r.store, s["id"]), r.bundle))
     r.store.audit(g.user["username"], "export-pdf", f"sample:{sample_id}")
     return send_file(io.BytesIO(pdf), mimetype="application/pdf", as_attachment=True,
                      download_name=_download_name(s, "pdf"))
@@ -421,8 +429,16 @@ def settings():
     values = st.form_values(r.config, request.form if error else None)
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
-                           model=r.bundle, problems=r.model_problems, error=error,
+                           model=r.bundle, problems=r.model_problems, error=error, shipped=_shipped(r),
                            measured=r.analyzer.locator.last_measured), 400 if error else 200
+
+
+def _shipped(r) -> list[dict]:
+    from device import models
+
+    return [{"stem": stem, "name": b.name, "version": b.metadata.get("version", ""), "task": b.metadata.get("task", ""),
+             "in_use": b.sha256 == r.bundle.sha256, "has_blasts": "malignant" in b.categories}
+            for stem, b in models.builtin(r.config.data_dir)]
 
 
 @bp.route("/settings/scale", methods=["POST"])
@@ -446,6 +462,23 @@ def keep_scale():
     r.store.audit(g.user["username"], "settings-changed", detail={"camera": {"um_per_pixel": value},
                                                                  "from": "last measured scale"})
     flash(_("Pixel size set to %(um)s um per pixel, as measured.", um=value))
+    return redirect(url_for("views.settings"))
+
+
+@bp.route("/settings/model/builtin", methods=["POST"])
+@admin_required
+def use_builtin_model():
+    from device import models
+
+    r = rt()
+    stem = request.form.get("builtin", "")
+    try:
+        bundle = models.install_builtin(stem, r.config.data_dir, r.config.model.threads)
+    except BundleError as exc:
+        return error_page(400, _("Model refused, the current model stays in use: %(why)s", why=str(exc)))
+    r.store.audit(g.user["username"], "model-installed", detail={"name": bundle.name, "sha256": bundle.sha256,
+                                                                  "shipped": stem})
+    flash(_("Model %(name)s installed; it is used after the appliance restarts.", name=bundle.name))
     return redirect(url_for("views.settings"))
 
 

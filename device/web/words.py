@@ -158,10 +158,13 @@ def model_limits(bundle) -> list[tuple[str, str]]:
     """What the model was trained on, its measured figures, and what it was never validated on, from the bundle's
     model card: structured keys (``trained_on``, ``figures``, ``not_validated_on``) where the card has them,
     else read from the card's text and the measured metrics."""
+    if bundle is None:
+        return [(gettext("Model"), gettext("Its description is not available: the model that classified this "
+                                           "sample is no longer on this appliance."), False)]
     meta = bundle.metadata
     card = meta.get("model_card") if isinstance(meta.get("model_card"), dict) else {}
     found: dict[str, str] = {}
-    for key in ("trained_on", "figures", "not_validated_on"):
+    for key in ("trained_on", "figures", "operating_point", "not_validated_on"):
         value = card.get(key) or meta.get(key)
         if value:
             found[key] = _plain(value)
@@ -182,15 +185,20 @@ def model_limits(bundle) -> list[tuple[str, str]]:
         m = re.search(r"^#+[^\n]*validated[^\n]*\n+(.+?)(?:\n#|\Z)", text, re.S | re.M | re.I)
         if m:
             found["not_validated_on"] = _plain(" ".join(m.group(1).split()))
+    cross = meta.get("cross_lab")
+    if isinstance(cross, dict) and cross.get("text"):
+        found["cross_lab"] = _plain(cross["text"])
     if "malignant" not in bundle.categories:
         found["blasts"] = gettext("This model has no blast class: the blast fraction counts only cells that a "
                                   "reviewer classified as blasts.")
     titles = {"trained_on": gettext("Trained on"), "figures": gettext("Measured"),
+              "operating_point": gettext("Blast operating point"),
+              "cross_lab": gettext("On a laboratory it never saw"),
               "not_validated_on": gettext("Never validated on"), "blasts": gettext("Blasts")}
     # (title, text, written by the bundle: in the card's own language, not translated here)
     ours = {"blasts"} | ({"figures"} if "figures" not in card and "figures" not in meta else set())
-    return [(titles[k], found[k], k not in ours) for k in ("trained_on", "figures", "not_validated_on", "blasts")
-            if k in found]
+    order = ("trained_on", "figures", "operating_point", "cross_lab", "not_validated_on", "blasts")
+    return [(titles[k], found[k], k not in ours) for k in order if k in found]
 
 
 def template_helpers(runtime) -> dict:
