@@ -27,7 +27,7 @@ def frame_cell(path: Path, pp) -> np.ndarray:
     """The cell as the device frames it (its finder, at AML-LMU's pixel size); the whole
     image when the finder finds none."""
     from device.imageio import read_image
-    from device.preprocess import prepare_cell
+    from device.analysis.preprocess import prepare_cell
     from training.data import record_views
     from training.datasets import AML_INFO, Record
 
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, default=AML)
     args = ap.parse_args(argv)
 
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
 
     bundle = load_bundle(args.bundle)
     clf = Classifier(bundle)

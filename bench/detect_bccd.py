@@ -18,7 +18,7 @@ from bench.views import BCCD_ROOT, bccd_fields, magnified, match, resampled
 
 
 def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
-    from device.pipeline import FieldLocator
+    from device.analysis.pipeline import FieldLocator
 
     locator = FieldLocator(settings)  # as on the box: one microscope through the run
     tp = fp = fn = rejected = 0

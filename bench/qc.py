@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--every", type=int, default=1, help="use every N-th field")
     args = ap.parse_args(argv)
-    from device.pipeline import FieldLocator
-    from device.qc import MESSAGES
+    from device.analysis.pipeline import FieldLocator
+    from device.analysis.qc import MESSAGES
 
     fields = bccd_fields(BCCD_ROOT)[:: args.every]
     um = 0.0837  # BCCD's scale by the red-cell ruler (bench.scale): blur sigmas are set in um

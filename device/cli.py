@@ -53,13 +53,13 @@ def _convert(args) -> int:
 
 
 def _bundle(path: str | None):
-    from device.bundle import load_bundle
+    from device.model.bundle import load_bundle
 
     return load_bundle(path)
 
 
 def _model_info(args) -> int:
-    from device.bundle import summary
+    from device.model.bundle import summary
 
     info = summary(_bundle(args.bundle))
     if args.json:
@@ -98,9 +98,9 @@ def _model_test(args) -> int:
 
 
 def _classify(args) -> int:
-    from device.classifier import Classifier
+    from device.model.classifier import Classifier
     from device.imageio import ImageError, read_image
-    from device.preprocess import prepare_cell
+    from device.analysis.preprocess import prepare_cell
 
     bundle = _bundle(args.bundle)
     clf = Classifier(bundle, threads=args.threads)
@@ -136,7 +136,7 @@ def _load_config(path, data_dir: str | None = None):
 def _serve(args) -> int:
     import logging
 
-    from device.serve import serve
+    from device.box.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load_config(args.config, args.data_dir)
@@ -149,8 +149,8 @@ def _serve(args) -> int:
 
 def _analyze(args) -> int:
     from device.imageio import ImageError, read_image
-    from device.models import load_active
-    from device.pipeline import Analyzer
+    from device.model.installed import load_active
+    from device.analysis.pipeline import Analyzer
 
     cfg = _load_config(args.config)
     bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir, cfg.model.threads)
@@ -191,9 +191,9 @@ def _data_dir_of(args) -> Path:
 
 
 def _backup(args) -> int:
-    from device.backup import backup
+    from device.records.backup import backup
 
-    from device.store import DataDirLock
+    from device.records.store import DataDirLock
 
     data_dir = _data_dir_of(args)
     running = DataDirLock.holder(data_dir)
@@ -206,7 +206,7 @@ def _backup(args) -> int:
 
 
 def _restore(args) -> int:
-    from device.backup import restore
+    from device.records.backup import restore
 
     r = restore(Path(args.src), _data_dir_of(args), force=args.force)
     print(f"restored {r['manifest']['counts']['samples']} samples from {args.src}; "
@@ -216,7 +216,7 @@ def _restore(args) -> int:
 
 def _retention(args) -> int:
     from device import records
-    from device.store import Store
+    from device.records.store import Store
 
     cfg = _load_config(args.config, args.data_dir)
     days = args.days if args.days is not None else cfg.storage.retention_days
@@ -229,8 +229,7 @@ def _retention(args) -> int:
 
 
 def _model_install(args) -> int:
-    from device import models
-
+    from device.model import installed as models
     cfg = _load_config(args.config, args.data_dir)
     data = Path(args.bundle_file).read_bytes()
     b = models.install(data, cfg.data_dir, cfg.model.threads)
@@ -240,8 +239,7 @@ def _model_install(args) -> int:
 
 
 def _model_rollback(args) -> int:
-    from device import models
-
+    from device.model import installed as models
     cfg = _load_config(args.config, args.data_dir)
     b = models.rollback(cfg.data_dir)
     print(f"rolled back: {b.name} is the current model again")
@@ -256,7 +254,7 @@ def _config_defaults(args) -> int:
 
 
 def _cameras(args) -> int:
-    from device.camera import picamera2_cameras
+    from device.camera.picam import picamera2_cameras
 
     models, why = picamera2_cameras()
     if args.picamera2:  # for the installer: the sensor names, or exit status 1
@@ -412,11 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _operator_errors() -> tuple[type, ...]:
     """Errors whose message already tells the operator what is wrong and what to do: one line."""
-    from device.backup import BackupError
-    from device.bundle import BundleError
+    from device.records.backup import BackupError
+    from device.model.bundle import BundleError
     from device.config import ConfigError
     from device.imageio import ImageError
-    from device.store import StoreError
+    from device.records.store import StoreError
 
     return ConfigError, BundleError, StoreError, BackupError, ImageError, FileNotFoundError
 

@@ -105,7 +105,7 @@ def serving(tmp_path: Path, **settings):
     import waitress
 
     from device.config import AppConfig
-    from device.runtime import build_runtime
+    from device.box.runtime import build_runtime
     from device.web import create_app
 
     cfg = AppConfig()

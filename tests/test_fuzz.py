@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from device.cells import find_cells
+from device.analysis.cells import find_cells
 from device.imageio import ImageError, decode_image
-from device.preprocess import Preprocessing, crop_box, prepare_cell
-from device.qc import check_field
+from device.analysis.preprocess import Preprocessing, crop_box, prepare_cell
+from device.analysis.qc import check_field
 from tests.conftest import REPO, csrf_of, signed_in
 
 EXAMPLES = int(os.environ.get("LEUKOSCOPE_FUZZ_EXAMPLES", "40"))

@@ -60,7 +60,7 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     from gpiozero.pins.mock import MockFactory
 
     from device import records
-    from device.button import start_button
+    from device.box.button import start_button
 
     base, app, rt, _ = live_app
     s = signed_in(base)

@@ -20,7 +20,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from flask_babel import gettext as _
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from device.store import Store, now
+from device.records.store import Store, now
 
 bp = Blueprint("auth", __name__)
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,40}$")

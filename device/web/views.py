@@ -10,10 +10,10 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, r
                    send_file, url_for)
 from flask_babel import gettext as _
 
-from device import labels as vocab
+from device.model import labels as vocab
 from device import records
-from device.bundle import BundleError
-from device.capture import CaptureError
+from device.model.bundle import BundleError
+from device.box.capture import CaptureError
 from device.web import words
 from device.web.auth import admin_required
 
@@ -359,7 +359,7 @@ def _download_name(s, ext: str) -> str:
 
 @bp.route("/samples/<int:sample_id>/report.pdf")
 def report_pdf(sample_id: int):
-    from device.report import sample_pdf
+    from device.web.report import sample_pdf
 
     r = rt()
     s = _sample_or_404(sample_id)
@@ -371,7 +371,7 @@ def report_pdf(sample_id: int):
 
 @bp.route("/samples/<int:sample_id>/cells.<fmt>")
 def export_cells(sample_id: int, fmt: str):
-    from device.report import cells_csv, cells_json
+    from device.web.report import cells_csv, cells_json
 
     if fmt not in ("csv", "json"):
         abort(404)
@@ -452,8 +452,7 @@ def keep_scale():
 @bp.route("/settings/model", methods=["POST"])
 @admin_required
 def upload_model():
-    from device import models
-
+    from device.model import installed as models
     r = rt()
     f = request.files.get("bundle")
     if f is None or not f.filename:

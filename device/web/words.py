@@ -12,8 +12,8 @@ from flask import g, has_request_context, request
 from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
-from device import labels as vocab
-from device.sample import DISCLAIMER, INSUFFICIENT
+from device.model import labels as vocab
+from device.records.sample import DISCLAIMER, INSUFFICIENT
 
 LANGUAGES = ("en", "fr", "ar")
 RTL = {"ar"}

@@ -5,11 +5,11 @@ import json
 import sqlite3
 import time
 
-from device import labels as vocab
+from device.model import labels as vocab
 from device.imageio import encode_jpeg
-from device.pipeline import FieldAnalysis, stored_copy
-from device.sample import CountedCell, SampleSummary, final_label, needs_decision, summarize
-from device.store import Store, now
+from device.analysis.pipeline import FieldAnalysis, stored_copy
+from device.records.sample import CountedCell, SampleSummary, final_label, needs_decision, summarize
+from device.records.store import Store, now
 
 
 class RecordError(ValueError):
@@ -121,7 +121,7 @@ def cells_of(store: Store, sample_id: int, field_id: int | None = None) -> list[
 
 
 def cell_final(row) -> tuple[str, str]:
-    """The final (label, category) of a stored cell: the one rule of ``device.sample.final_label``."""
+    """The final (label, category) of a stored cell: the one rule of ``device.records.sample.final_label``."""
     return final_label(row["label"], row["flag"], row["operator_label"])
 
 

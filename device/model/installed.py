@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import Bundle, BundleError, default_bundle_path, load_bundle
-from device.classifier import Classifier, ood_scores
+from device.model.bundle import Bundle, BundleError, default_bundle_path, load_bundle
+from device.model.classifier import Classifier, ood_scores
 from device.imageio import write_atomic
 
 log = logging.getLogger("leukoscope.models")
@@ -38,7 +38,7 @@ def trial_crops(bundle: Bundle, n: int = 6) -> np.ndarray:
     from importlib import resources
 
     from device.imageio import read_image
-    from device.preprocess import prepare_cell
+    from device.analysis.preprocess import prepare_cell
 
     s = bundle.preprocessing.input_size
     if "samples.npz" in bundle.files:

@@ -11,7 +11,7 @@ from pathlib import Path
 from fpdf import FPDF
 
 from device import records
-from device.sample import DISCLAIMER
+from device.records.sample import DISCLAIMER
 from device.web import words
 
 CELL_FIELDS = ("cell_id", "field_id", "x1", "y1", "x2", "y2", "model_label", "model_category", "probability", "flag",

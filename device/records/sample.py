@@ -5,8 +5,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from device import labels as vocab
-
+from device.model import labels as vocab
 DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person "
               "reviewing the smear.")
 
