@@ -8,7 +8,7 @@ import time
 from device.model import labels as vocab
 from device.imageio import encode_jpeg
 from device.analysis.pipeline import FieldAnalysis, stored_copy
-from device.records.sample import CountedCell, SampleSummary, final_label, needs_decision, summarize
+from device.records.sample import CountedCell, SampleSummary, category_of, final_label, needs_decision, summarize
 from device.records.store import Store, now
 
 
@@ -157,8 +157,9 @@ def review_groups(cells) -> list[dict]:
         g["left"] += c["operator_label"] is None
     for g in groups.values():
         g["cells"].sort(key=lambda c: (c["operator_label"] is not None, c["probability"]))
-        # "accept all" only where the model was confident: never for undecided uncertain cells
-        g["acceptable"] = g["label"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
+        # "accept all" only where the model was confident: never for undecided uncertain cells (nor for a label
+        # the vocabulary no longer has, which counts as uncertain)
+        g["acceptable"] = g["category"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
     return sorted(groups.values(), key=lambda g: (GROUP_ORDER.index(g["category"]), -len(g["cells"]), g["label"]))
 
 
@@ -166,7 +167,7 @@ def report_order(cells) -> list:
     """The order of the report's gallery: blasts and malignant, reclassified, uncertain, then the rest."""
     def rank(c):
         name, cat = cell_final(c)
-        if cat == "malignant" or c["category"] == "malignant":
+        if cat == "malignant" or category_of(c["label"]) == "malignant":  # the final class or the model's
             return 0
         if c["operator_label"] and c["operator_label"] != c["label"]:
             return 1
@@ -327,3 +328,16 @@ def apply_retention(store: Store, days: int, user: str = "retention") -> list[in
     for sid in old:
         delete_sample(store, sid, user, reason=f"older than the {days}-day retention")
     return old
+
+
+def field_of(store: Store, sample_id: int, field_id: int) -> sqlite3.Row | None:
+    return store.connect().execute("SELECT * FROM fields WHERE id = ? AND sample_id = ?",
+                                   (field_id, sample_id)).fetchone()
+
+
+def cell_of(store: Store, cell_id: int) -> sqlite3.Row | None:
+    return store.connect().execute("SELECT * FROM cells WHERE id = ?", (cell_id,)).fetchone()
+
+
+def recent_audit(store: Store, limit: int = 300) -> list[sqlite3.Row]:
+    return store.connect().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

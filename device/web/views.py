@@ -186,8 +186,7 @@ def upload_field(sample_id: int):
 
 @bp.route("/samples/<int:sample_id>/fields/<int:field_id>.jpg")
 def field_image(sample_id: int, field_id: int):
-    row = rt().store.connect().execute("SELECT image_path FROM fields WHERE id = ? AND sample_id = ?",
-                                       (field_id, sample_id)).fetchone()
+    row = records.field_of(rt().store, sample_id, field_id)
     if row is None:
         abort(404)
     return _send_stored(row["image_path"])
@@ -195,7 +194,7 @@ def field_image(sample_id: int, field_id: int):
 
 @bp.route("/cells/<int:cell_id>.jpg")
 def cell_image(cell_id: int):
-    row = rt().store.connect().execute("SELECT crop_path FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    row = records.cell_of(rt().store, cell_id)
     if row is None:
         abort(404)
     return _send_stored(row["crop_path"])
@@ -270,7 +269,7 @@ def review(sample_id: int):
 def review_cell(cell_id: int):
     r = rt()
     label = request.form.get("label", "")
-    row = r.store.connect().execute("SELECT sample_id, label FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    row = records.cell_of(r.store, cell_id)
     if row is None:
         abort(404)
     confirm = request.form.get("confirm") == "1"
@@ -395,7 +394,7 @@ def delete(sample_id: int):
 @bp.route("/audit")
 @admin_required
 def audit():
-    rows = rt().store.connect().execute("SELECT * FROM audit ORDER BY id DESC LIMIT 300").fetchall()
+    rows = records.recent_audit(rt().store)
     return render_template("audit.html", rows=rows)
 
 
