@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT as DEFAULT_ROOT, iou, load_boxes
+from testkit.bccd import BCCD_ROOT as DEFAULT_ROOT, iou, load_boxes
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT, bccd_fields, magnified, resampled
+from testkit.bccd import BCCD_ROOT, bccd_fields, magnified, resampled
 
 
 def main(argv=None) -> int:

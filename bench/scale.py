@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT, bccd_fields, load_boxes, magnified, resampled
+from testkit.bccd import BCCD_ROOT, bccd_fields, load_boxes, magnified, resampled
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SETS = {"pbc-normal-wbc": ("pbc-normal-wbc", "*/*.jpg"), "aml-cytomorphology-lmu": ("aml-cytomorphology-lmu-subset", "*/*.png"),

@@ -15,8 +15,9 @@ import pytest
 
 from device.model.bundle import load_bundle, pack
 from device.config import AppConfig, load_config
-from bench.server import Appliance
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit.appliance import Appliance
+from testkit import REPO
+from testkit.web import csrf_of, signed_in
 
 UNITS = ["leukoscope.service", "leukoscope-kiosk.service", "leukoscope-retention.service",
          "leukoscope-retention.timer"]

@@ -405,7 +405,7 @@ def test_unusable_picamera2_is_reported_on_the_page_and_in_health(live_app, monk
     """The service keeps running with the reason in /health and on the page; no dead capture thread."""
     import requests
 
-    from tests.conftest import signed_in
+    from testkit.web import signed_in
 
     base, app, rt, tmp_path = live_app
     _broken_picamera2(tmp_path, monkeypatch)

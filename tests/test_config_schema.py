@@ -22,7 +22,7 @@ from device.config import (
     load_config,
 )
 from device.settings import form_values, load_effective, overrides_path
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pytest
 
 from device.model.bundle import BundleError, load_bundle, pack
 from device.model.classifier import Classifier
-from tests.conftest import PBC, REPO
+from testkit import PBC, REPO
 
 pytest.importorskip("tensorflow")
 

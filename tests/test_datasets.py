@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import AML, PBC, SHARED_DATA as SHARED, write_image
+from testkit import AML, PBC, SHARED_DATA as SHARED, write_image
 from training import splits
 from training.datasets import read_aml_lmu, read_cnmc, read_folder, read_pbc, read_source, read_taleqani
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import PBC, REPO
+from testkit import PBC, REPO
 
 tf = pytest.importorskip("tensorflow")
 

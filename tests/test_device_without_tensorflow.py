@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import device
-from tests.conftest import REPO
+from testkit import REPO
 
 BLOCK_TF = r"""
 import importlib.abc, sys

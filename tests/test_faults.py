@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit import REPO
+
+from testkit.web import csrf_of, signed_in
 
 POWER_CUTS = int(os.environ.get("LEUKOSCOPE_POWER_CUTS", "200"))
 

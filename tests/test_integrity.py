@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit import REPO
+
+from testkit.web import csrf_of, signed_in
 
 
 @pytest.fixture
@@ -240,7 +242,7 @@ def _serve(tmp_path, data_dir, port):
 
 
 def test_item6_second_server_and_restore_on_a_running_data_dir_are_refused(tmp_path):
-    from tests.conftest import free_port
+    from testkit import free_port
     from tests.test_serve import wait_health
 
     data = tmp_path / "data"
@@ -351,7 +353,7 @@ def test_item9_disk_full_at_zero_bytes_sign_in_and_settings_still_answer(tmp_pat
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        from tests.conftest import serving
+        from testkit.web import serving
 
         with serving(tmp_path, data_dir=mnt / "data") as (base, app, rt):
             s = signed_in(base)
@@ -559,7 +561,7 @@ def test_item17_150_half_open_connections_do_not_stop_health_or_the_kiosk(tmp_pa
     import socket
     import urllib.request
 
-    from tests.conftest import free_port
+    from testkit import free_port
     from tests.test_serve import wait_health
 
     port = free_port()

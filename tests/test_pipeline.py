@@ -11,7 +11,7 @@ import pytest
 from device.model.bundle import load_bundle
 from device.config import AppConfig
 from device.box.runtime import build_runtime
-from tests.conftest import BCCD, REPO
+from testkit import BCCD, REPO
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_boxes_of_a_large_frame_are_drawn_on_the_frame_size_not_the_stored_copy(
 
     from device import records
     from device.imageio import read_image
-    from tests.conftest import serving
+    from testkit.web import serving
 
     big = cv2.resize(read_image(REPO / "device/assets/fields/BloodImage_00010.jpg"), (4056, 3040),
                      interpolation=cv2.INTER_CUBIC)

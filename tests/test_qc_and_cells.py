@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.detect_bccd import evaluate, views_for
-from bench.views import bccd_fields, magnified, resampled
+from testkit.bccd import evaluate, views_for
+from testkit.bccd import bccd_fields, magnified, resampled
 from device.analysis.cells import CellFinderSettings, find_cells
 from device.imageio import read_image
 from device.analysis.pipeline import FieldSettings, locate

@@ -6,7 +6,7 @@ import pytest
 
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, parse_form, save_overrides
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 
 def test_saved_settings_layer_over_the_config_file(tmp_path):
