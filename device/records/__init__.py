@@ -129,6 +129,11 @@ def cell_undecided(row) -> bool:
     return needs_decision(row["flag"], row["operator_label"])
 
 
+def cell_reclassified(row) -> bool:
+    """A reviewer chose another class than the model's (shown with "model: ..." beside it)."""
+    return bool(row["operator_label"]) and row["operator_label"] != row["label"]
+
+
 def reviewers_of(store: Store, sample_id: int) -> list[str]:
     """Who reviewed the sample's cells, in the order they first did."""
     return [r[0] for r in store.connect().execute(
@@ -169,7 +174,7 @@ def report_order(cells) -> list:
         name, cat = cell_final(c)
         if cat == "malignant" or category_of(c["label"]) == "malignant":  # the final class or the model's
             return 0
-        if c["operator_label"] and c["operator_label"] != c["label"]:
+        if cell_reclassified(c):
             return 1
         if cat == vocab.UNCERTAIN:
             return 2

@@ -189,7 +189,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
             pdf.set_font("noto", "", 6)
             final, _cat = records.cell_final(c)
             text = words.display(final)
-            if c["operator_label"] and c["operator_label"] != c["label"]:
+            if records.cell_reclassified(c):
                 text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
             pdf.multi_cell(size, 3, text, align=pdf.align)
         pdf.set_y(y + size + 11)

@@ -93,7 +93,7 @@ def sample(sample_id: int):
         cells = records.cells_of(r.store, sample_id)
         highlighted = [c for c in records.report_order(cells)
                        if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
-                       or (c["operator_label"] and c["operator_label"] != c["label"])]
+                       or records.cell_reclassified(c)]
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
                                n_highlighted=len(highlighted), model=r.bundle, limits=words.model_limits(r.bundle),
                                result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id),
