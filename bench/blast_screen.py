@@ -58,7 +58,7 @@ class Called:
 
 
 def share(k: int, n: int) -> dict:
-    from device.sample import wilson_interval
+    from device.records.sample import wilson_interval
 
     lo, hi = wilson_interval(int(k), int(n))
     return {"k": int(k), "n": int(n), "value": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
@@ -142,7 +142,7 @@ def pbc_differential(c: Called, bundle) -> dict:
 def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: int) -> list[dict]:
     """Samples of SAMPLE_CELLS cells drawn without replacement from held-out cells; each counted by
     the device's own ``summarize`` and flag rules."""
-    from device.sample import summarize
+    from device.records.sample import summarize
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -168,7 +168,7 @@ def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: i
 
 
 def counted(c: Called, keep) -> list:
-    from device.sample import CountedCell
+    from device.records.sample import CountedCell
 
     return [CountedCell(p.label, p.category, p.flag) for p, lab in zip(c.preds, c.labels) if keep(lab)]
 
@@ -187,9 +187,9 @@ def main(argv=None) -> int:
     per_label = 20 if args.fast else 0
     samples = 40 if args.fast else args.samples
 
-    from device import labels as vocab
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model import labels as vocab
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
     from device.config import AppConfig
     from training.datasets import read_aml_lmu, read_pbc
 
@@ -275,7 +275,7 @@ def card_text(out: dict) -> str:
 def write_card(bundle_path, out: dict, dest: Path) -> Path:
     import json
 
-    from device.bundle import default_bundle_path, load_bundle, pack
+    from device.model.bundle import default_bundle_path, load_bundle, pack
     from device.imageio import write_atomic
 
     src = Path(bundle_path) if bundle_path else default_bundle_path()

@@ -9,42 +9,9 @@ precision at IoU >= 0.5, with QC on (a field QC rejects finds nothing).
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT, bccd_fields, magnified, match, resampled
-
-
-def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
-    from device.pipeline import FieldLocator
-
-    locator = FieldLocator(settings)  # as on the box: one microscope through the run
-    tp = fp = fn = rejected = 0
-    times, scales, misses = [], [], []
-    for v in views:
-        t0 = time.perf_counter()
-        loc = locator.locate(v.image, skip_qc=skip_qc)
-        times.append(time.perf_counter() - t0)
-        rejected += not loc.qc.ok
-        scales.append(loc.scale.um_per_px)
-        k, f, n = match([c.box for c in loc.cells], v.boxes, v.dont_care)
-        tp, fp, fn = tp + k, fp + f, fn + n
-        if f or n:
-            misses.append(v.name)
-    return {"fields": len(views), "wbc": tp + fn, "tp": tp, "fp": fp, "fn": fn, "qc_rejected": rejected,
-            "recall": tp / (tp + fn) if tp + fn else 1.0, "precision": tp / (tp + fp) if tp + fp else 1.0,
-            "um_per_px_median": float(np.median(scales)) if scales else None,
-            "ms_per_field_median": round(1000 * float(np.median(times)), 2), "imperfect": misses}
-
-
-def views_for(magnification: float = 1.0, resolution: float = 1.0, names=None, limit: int = 0):
-    views = bccd_fields(BCCD_ROOT, names)
-    if limit:
-        views = views[:limit]
-    views = magnified(views, magnification)
-    return [resampled(v, resolution) for v in views] if resolution != 1.0 else views
+from testkit.bccd import BCCD_ROOT, evaluate, views_for
 
 
 def main(argv=None) -> int:

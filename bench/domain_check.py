@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT as DEFAULT_ROOT, iou, load_boxes
+from testkit.bccd import BCCD_ROOT as DEFAULT_ROOT, iou, load_boxes
 
 
 def main(argv=None) -> int:
@@ -23,11 +23,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N fields (fast mode)")
     args = ap.parse_args(argv)
 
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
     from device.config import AppConfig
     from device.imageio import read_image
-    from device.pipeline import Analyzer
+    from device.analysis.pipeline import Analyzer
 
     bundle = load_bundle(args.bundle)
     cfg = AppConfig()

@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     import keras
 
     from convert.build import convert_run
-    from device.bundle import Bundle, load_bundle
-    from device.classifier import Classifier
-    from device.preprocess import normalize
+    from device.model.bundle import Bundle, load_bundle
+    from device.model.classifier import Classifier
+    from device.analysis.preprocess import normalize
     from training.data import load_records
     from training.evaluate import records_from_manifest
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.server import Appliance, open_sample
+from testkit.appliance import Appliance, open_sample
 
 # one client's cycle of 20 requests: pages most, captures and exports now and then
 CYCLE = (["page"] * 8 + ["status"] * 7 + ["capture"] * 3 + ["export"] * 2)
@@ -26,7 +26,7 @@ CYCLE = (["page"] * 8 + ["status"] * 7 + ["capture"] * 3 + ["export"] * 2)
 def main(argv=None) -> int:
     import requests
 
-    from tests.conftest import signed_in
+    from testkit.web import signed_in
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=30)

@@ -59,11 +59,11 @@ def main(argv=None) -> int:
     import cv2
 
     from device import records
-    from device.camera import ReplayCamera
+    from device.camera.replay import ReplayCamera
     from device.config import AppConfig
-    from device.models import load_active
-    from device.pipeline import Analyzer
-    from device.store import Store
+    from device.model.installed import load_active
+    from device.analysis.pipeline import Analyzer
+    from device.records.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="leukoscope-pipeline-"))
     ready = [] if args.no_ready else [time_to_ready(tmp, i) for i in range(3)]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import result
-from bench.server import Appliance
+from testkit.appliance import Appliance
 
 def check_records(db: Path, data_dir: Path) -> dict:
     conn = sqlite3.connect(db, timeout=30)
@@ -49,7 +49,7 @@ def field_ids(db: Path) -> set[int]:
 def run(cycles: int, workdir: Path, seed: int = 1, log=print, clients: int = 2) -> dict:
     import requests
 
-    from tests.conftest import csrf_of, signed_in
+    from testkit.web import csrf_of, signed_in
 
     rng = random.Random(seed)
     data_dir = workdir / "data"

@@ -17,15 +17,15 @@ import cv2
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT, bccd_fields, magnified, resampled
+from testkit.bccd import BCCD_ROOT, bccd_fields, magnified, resampled
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--every", type=int, default=1, help="use every N-th field")
     args = ap.parse_args(argv)
-    from device.pipeline import FieldLocator
-    from device.qc import MESSAGES
+    from device.analysis.pipeline import FieldLocator
+    from device.analysis.qc import MESSAGES
 
     fields = bccd_fields(BCCD_ROOT)[:: args.every]
     um = 0.0837  # BCCD's scale by the red-cell ruler (bench.scale): blur sigmas are set in um

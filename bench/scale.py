@@ -1,4 +1,4 @@
-"""The red-cell ruler (device/scale.py), measured.
+"""The red-cell ruler (device/analysis/scale.py), measured.
 
 1. BCCD: each field's estimate against its annotated red cells (median box side of the
    complete, roughly square RBC boxes): the spread of the ratio field to field.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.views import BCCD_ROOT, bccd_fields, load_boxes, magnified, resampled
+from testkit.bccd import BCCD_ROOT, bccd_fields, load_boxes, magnified, resampled
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SETS = {"pbc-normal-wbc": ("pbc-normal-wbc", "*/*.jpg"), "aml-cytomorphology-lmu": ("aml-cytomorphology-lmu-subset", "*/*.png"),
@@ -42,10 +42,10 @@ def main(argv=None) -> int:
     ap.add_argument("--per-set", type=int, default=200)
     ap.add_argument("--fast", action="store_true", help="a few images of each (CI)")
     args = ap.parse_args(argv)
-    from device.cells import central_cell
+    from device.analysis.cells import central_cell
     from device.imageio import read_image
-    from device.pipeline import FieldSettings, locate
-    from device.scale import estimate_scale
+    from device.analysis.pipeline import FieldSettings, locate
+    from device.analysis.scale import estimate_scale
 
     n = 12 if args.fast else args.per_set
     out: dict = {"bench": "scale"}

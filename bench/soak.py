@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 from bench import result
-from bench.server import Appliance, open_sample
+from testkit.appliance import Appliance, open_sample
 
 
 def main(argv=None) -> int:
-    from tests.conftest import signed_in
+    from testkit.web import signed_in
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=10_000)

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench import result
-from bench.server import REPO, Appliance, open_sample
+from testkit.appliance import REPO, Appliance, open_sample
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -36,7 +36,7 @@ def encoded(size: tuple[int, int], fmt: str) -> bytes:
 def main(argv=None) -> int:
     import requests
 
-    from tests.conftest import signed_in
+    from testkit.web import signed_in
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)

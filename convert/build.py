@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device import labels as vocab
-from device.bundle import FORMAT, Bundle, load_bundle, pack
-from device.classifier import Classifier
-from device.preprocess import normalize
+from device.model import labels as vocab
+from device.model.bundle import FORMAT, Bundle, load_bundle, pack
+from device.model.classifier import Classifier
+from device.analysis.preprocess import normalize
 from training.config import recipe_from_dict
 from training.evaluate import records_from_manifest
 from training.report import build_report

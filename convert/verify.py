@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import Bundle
-from device.classifier import Classifier
+from device.model.bundle import Bundle
+from device.model.classifier import Classifier
 from device.imageio import read_image
-from device.preprocess import prepare_cell
+from device.analysis.preprocess import prepare_cell
 from training import metrics
 from training.data import record_views
 from training.datasets import Record

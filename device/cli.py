@@ -1,65 +1,31 @@
 """The ``leukoscope`` command. Sub-commands import their parts lazily, so the
-device commands never pull in TensorFlow."""
+device commands never pull in TensorFlow. The training and conversion commands (train, evaluate, convert,
+model test) are registered by the ``training`` and ``convert`` packages through the ``leukoscope.commands``
+entry points (see ``discover_commands``): ``device`` imports neither."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import tomllib
+from dataclasses import dataclass
+from importlib import import_module, metadata
 from pathlib import Path
 
-
-def _train(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training.config import load_recipe
-    from training.train import train
-
-    recipe = load_recipe(args.config)
-    if args.epochs:
-        recipe.train.epochs = args.epochs
-    train(recipe, out_root=args.out, config_text=Path(args.config).read_text())
-    return 0
-
-
-def _data_roots(items: list[str]) -> dict[str, str]:
-    roots = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--data-root expects NAME=PATH, got {item!r}")
-        roots[name] = path
-    return roots
-
-
-def _evaluate(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training.evaluate import evaluate
-
-    evaluate(args.run_dir, split=args.split, model_path=args.model, data_roots=_data_roots(args.data_root))
-    return 0
-
-
-def _convert(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from convert.build import ParityError, convert_run
-
-    try:
-        convert_run(args.run_dir, out=args.out, variant=args.variant, representative_count=args.representative,
-                    parity_floor=args.parity_floor, name=args.name, version=args.version)
-    except ParityError as exc:
-        print(f"leukoscope convert: {exc}", file=sys.stderr)
-        return 3
-    return 0
+COMMAND_GROUP = "leukoscope.commands"
+log = logging.getLogger("leukoscope.cli")
 
 
 def _bundle(path: str | None):
-    from device.bundle import load_bundle
+    from device.model.bundle import load_bundle
 
     return load_bundle(path)
 
 
 def _model_info(args) -> int:
-    from device.bundle import summary
+    from device.model.bundle import summary
 
     info = summary(_bundle(args.bundle))
     if args.json:
@@ -83,24 +49,10 @@ def _model_info(args) -> int:
     return 0
 
 
-def _model_test(args) -> int:
-    from convert.verify import verify_bundle
-
-    r = verify_bundle(_bundle(args.bundle), _data_roots(args.data_root))
-    if args.json:
-        print(json.dumps(r, indent=2))
-    else:
-        print(f"{r['n']} cells from the recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
-              f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: {r['recorded_balanced_accuracy']:.4f})")
-        if r["files_with_other_content"]:
-            print(f"skipped {len(r['files_with_other_content'])} files whose content differs from the record")
-    return 0
-
-
 def _classify(args) -> int:
-    from device.classifier import Classifier
+    from device.model.classifier import Classifier
     from device.imageio import ImageError, read_image
-    from device.preprocess import prepare_cell
+    from device.analysis.preprocess import prepare_cell
 
     bundle = _bundle(args.bundle)
     clf = Classifier(bundle, threads=args.threads)
@@ -136,7 +88,7 @@ def _load_config(path, data_dir: str | None = None):
 def _serve(args) -> int:
     import logging
 
-    from device.serve import serve
+    from device.box.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load_config(args.config, args.data_dir)
@@ -149,8 +101,8 @@ def _serve(args) -> int:
 
 def _analyze(args) -> int:
     from device.imageio import ImageError, read_image
-    from device.models import load_active
-    from device.pipeline import Analyzer
+    from device.model.installed import load_active
+    from device.analysis.pipeline import Analyzer
 
     cfg = _load_config(args.config)
     bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir, cfg.model.threads)
@@ -191,9 +143,9 @@ def _data_dir_of(args) -> Path:
 
 
 def _backup(args) -> int:
-    from device.backup import backup
+    from device.records.backup import backup
 
-    from device.store import DataDirLock
+    from device.records.store import DataDirLock
 
     data_dir = _data_dir_of(args)
     running = DataDirLock.holder(data_dir)
@@ -206,7 +158,7 @@ def _backup(args) -> int:
 
 
 def _restore(args) -> int:
-    from device.backup import restore
+    from device.records.backup import restore
 
     r = restore(Path(args.src), _data_dir_of(args), force=args.force)
     print(f"restored {r['manifest']['counts']['samples']} samples from {args.src}; "
@@ -216,7 +168,7 @@ def _restore(args) -> int:
 
 def _retention(args) -> int:
     from device import records
-    from device.store import Store
+    from device.records.store import Store
 
     cfg = _load_config(args.config, args.data_dir)
     days = args.days if args.days is not None else cfg.storage.retention_days
@@ -229,8 +181,7 @@ def _retention(args) -> int:
 
 
 def _model_install(args) -> int:
-    from device import models
-
+    from device.model import installed as models
     cfg = _load_config(args.config, args.data_dir)
     data = Path(args.bundle_file).read_bytes()
     b = models.install(data, cfg.data_dir, cfg.model.threads)
@@ -240,8 +191,7 @@ def _model_install(args) -> int:
 
 
 def _model_rollback(args) -> int:
-    from device import models
-
+    from device.model import installed as models
     cfg = _load_config(args.config, args.data_dir)
     b = models.rollback(cfg.data_dir)
     print(f"rolled back: {b.name} is the current model again")
@@ -256,7 +206,7 @@ def _config_defaults(args) -> int:
 
 
 def _cameras(args) -> int:
-    from device.camera import picamera2_cameras
+    from device.camera.picam import picamera2_cameras
 
     models, why = picamera2_cameras()
     if args.picamera2:  # for the installer: the sensor names, or exit status 1
@@ -308,42 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Leukoscope: find, classify and count white blood cells. A screening aid, never a diagnosis."))
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model from a recipe (needs the 'train' extra)")
-    p.add_argument("--config", required=True, help="recipe TOML, e.g. training/configs/pbc-differential.toml")
-    p.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
-    p.add_argument("--epochs", type=int, default=0, help="override the recipe's epoch count")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("evaluate", help="score a trained run's model on one of its splits")
-    p.add_argument("run_dir")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--model", help="a different Keras model file to score on the run's split")
-    p.add_argument("--data-root", action="append", metavar="NAME=PATH",
-                   help="where dataset NAME lives now, if it moved since training")
-    p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser("convert", help="convert a trained run into a TFLite model bundle (needs 'train')")
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="bundle path (default: RUN_DIR/<name>-<variant>.lkb)")
-    p.add_argument("--variant", default="int8", choices=["int8", "float16", "dynamic"])
-    p.add_argument("--representative", type=int, default=300, help="representative images from the training split")
-    p.add_argument("--parity-floor", type=float, default=0.99,
-                   help="refuse the bundle when top-1 agreement with the float model is lower")
-    p.add_argument("--name")
-    p.add_argument("--version")
-    p.set_defaults(func=_convert)
-
     p = sub.add_parser("model", help="model bundles")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("info", help="show a bundle's metadata (default: the bundle the device uses)")
     q.add_argument("--bundle")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_info)
-    q = msub.add_parser("test", help="recompute a bundle's test figures from its recorded test-file list")
-    q.add_argument("--bundle")
-    q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=_model_test)
     q = msub.add_parser("install", help="validate a bundle and make it the current model (the old one is kept)")
     q.add_argument("bundle_file")
     q.add_argument("--config")
@@ -407,23 +327,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8080/")
     p.add_argument("--wait", type=float, default=300)
     p.set_defaults(func=_kiosk)
+
+    commands = Commands(top=sub, model=msub)
+    for name, register in discover_commands():
+        try:
+            register(commands)
+        except Exception:  # noqa: BLE001 - a broken plug-in must not take the device commands with it
+            log.exception("the %s commands could not be registered", name)
     return ap
+
+
+@dataclass
+class Commands:
+    """What a ``leukoscope.commands`` entry point receives: the parsers it may add sub-commands to."""
+    top: argparse._SubParsersAction  # leukoscope <command>
+    model: argparse._SubParsersAction  # leukoscope model <command>
+
+
+def _source_tree_entry_points() -> dict[str, str]:
+    """The group as declared in the pyproject.toml of the source tree ``device`` was imported from, if any:
+    a checkout run with PYTHONPATH, or an editable install whose metadata predates a new entry point."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        data = tomllib.loads(pyproject.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    if data.get("project", {}).get("name") != "leukoscope":
+        return {}
+    return dict(data["project"].get("entry-points", {}).get(COMMAND_GROUP, {}))
+
+
+def _load(value: str):
+    module, _, attr = value.partition(":")
+    obj = import_module(module.strip())
+    for part in attr.strip().split(".") if attr.strip() else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def discover_commands() -> list[tuple[str, object]]:
+    """(name, register) of every ``leukoscope.commands`` entry point: the installed metadata's, plus the source
+    tree's for names the metadata lacks. One that cannot be imported (its package or extra is not installed
+    on this box) is left out with a log line; the device commands never depend on it."""
+    found = {ep.name: ep.value for ep in metadata.entry_points(group=COMMAND_GROUP)}
+    for name, value in _source_tree_entry_points().items():
+        found.setdefault(name, value)
+    out = []
+    for name, value in sorted(found.items()):
+        try:
+            out.append((name, _load(value)))
+        except Exception as exc:  # noqa: BLE001 - e.g. ModuleNotFoundError: training is not installed here
+            log.info("leukoscope.commands %s (%s) unavailable: %s", name, value, exc)
+    return out
 
 
 def _operator_errors() -> tuple[type, ...]:
     """Errors whose message already tells the operator what is wrong and what to do: one line."""
-    from device.backup import BackupError
-    from device.bundle import BundleError
+    from device.records.backup import BackupError
+    from device.model.bundle import BundleError
     from device.config import ConfigError
     from device.imageio import ImageError
-    from device.store import StoreError
+    from device.records.store import StoreError
 
     return ConfigError, BundleError, StoreError, BackupError, ImageError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -31,9 +31,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from device.cells import CellFinderSettings
-from device.qc import QCSettings
-from device.sample import DEFAULT_RULES, FlagRule
+from device.analysis.cells import CellFinderSettings
+from device.analysis.qc import QCSettings
+from device.records.sample import DEFAULT_RULES, FlagRule
 
 
 @dataclass
@@ -117,7 +117,7 @@ class AppConfig:
     gpio: GpioConfig = field(default_factory=GpioConfig)
 
     def field_settings(self):
-        from device.pipeline import FieldSettings
+        from device.analysis.pipeline import FieldSettings
 
         return FieldSettings(self.cells, self.qc, self.camera.um_per_pixel)
 

@@ -1,29 +1,14 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
-PBC = SHARED_DATA / "pbc-normal-wbc"
-AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
-BCCD = SHARED_DATA / "bccd"
+from testkit import PBC, write_image
+from testkit.web import serving
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def write_image(path: Path, seed: int, size: int = 32, fmt: str | None = None) -> Path:
-    """A small, distinct image (seeded noise on a blob) in the format the suffix names."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, format=fmt)
-    return path
 
 
 @pytest.fixture
@@ -87,82 +72,7 @@ def tiny_bundle(tiny_run, tmp_path_factory):
     return convert_run(tiny_run, out=out, representative_count=48, parity_floor=0.9, log=lambda *_: None)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(tmp_path: Path, **settings):
-    """The real app and runtime, served by waitress on 127.0.0.1 in this process:
-    yields (base URL, app, runtime). Replay camera over a copy of the bundled fields."""
-    import shutil
-    import threading
-
-    import waitress
-
-    from device.config import AppConfig
-    from device.runtime import build_runtime
-    from device.web import create_app
-
-    cfg = AppConfig()
-    cfg.storage.data_dir = str(settings.get("data_dir", tmp_path / "data"))
-    shutil.copytree(REPO / "device/assets/fields", tmp_path / "fields")
-    cfg.camera.folder = str(tmp_path / "fields")
-    cfg.sample.target_cells = settings.get("target_cells", 5)
-    cfg.web.clinic_name = settings.get("clinic_name", "Test Clinic Ngong")
-    rt = build_runtime(cfg)
-    app = create_app(rt)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
-    closing = threading.Event()
-
-    def serve():
-        try:
-            server.run()
-        except OSError:
-            if not closing.is_set():  # closing from another thread can wake select() on a closed socket
-                raise
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}", app, rt
-    finally:
-        closing.set()
-        server.close()
-        thread.join(3)  # a daemon thread: an open live-view socket may keep its loop alive a little
-        rt.stop()
-
-
 @pytest.fixture
 def live_app(tmp_path):
     with serving(tmp_path) as (base, app, rt):
         yield base, app, rt, tmp_path
-
-
-def csrf_of(html: str) -> str:
-    import re
-
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert m, "no CSRF token in the page"
-    return m.group(1)
-
-
-def signed_in(base: str, username: str = "admin", password: str = "correct-horse-9", create: bool = True):
-    """A requests session signed in over real HTTP (creating the administrator on first start)."""
-    import requests
-
-    s = requests.Session()
-    r = s.get(base + "/")
-    if create and r.url.endswith("/setup"):
-        r = s.post(base + "/setup", data={"csrf_token": csrf_of(r.text), "username": username,
-                                          "password": password, "confirm": password})
-        assert r.ok, r.text
-        return s
-    r = s.get(base + "/login")
-    r = s.post(base + "/login", data={"csrf_token": csrf_of(r.text), "username": username, "password": password})
-    assert r.ok and "/login" not in r.url, r.text[:500]
-    return s

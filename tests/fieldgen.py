@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.views import BCCD_ROOT, load_boxes
+from testkit.bccd import BCCD_ROOT, load_boxes
 
 PBC_UM = 0.102  # PBC's pixel size (training/datasets.py)
 BCCD_UM = 0.0845

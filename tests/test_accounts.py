@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 
 def _login(base, username, password, session=None, next_=None):

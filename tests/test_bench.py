@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from testkit import REPO
 
 
 def run_bench(*args, timeout=600) -> dict:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from device.bundle import load_bundle, pack
+from device.model.bundle import load_bundle, pack
 from device.config import AppConfig, load_config
-from bench.server import Appliance
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit.appliance import Appliance
+from testkit import REPO
+from testkit.web import csrf_of, signed_in
 
 UNITS = ["leukoscope.service", "leukoscope-kiosk.service", "leukoscope-retention.service",
          "leukoscope-retention.timer"]
@@ -176,7 +177,7 @@ def test_backup_mid_capture_restores_every_record_and_image(tmp_path):
 
 def test_retention_deletes_old_records_with_audit(tmp_path):
     from device import records
-    from device.store import Store
+    from device.records.store import Store
 
     store = Store(tmp_path)
     old = records.create_sample(store, "OLD", "t")

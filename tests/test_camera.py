@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from device.camera import (CameraError, Picamera2Camera, ReplayCamera, SupervisedCamera, bundled_samples_dir,
-                           detect_picamera2, lores_to_rgb)
+from device.camera.base import CameraError
+from device.camera.picam import Picamera2Camera, detect_picamera2, lores_to_rgb
+from device.camera.replay import ReplayCamera, bundled_samples_dir
+from device.camera.supervised import SupervisedCamera
 
 
 def test_replay_cycles_through_the_bundled_fields():
@@ -51,7 +53,8 @@ def test_camera_that_vanishes_and_returns(tmp_path):
 
 
 def test_unknown_backend_and_missing_picamera2():
-    from device.camera import Picamera2Camera, make_camera
+    from device.camera import make_camera
+    from device.camera.picam import Picamera2Camera
 
     with pytest.raises(ValueError, match="unknown camera back-end"):
         make_camera("webcam9000")
@@ -402,7 +405,7 @@ def test_unusable_picamera2_is_reported_on_the_page_and_in_health(live_app, monk
     """The service keeps running with the reason in /health and on the page; no dead capture thread."""
     import requests
 
-    from tests.conftest import signed_in
+    from testkit.web import signed_in
 
     base, app, rt, tmp_path = live_app
     _broken_picamera2(tmp_path, monkeypatch)

@@ -22,7 +22,7 @@ from device.config import (
     load_config,
 )
 from device.settings import form_values, load_effective, overrides_path
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 # ---- the config file: `leukoscope serve --config` exits with one line naming section and key ----------
 
 def _serve_refuses(tmp_path, capsys, monkeypatch, toml: str, *expected: str) -> str:
-    from device import serve as serve_mod
+    from device.box import serve as serve_mod
     from device.cli import main
 
     # a config the schema wrongly let through must not start a real server inside the test run
@@ -157,7 +157,7 @@ def test_commented_defaults_uncommented_load_to_the_defaults(tmp_path):
 def test_the_analysis_settings_import_without_pydantic():
     """cells.py and qc.py are used by the training code too: they must not need the schema's library."""
     code = ("import sys; sys.modules['pydantic'] = None; sys.modules['pydantic_core'] = None\n"
-            "from device.cells import CellFinderSettings; from device.qc import QCSettings\n"
+            "from device.analysis.cells import CellFinderSettings; from device.analysis.qc import QCSettings\n"
             "print(CellFinderSettings().max_cells, QCSettings().min_background)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

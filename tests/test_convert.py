@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from device.bundle import BundleError, load_bundle, pack
-from device.classifier import Classifier
-from tests.conftest import PBC, REPO
+from device.model.bundle import BundleError, load_bundle, pack
+from device.model.classifier import Classifier
+from testkit import PBC, REPO
 
 pytest.importorskip("tensorflow")
 
@@ -43,7 +43,7 @@ def test_int8_bundle_round_trips_with_metadata(tiny_bundle):
 def test_int8_runs_in_litert_and_agrees_with_float(tiny_run, tiny_bundle):
     import keras
 
-    from device.preprocess import normalize
+    from device.analysis.preprocess import normalize
     from training.data import load_records
     from training.evaluate import records_from_manifest
 

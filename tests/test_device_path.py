@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import PBC, REPO
+from testkit import PBC, REPO
 
 tf = pytest.importorskip("tensorflow")
 
@@ -20,11 +20,11 @@ def _pbc_examples():
 
 
 def test_a_training_crop_is_the_crop_analyze_makes_and_gives_the_same_prediction(tiny_bundle):
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.pipeline import Analyzer
-    from device.preprocess import prepare_cell
+    from device.analysis.pipeline import Analyzer
+    from device.analysis.preprocess import prepare_cell
     from training.data import record_views
     from training.datasets import PBC_INFO, Record
 
@@ -61,7 +61,7 @@ def test_a_training_crop_is_the_crop_analyze_makes_and_gives_the_same_prediction
 
 def test_measured_scale_on_pbc_images_is_close_to_the_stated_one():
     from device.imageio import read_image
-    from device.pipeline import FieldSettings, locate
+    from device.analysis.pipeline import FieldSettings, locate
     from training.datasets import PBC_INFO
 
     got = [locate(read_image(p), FieldSettings(), skip_qc=True).scale for p in _pbc_examples()]
@@ -89,10 +89,10 @@ def taleqani_fields(tmp_path_factory):
 
 def test_a_field_dataset_goes_from_train_through_convert_to_analyze(taleqani_fields, tmp_path):
     from convert.build import convert_run
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.pipeline import Analyzer
+    from device.analysis.pipeline import Analyzer
     from training.config import recipe_from_dict
     from training.evaluate import records_from_manifest
     from training.train import train

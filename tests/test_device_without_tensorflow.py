@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import device
-from tests.conftest import REPO
+from testkit import REPO
 
 BLOCK_TF = r"""
 import importlib.abc, sys
@@ -24,7 +24,7 @@ def _device_modules():
 
 def test_every_device_module_imports_without_tensorflow():
     mods = _device_modules()
-    assert "device.preprocess" in mods and "device.cli" in mods
+    assert "device.analysis.preprocess" in mods and "device.cli" in mods
     code = BLOCK_TF + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods) + (
         "assert 'tensorflow' not in sys.modules\nprint('ok', len(sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -41,10 +41,10 @@ def test_the_block_really_blocks():
 
 def test_default_bundle_classifies_a_field_without_tensorflow():
     code = BLOCK_TF + """
-from device.bundle import load_bundle
-from device.classifier import Classifier
+from device.model.bundle import load_bundle
+from device.model.classifier import Classifier
 from device.imageio import read_image
-from device.pipeline import Analyzer
+from device.analysis.pipeline import Analyzer
 b = load_bundle()
 clf = Classifier(b, threads=1)
 res = Analyzer(clf).analyze(read_image('device/assets/fields/BloodImage_00000.jpg'))

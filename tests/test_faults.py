@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit import REPO
+
+from testkit.web import csrf_of, signed_in
 
 POWER_CUTS = int(os.environ.get("LEUKOSCOPE_POWER_CUTS", "200"))
 
@@ -86,9 +88,9 @@ def test_disk_full_refuses_capture_and_damages_nothing(tmp_path):
     import shutil
 
     from device import records
-    from device.capture import CaptureError
+    from device.box.capture import CaptureError
     from device.config import AppConfig
-    from device.runtime import build_runtime
+    from device.box.runtime import build_runtime
 
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -133,7 +135,7 @@ def test_disk_full_refuses_capture_and_damages_nothing(tmp_path):
 
 def test_corrupt_installed_model_falls_back_to_the_last_good_one(tmp_path):
     from device.config import AppConfig
-    from device.runtime import build_runtime
+    from device.box.runtime import build_runtime
 
     models = tmp_path / "data" / "models"
     models.mkdir(parents=True)
@@ -144,7 +146,7 @@ def test_corrupt_installed_model_falls_back_to_the_last_good_one(tmp_path):
     cfg.storage.data_dir = str(tmp_path / "data")
     rt = build_runtime(cfg, start=False)
     try:
-        from device.bundle import load_bundle
+        from device.model.bundle import load_bundle
 
         assert rt.bundle.name == load_bundle().name
         assert rt.bundle.path.name == "previous.lkb"

@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from device.cells import find_cells
+from device.analysis.cells import find_cells
 from device.imageio import ImageError, decode_image
-from device.preprocess import Preprocessing, crop_box, prepare_cell
-from device.qc import check_field
-from tests.conftest import REPO, csrf_of, signed_in
+from device.analysis.preprocess import Preprocessing, crop_box, prepare_cell
+from device.analysis.qc import check_field
+from testkit import REPO
+from testkit.web import csrf_of, signed_in
 
 EXAMPLES = int(os.environ.get("LEUKOSCOPE_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -135,7 +136,7 @@ import pytest  # noqa: E402
 def live_server(tmp_path_factory):
     """One real server for the whole form fuzz (Hypothesis reruns the test body many times)."""
     from device import records
-    from tests.conftest import serving
+    from testkit.web import serving
 
     with serving(tmp_path_factory.mktemp("fuzz")) as (base, app, rt):
         s = signed_in(base)

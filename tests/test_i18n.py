@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 import requests
 
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 STOPWORDS = {"the", "and", "with", "your", "this", "these", "of", "is", "are", "has", "not", "cell", "cells",
              "sample", "samples", "field", "fields", "left", "shown", "target", "reached", "user", "password",

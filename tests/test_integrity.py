@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, csrf_of, signed_in
+from testkit import REPO
+
+from testkit.web import csrf_of, signed_in
 
 
 @pytest.fixture
 def rt(tmp_path):
     from device.config import AppConfig
-    from device.runtime import build_runtime
+    from device.box.runtime import build_runtime
 
     cfg = AppConfig()
     cfg.storage.data_dir = str(tmp_path / "data")
@@ -126,7 +128,7 @@ def test_item1_concurrent_decodes_are_bounded():
 
 def test_item2_abandoned_capture_is_never_saved_later(rt):
     from device import records
-    from device.capture import CaptureError
+    from device.box.capture import CaptureError
 
     sid = records.create_sample(rt.store, "LATE", "t")
     _slow(rt.analyzer, 1.0)
@@ -175,7 +177,7 @@ def test_item3_capture_loop_restarts_after_it_dies(rt):
 
 def test_item4_capture_cannot_land_in_a_sample_finished_meanwhile(rt, monkeypatch):
     from device import records
-    from device.capture import CaptureError
+    from device.box.capture import CaptureError
 
     sid = records.create_sample(rt.store, "RACE", "t")
     real_write, finished = rt.store.write_file, []
@@ -200,8 +202,7 @@ def test_item4_finished_result_matches_its_cells_under_a_racing_capture(rt, monk
     import json
 
     from device import records
-    from device import sample as sample_mod
-
+    from device.records import sample as sample_mod
     sid = records.create_sample(rt.store, "RACE2", "t")
     rt.loop.capture(sid, "t")
     real, raced = sample_mod.summarize, []
@@ -241,7 +242,7 @@ def _serve(tmp_path, data_dir, port):
 
 
 def test_item6_second_server_and_restore_on_a_running_data_dir_are_refused(tmp_path):
-    from tests.conftest import free_port
+    from testkit import free_port
     from tests.test_serve import wait_health
 
     data = tmp_path / "data"
@@ -267,7 +268,7 @@ def test_item6_second_server_and_restore_on_a_running_data_dir_are_refused(tmp_p
 
 
 def test_item6_missing_or_empty_database_beside_images_refuses_to_start(tmp_path):
-    from device.store import Store, StoreDamaged
+    from device.records.store import Store, StoreDamaged
 
     store = Store(tmp_path)
     from device import records
@@ -289,7 +290,7 @@ def test_item6_missing_or_empty_database_beside_images_refuses_to_start(tmp_path
 
 def test_item6_failed_integrity_check_refuses_to_start_with_advice(tmp_path):
     from device import records
-    from device.store import Store
+    from device.records.store import Store
 
     store = Store(tmp_path)
     for i in range(300):
@@ -313,7 +314,7 @@ def test_item6_failed_integrity_check_refuses_to_start_with_advice(tmp_path):
 
 def test_item7_failed_commit_leaves_no_open_transaction(tmp_path):
     from device import records
-    from device.store import Store
+    from device.records.store import Store
 
     store = Store(tmp_path)
     with pytest.raises(sqlite3.IntegrityError):
@@ -352,7 +353,7 @@ def test_item9_disk_full_at_zero_bytes_sign_in_and_settings_still_answer(tmp_pat
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        from tests.conftest import serving
+        from testkit.web import serving
 
         with serving(tmp_path, data_dir=mnt / "data") as (base, app, rt):
             s = signed_in(base)
@@ -411,7 +412,7 @@ def _default_members() -> dict[str, bytes]:
 def _with_meta(change) -> bytes:
     import json
 
-    from device.bundle import pack
+    from device.model.bundle import pack
 
     files = _default_members()
     meta = json.loads(files["metadata.json"])
@@ -438,7 +439,7 @@ def bad_bundles() -> dict[str, tuple[bytes, str]]:
     np.savez(short_ood, means=np.zeros((3, 256), np.float32), precision=np.eye(256, dtype=np.float32))
 
     def with_ood(raw):
-        from device.bundle import pack
+        from device.model.bundle import pack
 
         f = dict(files)
         f["ood.npz"] = raw
@@ -465,8 +466,8 @@ def bad_bundles() -> dict[str, tuple[bytes, str]]:
 
 
 def test_item10_bad_bundles_are_refused_fast_and_the_running_model_stays(live_app, tmp_path):
-    from device.bundle import BundleError
-    from device.models import install
+    from device.model.bundle import BundleError
+    from device.model.installed import install
 
     cases = bad_bundles()
     base, app, rt, _ = live_app
@@ -498,7 +499,7 @@ def records_create(rt, code):
 def test_item10_the_same_rule_at_start_up(tmp_path):
     """A bad bundle placed by hand as current.lkb is refused at start-up; the previous one is used."""
     from device.config import AppConfig
-    from device.runtime import build_runtime
+    from device.box.runtime import build_runtime
 
     models = tmp_path / "data" / "models"
     models.mkdir(parents=True)
@@ -519,8 +520,9 @@ def test_item11_each_field_records_its_model_and_reports_list_every_model(live_a
     import json
     import zipfile
 
-    from device import bundle as bundle_mod
-    from device import models, records
+    from device.model import bundle as bundle_mod
+    from device import records
+    from device.model import installed as models
 
     base, app, rt, _ = live_app
     s = signed_in(base)
@@ -559,7 +561,7 @@ def test_item17_150_half_open_connections_do_not_stop_health_or_the_kiosk(tmp_pa
     import socket
     import urllib.request
 
-    from tests.conftest import free_port
+    from testkit import free_port
     from tests.test_serve import wait_health
 
     port = free_port()

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from device.bundle import load_bundle
+from device.model.bundle import load_bundle
 from device.config import AppConfig
-from device.runtime import build_runtime
-from tests.conftest import BCCD, REPO
+from device.box.runtime import build_runtime
+from testkit import BCCD, REPO
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_capture_reports_a_vanished_camera_and_recovers(runtime, tmp_path):
     import time
 
     from device import records
-    from device.capture import CaptureError
+    from device.box.capture import CaptureError
 
     sid = records.create_sample(runtime.store, "S-002", "tester")
     assert runtime.loop.capture(sid, "tester")["field_id"]
@@ -122,10 +122,10 @@ def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells()
 
     import cv2
 
-    from device.bundle import load_bundle
-    from device.classifier import Classifier
+    from device.model.bundle import load_bundle
+    from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.pipeline import Analyzer
+    from device.analysis.pipeline import Analyzer
 
     img = read_image(REPO / "device/assets/fields/BloodImage_00010.jpg")
     big = cv2.resize(img, (4056, 3040), interpolation=cv2.INTER_CUBIC)
@@ -157,7 +157,7 @@ def test_boxes_of_a_large_frame_are_drawn_on_the_frame_size_not_the_stored_copy(
 
     from device import records
     from device.imageio import read_image
-    from tests.conftest import serving
+    from testkit.web import serving
 
     big = cv2.resize(read_image(REPO / "device/assets/fields/BloodImage_00010.jpg"), (4056, 3040),
                      interpolation=cv2.INTER_CUBIC)

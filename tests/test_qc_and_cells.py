@@ -5,13 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.detect_bccd import evaluate, views_for
-from bench.views import bccd_fields, magnified, resampled
-from device.cells import CellFinderSettings, find_cells
+from testkit.bccd import evaluate, views_for
+from testkit.bccd import bccd_fields, magnified, resampled
+from device.analysis.cells import CellFinderSettings, find_cells
 from device.imageio import read_image
-from device.pipeline import FieldSettings, locate
-from device.qc import MESSAGES, check_field
-from device.scale import estimate_scale
+from device.analysis.pipeline import FieldSettings, locate
+from device.analysis.qc import MESSAGES, check_field
+from device.analysis.scale import estimate_scale
 
 FIELDS = bccd_fields()[::12]  # 31 real fields
 BCCD_UM_PER_PX = 0.0847  # the ruler's median over all 364 fields (bench.scale)

@@ -9,7 +9,7 @@ import re
 import requests
 from pypdf import PdfReader
 
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 
 def _new_sample(s, base, code, **extra):

@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from device.sample import CountedCell, FlagRule, summarize, wilson_interval
-from device.store import MIGRATIONS, Store
+from device.records.sample import CountedCell, FlagRule, summarize, wilson_interval
+from device.records.store import MIGRATIONS, Store
 
 
 def test_wilson_interval_known_values():
@@ -49,7 +49,7 @@ def test_an_empty_or_short_sample_is_insufficient_never_no_flag():
 
 
 def test_one_final_label_rule():
-    from device.sample import final_label
+    from device.records.sample import final_label
 
     assert final_label("platelet", "low-confidence", None) == ("uncertain", "uncertain")
     assert final_label("platelet", "low-confidence", "neutrophil") == ("neutrophil", "normal")
@@ -71,7 +71,7 @@ def test_store_schema_wal_and_foreign_keys(tmp_path):
     conn = store.connect()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    from device.store import MIGRATIONS
+    from device.records.store import MIGRATIONS
 
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     with pytest.raises(sqlite3.IntegrityError):

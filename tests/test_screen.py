@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from device.classifier import Classifier, decide
+from device.model.classifier import Classifier, decide
 
 LABELS = ["basophil", "blast", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 BLAST = [1]
@@ -71,8 +71,8 @@ def test_blast_probability_at_the_operating_point_counts_as_blast_even_when_not_
 def test_the_device_applies_the_bundle_operating_point(tmp_path):
     """The shipped screen bundle through the real LiteRT interpreter: moving only the operating point in the
     bundle's metadata turns the same crop into a blast."""
-    from device.bundle import load_bundle
-    from device.models import trial_crops
+    from device.model.bundle import load_bundle
+    from device.model.installed import trial_crops
 
     bundle = load_bundle()
     assert bundle.metadata["task"] == "screen" and "malignant" in bundle.categories
@@ -94,7 +94,7 @@ def test_the_device_applies_the_bundle_operating_point(tmp_path):
 def test_bundle_refuses_operating_points_out_of_order(tmp_path):
     import json
 
-    from device.bundle import BundleError, default_bundle_path, load_bundle, pack
+    from device.model.bundle import BundleError, default_bundle_path, load_bundle, pack
 
     b = load_bundle()
     for bad in ({"malignant": 1.5}, {"malignant": 0.2, "malignant_review": 0.3}, {"malignant_review": -0.1}):
@@ -109,8 +109,8 @@ def test_bundle_refuses_operating_points_out_of_order(tmp_path):
 def test_both_shipped_bundles_are_offered_and_switchable(tmp_path):
     """Settings lists the screen and the 8-class differential; choosing one installs it through the same checks
     as an upload, keeps the old one for roll-back, and is audited."""
-    from device.bundle import builtin_bundle_paths, load_bundle
-    from device.models import install_builtin, models_dir
+    from device.model.bundle import builtin_bundle_paths, load_bundle
+    from device.model.installed import install_builtin, models_dir
 
     shipped = {stem: load_bundle(p) for stem, p in builtin_bundle_paths().items()}
     assert {"default", "differential"} <= set(shipped)
@@ -122,16 +122,16 @@ def test_both_shipped_bundles_are_offered_and_switchable(tmp_path):
     assert load_bundle(models_dir(tmp_path) / "current.lkb").sha256 == b.sha256
     install_builtin("default", tmp_path)
     assert load_bundle(models_dir(tmp_path) / "previous.lkb").sha256 == b.sha256
-    from device.bundle import BundleError
+    from device.model.bundle import BundleError
 
     with pytest.raises(BundleError, match="no shipped model"):
         install_builtin("../../etc/passwd", tmp_path)
 
 
 def test_settings_page_switches_to_the_differential(live_app):
-    from device.bundle import builtin_bundle_paths, load_bundle
-    from device.models import models_dir
-    from tests.conftest import csrf_of, signed_in
+    from device.model.bundle import builtin_bundle_paths, load_bundle
+    from device.model.installed import models_dir
+    from testkit.web import csrf_of, signed_in
 
     base, app, rt, _ = live_app
     s = signed_in(base)

@@ -7,7 +7,7 @@ import re
 import pytest
 from markupsafe import escape
 
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 XSS = [
     "<script>alert('x')</script>",

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from tests.conftest import REPO, free_port
+from testkit import REPO, free_port
 
 
 def start_server(tmp_path, extra_env=None, config=None):

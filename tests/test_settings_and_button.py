@@ -6,7 +6,7 @@ import pytest
 
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, parse_form, save_overrides
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 
 def test_saved_settings_layer_over_the_config_file(tmp_path):
@@ -60,7 +60,7 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     from gpiozero.pins.mock import MockFactory
 
     from device import records
-    from device.button import start_button
+    from device.box.button import start_button
 
     base, app, rt, _ = live_app
     s = signed_in(base)

@@ -9,7 +9,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from tests.conftest import PBC  # noqa: E402
+from testkit import PBC  # noqa: E402
 from training.config import load_recipe  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from tests.conftest import csrf_of, signed_in
+from testkit.web import csrf_of, signed_in
 
 PUBLIC = {"auth.login", "auth.setup", "static", "health"}
 
@@ -156,7 +156,7 @@ def test_login_redirects_only_within_the_appliance():
 
 
 def test_only_one_first_administrator(tmp_path):
-    from device.store import Store
+    from device.records.store import Store
     from device.web.auth import create_first_admin
 
     store = Store(tmp_path)

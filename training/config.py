@@ -5,9 +5,9 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from device import labels
+from device.model import labels
 from device.config import build_section
-from device.preprocess import Preprocessing
+from device.analysis.preprocess import Preprocessing
 
 # The side of every cell crop, in micrometres: a large blast or monocyte (up to ~20 um)
 # with a margin; PBC's images, cut at 70 % as the first bundles were, show about 28 um.

@@ -1,7 +1,7 @@
 """Load records into arrays through the device's own field path.
 
 Every image reaches the model as it would on the box: the device's finder locates
-its white cells (``device.pipeline.locate``, at the image's physical scale), each
+its white cells (``device.analysis.pipeline.locate``, at the image's physical scale), each
 cell is cut from the image with the bundle's physical framing (``cell_views``) and
 prepared by ``prepare_cell``. A single-cell image gives its central cell; a field
 image (one label for the whole field) gives one crop per white cell found, labelled
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.cells import central_cell
+from device.analysis.cells import central_cell
 from device.imageio import read_image
-from device.pipeline import FieldSettings, cell_views, locate
-from device.preprocess import Preprocessing, prepare_cell
+from device.analysis.pipeline import FieldSettings, cell_views, locate
+from device.analysis.preprocess import Preprocessing, prepare_cell
 from training.datasets import Record
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from device import labels
-
+from device.model import labels
 from device.imageio import IMAGE_SUFFIXES
 
 
@@ -101,7 +100,7 @@ PBC_INFO = DatasetInfo(
     "Acevedo A. et al. (2020), A dataset of microscopic peripheral blood cell images for development of "
     "automatic recognition systems, Data in Brief 30:105474; Mendeley Data doi:10.17632/snkd93bnjr.1",
     False,
-    # The red-cell ruler (device/scale.py) on 300 random images: median 0.102, p10-p90 0.094-0.113.
+    # The red-cell ruler (device/analysis/scale.py) on 300 random images: median 0.102, p10-p90 0.094-0.113.
     0.102, "red-cell ruler, median over the set (python -m bench.scale)",
     about="normal peripheral-blood cells of healthy donors, Hospital Clinic of Barcelona (CellaVision DM96, "
           "100x, May-Grunwald-Giemsa)",

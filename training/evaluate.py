@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device.preprocess import Preprocessing, normalize
+from device.analysis.preprocess import Preprocessing, normalize
 from training import splits
 from training.datasets import Record
 

@@ -1,6 +1,6 @@
 """Model architectures, chosen by name in the recipe.
 
-Every model takes the normalised image (see ``device.preprocess.normalize``)
+Every model takes the normalised image (see ``device.analysis.preprocess.normalize``)
 and ends in a softmax. The layer before the classifier is named "embedding"
 so conversion can expose it for the out-of-distribution check.
 """

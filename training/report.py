@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import labels
+from device.model import labels
 from training import metrics
 from training.config import EvalConfig
 

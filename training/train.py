@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import labels
+from device.model import labels
 from training import splits
 from training.config import Recipe
 from training.datasets import Dataset, Record, read_source
@@ -89,7 +89,7 @@ def with_stain_reference(records: list[Record], pp, seed: int, n: int = 400):
     """Measure the stain reference on a seeded sample of the training split only."""
     from dataclasses import replace
 
-    from device.preprocess import stain_reference
+    from device.analysis.preprocess import stain_reference
     from training.data import load_cells
 
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     from training.metrics import per_image
     from training.models import build_model
     from training.report import build_report, plot_curves, write_report
-    from device.preprocess import normalize
+    from device.analysis.preprocess import normalize
 
     t_start = time.monotonic()
     configure_tensorflow(recipe.seed, recipe.train.threads)
@@ -167,7 +167,7 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     aug = recipe.augment
     bs = recipe.train.batch_size
 
-    from device.preprocess import WINDOW_FILL, window_mask
+    from device.analysis.preprocess import WINDOW_FILL, window_mask
 
     window = window_mask(pp.input_size, pp) if pp.crop_um else None
 

@@ -15,9 +15,9 @@ from flask_babel import Babel
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from device.runtime import Runtime
+from device.box.runtime import Runtime
 from device.web import words
-from device.store import StoreError
+from device.records.store import StoreError
 
 log = logging.getLogger("leukoscope.web")
 

@@ -10,10 +10,10 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, r
                    send_file, url_for)
 from flask_babel import gettext as _
 
-from device import labels as vocab
+from device.model import labels as vocab
 from device import records
-from device.bundle import BundleError
-from device.capture import CaptureError
+from device.model.bundle import BundleError
+from device.box.capture import CaptureError
 from device.web import words
 from device.web.auth import admin_required
 
@@ -93,8 +93,8 @@ def sample(sample_id: int):
         cells = records.cells_of(r.store, sample_id)
         highlighted = [c for c in records.report_order(cells)
                        if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
-                       or (c["operator_label"] and c["operator_label"] != c["label"])]
-        from device import models
+                       or records.cell_reclassified(c)]
+        from device.model import installed as models
 
         used = records.models_of(r.store, sample_id)
         # the limits of the model that produced this result, not of the one in use now
@@ -191,8 +191,7 @@ def upload_field(sample_id: int):
 
 @bp.route("/samples/<int:sample_id>/fields/<int:field_id>.jpg")
 def field_image(sample_id: int, field_id: int):
-    row = rt().store.connect().execute("SELECT image_path FROM fields WHERE id = ? AND sample_id = ?",
-                                       (field_id, sample_id)).fetchone()
+    row = records.field_of(rt().store, sample_id, field_id)
     if row is None:
         abort(404)
     return _send_stored(row["image_path"])
@@ -200,7 +199,7 @@ def field_image(sample_id: int, field_id: int):
 
 @bp.route("/cells/<int:cell_id>.jpg")
 def cell_image(cell_id: int):
-    row = rt().store.connect().execute("SELECT crop_path FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    row = records.cell_of(rt().store, cell_id)
     if row is None:
         abort(404)
     return _send_stored(row["crop_path"])
@@ -275,7 +274,7 @@ def review(sample_id: int):
 def review_cell(cell_id: int):
     r = rt()
     label = request.form.get("label", "")
-    row = r.store.connect().execute("SELECT sample_id, label FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    row = records.cell_of(r.store, cell_id)
     if row is None:
         abort(404)
     confirm = request.form.get("confirm") == "1"
@@ -364,11 +363,11 @@ def _download_name(s, ext: str) -> str:
 
 @bp.route("/samples/<int:sample_id>/report.pdf")
 def report_pdf(sample_id: int):
-    from device.report import sample_pdf
+    from device.web.report import sample_pdf
 
     r = rt()
     s = _sample_or_404(sample_id)
-    from device import models
+    from device.model import installed as models
 
     pdf = sample_pdf(r.store, s, r.config,
                      models.bundle_of_sample(r.config.data_dir, records.models_of(r.store, s["id"]), r.bundle))
@@ -379,7 +378,7 @@ def report_pdf(sample_id: int):
 
 @bp.route("/samples/<int:sample_id>/cells.<fmt>")
 def export_cells(sample_id: int, fmt: str):
-    from device.report import cells_csv, cells_json
+    from device.web.report import cells_csv, cells_json
 
     if fmt not in ("csv", "json"):
         abort(404)
@@ -403,7 +402,7 @@ def delete(sample_id: int):
 @bp.route("/audit")
 @admin_required
 def audit():
-    rows = rt().store.connect().execute("SELECT * FROM audit ORDER BY id DESC LIMIT 300").fetchall()
+    rows = records.recent_audit(rt().store)
     return render_template("audit.html", rows=rows)
 
 
@@ -434,7 +433,7 @@ def settings():
 
 
 def _shipped(r) -> list[dict]:
-    from device import models
+    from device.model import installed as models
 
     return [{"stem": stem, "name": b.name, "version": b.metadata.get("version", ""), "task": b.metadata.get("task", ""),
              "in_use": b.sha256 == r.bundle.sha256, "has_blasts": "malignant" in b.categories}
@@ -468,7 +467,7 @@ def keep_scale():
 @bp.route("/settings/model/builtin", methods=["POST"])
 @admin_required
 def use_builtin_model():
-    from device import models
+    from device.model import installed as models
 
     r = rt()
     stem = request.form.get("builtin", "")
@@ -485,8 +484,7 @@ def use_builtin_model():
 @bp.route("/settings/model", methods=["POST"])
 @admin_required
 def upload_model():
-    from device import models
-
+    from device.model import installed as models
     r = rt()
     f = request.files.get("bundle")
     if f is None or not f.filename:

@@ -12,8 +12,9 @@ from flask import g, has_request_context, request
 from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
-from device import labels as vocab
-from device.sample import DISCLAIMER, INSUFFICIENT
+from device.model import labels as vocab
+from device.records.sample import DISCLAIMER, INSUFFICIENT
+from device.records.sample import category_of as sample_category_of
 
 LANGUAGES = ("en", "fr", "ar")
 RTL = {"ar"}
@@ -75,8 +76,8 @@ def lang() -> str:
     return str(get_locale() or "en").split("_")[0]
 
 
-def category_of(name: str) -> str:
-    return vocab.UNCERTAIN if name == vocab.UNCERTAIN else vocab.category_of(name)
+# The category a label counts in: the one rule (device.records.sample.category_of), for the templates.
+category_of = sample_category_of
 
 
 def display(name: str | None) -> str:
@@ -202,9 +203,11 @@ def model_limits(bundle) -> list[tuple[str, str]]:
 
 
 def template_helpers(runtime) -> dict:
-    from device.records import cell_final
+    from device.records import cell_final, cell_undecided
 
+    # a stored cell's final label and category, and whether it awaits a decision: the one rule, in the templates
     return {"disclaimer": disclaimer(), "final_of": lambda c: cell_final(c)[0], "category_of": category_of,
+            "final_category_of": lambda c: cell_final(c)[1], "undecided_of": cell_undecided,
             "display": display, "cells_text": cells, "flag_text": flag_text, "level_name": level_name,
             "category_name": category_name, "qc_text": qc_text, "local_time": local_time, "lang": lang(),
             "rtl": lang() in RTL}

@@ -5,8 +5,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from device import labels as vocab
-
+from device.model import labels as vocab
 DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person "
               "reviewing the smear.")
 
@@ -38,14 +37,27 @@ DEFAULT_RULES = (
 )
 
 
+def category_of(name: str) -> str:
+    """The category a (final) label counts in: the vocabulary's. "uncertain" for the uncertain label and for a
+    label the vocabulary does not know (stored by a bundle since removed): such a cell keeps its stored name and
+    is counted and flagged as uncertain, never dropped and never an error."""
+    if name == vocab.UNCERTAIN:
+        return vocab.UNCERTAIN
+    try:
+        return vocab.category_of(name)
+    except KeyError:
+        return vocab.UNCERTAIN
+
+
 def final_label(label: str, flag: str | None, operator_label: str | None) -> tuple[str, str]:
-    """The one rule for a cell's final label and category, used by the pages, the PDF, the CSV and the JSON:
-    a reviewer's label wins; otherwise a cell the model flagged is uncertain; otherwise the model's label."""
+    """The one rule for a cell's final label and category, used by the pages, the PDF, the CSV, the JSON and the
+    counts: a reviewer's label wins; otherwise a cell the model flagged is uncertain; otherwise the model's label.
+    The category always comes from ``category_of``."""
     if operator_label:
-        return operator_label, vocab.category_of(operator_label)
+        return operator_label, category_of(operator_label)
     if flag:
         return vocab.UNCERTAIN, vocab.UNCERTAIN
-    return label, vocab.category_of(label)
+    return label, category_of(label)
 
 
 def needs_decision(flag: str | None, operator_label: str | None) -> bool:
@@ -98,8 +110,9 @@ class SampleSummary:
                 out.append({"label": name, "display": "Uncertain (awaiting review)", "category": vocab.UNCERTAIN,
                             "count": n})
             else:
-                lab = vocab.label(name)
-                out.append({"label": name, "display": lab.display, "category": lab.category, "count": n})
+                known = vocab.label(name) if category_of(name) != vocab.UNCERTAIN else None
+                out.append({"label": name, "display": known.display if known else name, "category": category_of(name),
+                            "count": n})
         return out
 
     @property

@@ -149,7 +149,7 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     """``rgb`` scaled by ``factor`` (area averaging when shrinking)."""
     if abs(factor - 1.0) < 1e-3:
         return rgb
-    from device.preprocess import shrink_to
+    from device.analysis.preprocess import shrink_to
 
     h, w = rgb.shape[:2]
     return shrink_to(rgb, max(1, int(round(w * factor))), max(1, int(round(h * factor))))

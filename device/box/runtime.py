@@ -5,14 +5,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from device.bundle import Bundle, BundleError
-from device.camera import SupervisedCamera, make_camera
-from device.capture import CaptureLoop
-from device.classifier import Classifier
+from device.model.bundle import Bundle, BundleError
+from device.camera import make_camera
+from device.camera.supervised import SupervisedCamera
+from device.box.capture import CaptureLoop
+from device.model.classifier import Classifier
 from device.config import AppConfig
-from device.models import load_active, load_validated, models_dir
-from device.pipeline import Analyzer
-from device.store import RepairReport, Store, StoreError
+from device.model.installed import load_active, load_validated, models_dir
+from device.analysis.pipeline import Analyzer
+from device.records.store import RepairReport, Store, StoreError
 
 log = logging.getLogger("leukoscope")
 
@@ -188,7 +189,7 @@ def _build(cfg: AppConfig, store: Store, start: bool) -> Runtime:
         camera.poll()
         loop.start()
         if cfg.gpio.button_pin:
-            from device.button import start_button
+            from device.box.button import start_button
 
             try:
                 runtime.button = start_button(cfg.gpio.button_pin, runtime.press)

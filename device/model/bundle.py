@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device import labels as vocab
-from device.preprocess import Preprocessing
+from device.model import labels as vocab
+from device.analysis.preprocess import Preprocessing
 
 FORMAT = "leukoscope-bundle/1"
 REQUIRED_MEMBERS = ("model.tflite", "metadata.json")
@@ -97,7 +97,7 @@ MAX_UNPACKED_BYTES = 80 * 1024 * 1024
 
 def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bundle:
     """Read and validate a bundle: sizes, structure, metadata schema, labels, checksum, arrays.
-    The model itself is checked by a real interpreter in ``device.models.validated``."""
+    The model itself is checked by a real interpreter in ``device.model.installed.validated``."""
     where = "bundle" if path is None else Path(path).name
     if data is None:
         path = Path(path) if path is not None else default_bundle_path()

@@ -11,7 +11,7 @@ from pathlib import Path
 from fpdf import FPDF
 
 from device import records
-from device.sample import DISCLAIMER
+from device.records.sample import DISCLAIMER
 from device.web import words
 
 CELL_FIELDS = ("cell_id", "field_id", "x1", "y1", "x2", "y2", "model_label", "model_category", "probability", "flag",
@@ -189,7 +189,7 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
             pdf.set_font("noto", "", 6)
             final, _cat = records.cell_final(c)
             text = words.display(final)
-            if c["operator_label"] and c["operator_label"] != c["label"]:
+            if records.cell_reclassified(c):
                 text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
             pdf.multi_cell(size, 3, text, align=pdf.align)
         pdf.set_y(y + size + 11)

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from device.imageio import write_atomic
-from device.store import DataDirLock, Store, now
+from device.records.store import DataDirLock, Store, now
 
 MANIFEST = "leukoscope-backup.json"
 

@@ -17,10 +17,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from device import records
-from device.camera import CameraError, SupervisedCamera
+from device.camera.base import CameraError
+from device.camera.supervised import SupervisedCamera
 from device.imageio import encode_jpeg
-from device.pipeline import Analyzer
-from device.store import StorageFull, Store, StoreError
+from device.analysis.pipeline import Analyzer
+from device.records.store import StorageFull, Store, StoreError
 
 
 log = logging.getLogger("leukoscope.capture")

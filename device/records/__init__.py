@@ -5,11 +5,11 @@ import json
 import sqlite3
 import time
 
-from device import labels as vocab
+from device.model import labels as vocab
 from device.imageio import encode_jpeg
-from device.pipeline import FieldAnalysis, stored_copy
-from device.sample import CountedCell, SampleSummary, final_label, needs_decision, summarize
-from device.store import Store, now
+from device.analysis.pipeline import FieldAnalysis, stored_copy
+from device.records.sample import CountedCell, SampleSummary, category_of, final_label, needs_decision, summarize
+from device.records.store import Store, now
 
 
 class RecordError(ValueError):
@@ -121,12 +121,17 @@ def cells_of(store: Store, sample_id: int, field_id: int | None = None) -> list[
 
 
 def cell_final(row) -> tuple[str, str]:
-    """The final (label, category) of a stored cell: the one rule of ``device.sample.final_label``."""
+    """The final (label, category) of a stored cell: the one rule of ``device.records.sample.final_label``."""
     return final_label(row["label"], row["flag"], row["operator_label"])
 
 
 def cell_undecided(row) -> bool:
     return needs_decision(row["flag"], row["operator_label"])
+
+
+def cell_reclassified(row) -> bool:
+    """A reviewer chose another class than the model's (shown with "model: ..." beside it)."""
+    return bool(row["operator_label"]) and row["operator_label"] != row["label"]
 
 
 def reviewers_of(store: Store, sample_id: int) -> list[str]:
@@ -157,8 +162,9 @@ def review_groups(cells) -> list[dict]:
         g["left"] += c["operator_label"] is None
     for g in groups.values():
         g["cells"].sort(key=lambda c: (c["operator_label"] is not None, c["probability"]))
-        # "accept all" only where the model was confident: never for undecided uncertain cells
-        g["acceptable"] = g["label"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
+        # "accept all" only where the model was confident: never for undecided uncertain cells (nor for a label
+        # the vocabulary no longer has, which counts as uncertain)
+        g["acceptable"] = g["category"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
     return sorted(groups.values(), key=lambda g: (GROUP_ORDER.index(g["category"]), -len(g["cells"]), g["label"]))
 
 
@@ -166,9 +172,9 @@ def report_order(cells) -> list:
     """The order of the report's gallery: blasts and malignant, reclassified, uncertain, then the rest."""
     def rank(c):
         name, cat = cell_final(c)
-        if cat == "malignant" or c["category"] == "malignant":
+        if cat == "malignant" or category_of(c["label"]) == "malignant":  # the final class or the model's
             return 0
-        if c["operator_label"] and c["operator_label"] != c["label"]:
+        if cell_reclassified(c):
             return 1
         if cat == vocab.UNCERTAIN:
             return 2
@@ -327,3 +333,16 @@ def apply_retention(store: Store, days: int, user: str = "retention") -> list[in
     for sid in old:
         delete_sample(store, sid, user, reason=f"older than the {days}-day retention")
     return old
+
+
+def field_of(store: Store, sample_id: int, field_id: int) -> sqlite3.Row | None:
+    return store.connect().execute("SELECT * FROM fields WHERE id = ? AND sample_id = ?",
+                                   (field_id, sample_id)).fetchone()
+
+
+def cell_of(store: Store, cell_id: int) -> sqlite3.Row | None:
+    return store.connect().execute("SELECT * FROM cells WHERE id = ?", (cell_id,)).fetchone()
+
+
+def recent_audit(store: Store, limit: int = 300) -> list[sqlite3.Row]:
+    return store.connect().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

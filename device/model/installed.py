@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import Bundle, BundleError, default_bundle_path, load_bundle
-from device.classifier import Classifier, ood_scores
+from device.model.bundle import Bundle, BundleError, default_bundle_path, load_bundle
+from device.model.classifier import Classifier, ood_scores
 from device.imageio import write_atomic
 
 log = logging.getLogger("leukoscope.models")
@@ -38,7 +38,7 @@ def trial_crops(bundle: Bundle, n: int = 6) -> np.ndarray:
     from importlib import resources
 
     from device.imageio import read_image
-    from device.preprocess import prepare_cell
+    from device.analysis.preprocess import prepare_cell
 
     s = bundle.preprocessing.input_size
     if "samples.npz" in bundle.files:
@@ -125,7 +125,7 @@ def install(data: bytes, data_dir: Path, threads: int = 1) -> Bundle:
 
 def builtin(data_dir: Path) -> list[tuple[str, Bundle]]:
     """The bundles shipped with the appliance (stem, bundle), for the Settings page's switch."""
-    from device.bundle import builtin_bundle_paths
+    from device.model.bundle import builtin_bundle_paths
 
     out = []
     for stem, path in builtin_bundle_paths().items():
@@ -146,7 +146,7 @@ def bundle_of_sample(data_dir: Path, used: list[dict], in_use: Bundle) -> Bundle
     sha = max(used, key=lambda u: u["fields"])["sha256"]
     if not sha or sha == in_use.sha256:
         return in_use
-    from device.bundle import builtin_bundle_paths
+    from device.model.bundle import builtin_bundle_paths
 
     d = models_dir(data_dir)
     for path in (d / "current.lkb", d / "previous.lkb", *builtin_bundle_paths().values()):
@@ -161,7 +161,7 @@ def bundle_of_sample(data_dir: Path, used: list[dict], in_use: Bundle) -> Bundle
 
 def install_builtin(stem: str, data_dir: Path, threads: int = 1) -> Bundle:
     """Make a shipped bundle current, through the same checks as an upload (the old current is kept)."""
-    from device.bundle import builtin_bundle_paths
+    from device.model.bundle import builtin_bundle_paths
 
     path = builtin_bundle_paths().get(stem)
     if path is None:

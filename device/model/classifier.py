@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device import labels as vocab
-from device.bundle import Bundle, BundleError
-from device.preprocess import normalize
+from device.model import labels as vocab
+from device.model.bundle import Bundle, BundleError
+from device.analysis.preprocess import normalize
 
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from device.cells import CellFinderSettings, FoundCell, locate_cells, resample
-from device.classifier import CellPrediction, Classifier
-from device.preprocess import Preprocessing, crop_box, crop_square, prepare_cell, shrink_to
-from device.qc import MESSAGES, QCResult, QCSettings, check_field
-from device.scale import ScaleEstimate, estimate_scale, given
+from device.analysis.cells import CellFinderSettings, FoundCell, locate_cells, resample
+from device.model.classifier import CellPrediction, Classifier
+from device.analysis.preprocess import Preprocessing, crop_box, crop_square, prepare_cell, shrink_to
+from device.analysis.qc import MESSAGES, QCResult, QCSettings, check_field
+from device.analysis.scale import ScaleEstimate, estimate_scale, given
 
 GALLERY_SIZE = 160  # side of the crop kept for review, in pixels
 STORED_SIDE = 1600  # a stored field is at most this long on its longer side (its cells are kept full size)

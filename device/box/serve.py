@@ -5,9 +5,9 @@ import logging
 import signal
 import threading
 
-from device import sdnotify
+from device.box import sdnotify
 from device.config import AppConfig
-from device.runtime import build_runtime
+from device.box.runtime import build_runtime
 
 log = logging.getLogger("leukoscope")
 

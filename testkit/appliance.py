@@ -8,15 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from testkit import REPO, free_port
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Appliance:
@@ -71,7 +64,7 @@ class Appliance:
 
 
 def open_sample(session, base: str, code: str) -> tuple[str, str]:
-    from tests.conftest import csrf_of
+    from testkit.web import csrf_of
 
     page = session.get(base + "/")
     r = session.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": code})

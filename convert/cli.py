@@ -1,0 +1,56 @@
+"""The ``leukoscope convert`` and ``leukoscope model test`` commands, registered by this package (the
+``leukoscope.commands`` entry points in pyproject.toml), so that ``device`` never imports ``convert``."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _convert(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from convert.build import ParityError, convert_run
+
+    try:
+        convert_run(args.run_dir, out=args.out, variant=args.variant, representative_count=args.representative,
+                    parity_floor=args.parity_floor, name=args.name, version=args.version)
+    except ParityError as exc:
+        print(f"leukoscope convert: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _model_test(args) -> int:
+    from convert.verify import verify_bundle
+    from device.model.bundle import load_bundle
+    from training.cli import data_roots
+
+    r = verify_bundle(load_bundle(args.bundle), data_roots(args.data_root))
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['n']} cells from the recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
+              f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: {r['recorded_balanced_accuracy']:.4f})")
+        if r["files_with_other_content"]:
+            print(f"skipped {len(r['files_with_other_content'])} files whose content differs from the record")
+    return 0
+
+
+def register(commands) -> None:
+    """``commands.top``: the ``leukoscope`` sub-command parsers; ``commands.model``: ``leukoscope model``'s."""
+    p = commands.top.add_parser("convert", help="convert a trained run into a TFLite model bundle (needs 'train')")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="bundle path (default: RUN_DIR/<name>-<variant>.lkb)")
+    p.add_argument("--variant", default="int8", choices=["int8", "float16", "dynamic"])
+    p.add_argument("--representative", type=int, default=300, help="representative images from the training split")
+    p.add_argument("--parity-floor", type=float, default=0.99,
+                   help="refuse the bundle when top-1 agreement with the float model is lower")
+    p.add_argument("--name")
+    p.add_argument("--version")
+    p.set_defaults(func=_convert)
+
+    q = commands.model.add_parser("test", help="recompute a bundle's test figures from its recorded test-file list")
+    q.add_argument("--bundle")
+    q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_model_test)

@@ -1,0 +1,1 @@
+"""One field through the analysis: pixel size, quality, the cell finder, crops, the classifier."""

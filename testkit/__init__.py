@@ -1,0 +1,32 @@
+"""Helpers shared by the tests (tests/) and the benches (bench/): the repository's paths, the shared data,
+small real files, HTTP sign-in, an in-process server and a ``leukoscope serve`` process. Neither tests/ nor
+bench/ imports the other for these; this package imports neither."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+PBC = SHARED_DATA / "pbc-normal-wbc"
+AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
+BCCD = SHARED_DATA / "bccd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_image(path: Path, seed: int, size: int = 32, fmt: str | None = None) -> Path:
+    """A small, distinct image (seeded noise on a blob) in the format the suffix names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
