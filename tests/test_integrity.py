@@ -433,8 +433,11 @@ def bad_bundles() -> dict[str, tuple[bytes, str]]:
         with zf.open("extra.bin", "w", force_zip64=True) as fh:  # 200 MB of zeros in a few hundred KB
             for _ in range(200):
                 fh.write(bytes(1024 * 1024))
+    from device.model.bundle import load_bundle
+
+    k = len(load_bundle().labels)  # right rows, wrong width
     wrong_ood = io.BytesIO()
-    np.savez(wrong_ood, means=np.zeros((8, 128), np.float32), precision=np.eye(128, dtype=np.float32))
+    np.savez(wrong_ood, means=np.zeros((k, 128), np.float32), precision=np.eye(128, dtype=np.float32))
     short_ood = io.BytesIO()
     np.savez(short_ood, means=np.zeros((3, 256), np.float32), precision=np.eye(256, dtype=np.float32))
 

@@ -28,7 +28,7 @@ def runtime(tmp_path):
 
 def test_default_bundle_loads_without_tensorflow_code_path():
     b = load_bundle()
-    assert b.metadata["task"] == "differential"
+    assert b.metadata["task"] == "screen" and "malignant" in b.categories
     assert b.metadata["input"]["dtype"] == "int8"
     assert len(b.model_bytes) <= 2 * 1024 * 1024
     assert "CC BY 4.0" in json.dumps(b.metadata["datasets"])
