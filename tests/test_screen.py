@@ -143,3 +143,43 @@ def test_settings_page_switches_to_the_differential(live_app):
     assert current.sha256 == load_bundle(builtin_bundle_paths()["differential"]).sha256
     r = s.post(base + "/settings/model/builtin", data={"csrf_token": csrf_of(page), "builtin": "nothing"})
     assert r.status_code == 400 and "current model stays in use" in r.text
+
+
+def test_round_window_frames_every_source_alike():
+    """Outside the round window every pixel is the same fixed colour, whatever the crop held (a dataset's
+    padding, another cell); stain statistics are measured inside it only; grey mode keeps equal channels."""
+    from device.analysis.preprocess import WINDOW_FILL, Preprocessing, prepare_cell, stain_reference, window_mask
+
+    pp = Preprocessing(input_size=64, crop_um=20.0, window_um=20.0)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:, :20] = (90, 20, 160)  # a purple padding band at the edge: outside the window after resizing
+    mask = window_mask(64, pp)
+    assert mask.sum() == pytest.approx(np.pi * 32 ** 2, rel=0.05) and not mask[0, 0] and mask[32, 32]
+    pa, pb = prepare_cell(a, pp), prepare_cell(b, pp)
+    assert (pa[~mask] == WINDOW_FILL).all() and (pb[~mask] == WINDOW_FILL).all()
+    ref = stain_reference([pa], pp)
+    normed = prepare_cell(a, Preprocessing(input_size=64, crop_um=20.0, window_um=20.0, stain_reference=ref))
+    assert np.abs(normed[mask].astype(int) - pa[mask].astype(int)).mean() < 2.0  # its own reference: unchanged
+    grey = prepare_cell(a, Preprocessing(input_size=64, crop_um=20.0, window_um=20.0, grey=True))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    with pytest.raises(ValueError, match="window_um"):
+        Preprocessing(input_size=64, crop_um=0.0, window_um=20.0)
+
+
+def test_augmentation_keeps_the_device_window():
+    """Zoom, shift, stain, hue and grey changes in training never move or recolour the window's outside."""
+    tf = pytest.importorskip("tensorflow")
+    from device.analysis.preprocess import WINDOW_FILL, Preprocessing, window_mask
+    from training.augment import augment_image
+    from training.config import AugmentConfig
+
+    mask = window_mask(96, Preprocessing(input_size=96, crop_um=20.0, window_um=20.0))
+    img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    cfg = AugmentConfig(zoom=0.25, shift=0.05, stain=0.2, blur=2.0, hue=0.04, saturation=0.3, grey=1.0)
+    out = augment_image(tf.constant(img), cfg, tf.constant([1, 2]), mask, float(WINDOW_FILL)).numpy()
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[~mask] == WINDOW_FILL).all()
+    inside = out[mask].astype(int)
+    assert (inside[:, 0] == inside[:, 1]).all() and inside.std() > 5  # grey=1.0: grey, and not blank

@@ -174,6 +174,8 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     def train_map(seed, item):
         x, y = item
         x = augment_image(x, aug, seed, window, float(WINDOW_FILL))
+        if pp.grey:  # colour jitter must not bring back the colour the device removes
+            x = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
         return x, y
 
     def to_model(x, y):

@@ -43,6 +43,8 @@ class Preprocessing:
     # are smaller than the crop cannot show its padding, and the window's edge is the same for a
     # 40x bone-marrow scan and a 100x blood smear. 0 = the whole square (older bundles).
     window_um: float = 0.0
+    # Grey levels only (the same grey in all three channels): morphology without the stain's colour style.
+    grey: bool = False
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -184,6 +186,8 @@ def prepare_cell(img: np.ndarray, pp: Preprocessing, *, from_dataset: bool = Fal
     mask = window_mask(s, pp) if pp.crop_um else None
     if pp.stain_reference is not None:
         img = stain_normalize(img, pp.stain_reference, mask)
+    if pp.grey:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     if mask is not None:
         img = img.copy()
         img[~mask] = WINDOW_FILL
