@@ -203,7 +203,11 @@ def main(argv=None) -> int:
     out = {"bench": "blast_screen", "bundle": bundle.name, "version": bundle.metadata.get("version"),
            "sha256": bundle.sha256, "fast": args.fast, "unit": "image (one cell each)",
            "operating_point": bundle.thresholds.get("malignant"),
-           "review_from": bundle.thresholds.get("malignant_review")}
+           "review_from": bundle.thresholds.get("malignant_review"),
+           # the validation points the operating point was chosen from (the chosen one, the one that only just
+           # reaches the target, and the next one down in threshold, which costs specificity)
+           "validation_points": (bundle.metadata.get("metrics", {}).get(bundle.metadata["input"].get("quantization"), {})
+                                 .get("malignant", {}).get("validation_points"))}
 
     mll = thin(test_records(bundle, "bone-marrow-mll", None), per_label, args.seed)
     c_mll = cells(mll, bundle, clf, names)
@@ -307,6 +311,10 @@ def report(out: dict) -> None:
     il, ul, pd = out["in_lab"], out["unseen_lab"], out["pbc_differential"]
     print(f"bundle {out['bundle']} {out['version']}; operating point {out['operating_point']}, review from "
           f"{out['review_from']}")
+    for name, pt in (out.get("validation_points") or {}).items():
+        if isinstance(pt, dict):
+            print(f"  validation point {name:>9}: threshold {pt['threshold']:.4f} sensitivity {pt['sensitivity']:.4f} "
+                  f"specificity {pt['specificity']:.4f} (tp {pt['tp']} fn {pt['fn']} tn {pt['tn']} fp {pt['fp']})")
     print(f"in-lab (marrow test split)  sensitivity {_fmt(il['sensitivity'])}  specificity {_fmt(il['specificity'])}  "
           f"ROC-AUC {il['roc_auc']}")
     print(f"unseen lab (AML-LMU)        strict sens {_fmt(ul['strict_sensitivity'])}  screening sens "

@@ -31,8 +31,8 @@ def test_operating_point_keeps_sensitivity_at_equal_specificity():
     assert op["at_target"]["threshold"] == pytest.approx(0.7) and op["at_target"]["sensitivity"] == 0.5
     assert op["chosen"]["threshold"] == pytest.approx(0.45)
     assert op["chosen"]["sensitivity"] == 1.0 and op["chosen"]["specificity"] == 1.0
-    # the next point down costs specificity: reported, not taken
-    assert op["next"]["threshold"] == pytest.approx(0.4) and op["next"]["specificity"] == 0.5
+    # every blast is caught: there is no next point up in sensitivity
+    assert "next" not in op
 
 
 def test_operating_point_stops_at_the_first_negative():
@@ -43,6 +43,9 @@ def test_operating_point_stops_at_the_first_negative():
     op = operating_point(pos, score, target=0.75)  # 3 of 4 positives: threshold 0.7
     assert op["chosen"]["threshold"] == pytest.approx(0.7)  # 0.65 is a negative: lowering further costs specificity
     assert op["chosen"]["tp"] == 3 and op["chosen"]["fp"] == 1
+    # the next point up catches the last blast at the price of one more false positive: reported, not taken
+    assert op["next"]["threshold"] == pytest.approx(0.2)
+    assert op["next"]["sensitivity"] == 1.0 and op["next"]["fp"] == 2
 
 
 def test_blast_probability_at_the_operating_point_counts_as_blast_even_when_not_top():

@@ -122,8 +122,8 @@ def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> d
     Start from the highest threshold that reaches ``target`` sensitivity; then lower it while the
     specificity stays the same (down to just above the next negative's score): at equal
     specificity a screening programme wants the higher sensitivity. Returns the chosen point, the
-    point that only just reaches the target, and the next point down in threshold (one more
-    negative called positive), each with its sensitivity and specificity."""
+    point that only just reaches the target, and the next point up in sensitivity (the threshold
+    that also catches the next blast), each with its sensitivity and specificity."""
     positive = positive.astype(bool)
     t_target = threshold_for_sensitivity(positive, score, target)
     neg, pos = score[~positive], score[positive]
@@ -135,9 +135,10 @@ def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> d
     out = {"target_sensitivity": target,
            "at_target": sensitivity_specificity(positive, score, t_target),
            "chosen": sensitivity_specificity(positive, score, t_chosen)}
-    if np.isfinite(floor):
-        # the next point: the threshold that also admits the highest rejected negative
-        out["next"] = sensitivity_specificity(positive, score, floor)
+    lower = pos[pos < t_chosen]
+    if len(lower):
+        # the next point up in sensitivity: down to the next blast, with the specificity that costs
+        out["next"] = sensitivity_specificity(positive, score, float(lower.max()))
     return out
 
 
