@@ -115,6 +115,11 @@ def test_count_review_finish_result_pdf_reopen(live_app):
                                                      "verified_by": "Dr. Njeri Otieno"})
     assert "Result" in r.text
     result = _text(r.text)
+    # the screen's limits beside the blast fraction: what it was trained on, its operating point's figures, its
+    # figures on a lab it never saw (with counts and intervals), where it was never validated
+    for needle in ("Blast operating point", "On a laboratory it never saw", "AML-LMU", "of 22; 95 % interval",
+                   "bone-marrow-mll", "lymphoblasts (ALL) in peripheral blood", "children"):
+        assert needle in result, needle
     for needle in ("Trained on", "Never validated on", "pbc-normal-wbc", "Reviewed by: admin",
                    "Verified by: Dr. Njeri Otieno", "Blast-like cells present", "Lymphoblast"):
         assert needle in result, needle
@@ -137,7 +142,8 @@ def test_count_review_finish_result_pdf_reopen(live_app):
     pdf = PdfReader(io.BytesIO(s.get(f"{base}/samples/{sid}/report.pdf").content))
     text = " ".join(p.extract_text() for p in pdf.pages)
     flat = " ".join(text.split())
-    for needle in (f"of {total} cells shown", "Reviewed by", "Verified by", "Dr. Njeri Otieno", "Trained on",
+    for needle in ("Blast operating point", "On a laboratory it never saw", "AML-LMU", "of 22; 95 % interval",
+                   f"of {total} cells shown", "Reviewed by", "Verified by", "Dr. Njeri Otieno", "Trained on",
                    "Never validated on", "Lymphoblast", "Blast fraction", "Screening aid only, not a diagnosis"):
         assert needle in flat, needle
     assert " ig " not in flat and "platelet -> platelet" not in flat

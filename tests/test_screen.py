@@ -26,10 +26,10 @@ def test_operating_point_keeps_sensitivity_at_equal_specificity():
     pos = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3])
     op = operating_point(pos, score, target=0.5)
-    # the highest threshold reaching the target is 0.7 (3 of 6); every threshold down to 0.45 has the same
-    # specificity, so the screen takes 0.45 and catches all six
+    # the highest threshold reaching the target is 0.7 (3 of 6); every threshold down to just above 0.4 has the
+    # same specificity, so the screen goes down to half-way between the last blast (0.45) and that negative
     assert op["at_target"]["threshold"] == pytest.approx(0.7) and op["at_target"]["sensitivity"] == 0.5
-    assert op["chosen"]["threshold"] == pytest.approx(0.45)
+    assert op["chosen"]["threshold"] == pytest.approx(0.425)
     assert op["chosen"]["sensitivity"] == 1.0 and op["chosen"]["specificity"] == 1.0
     # every blast is caught: there is no next point up in sensitivity
     assert "next" not in op
@@ -41,7 +41,7 @@ def test_operating_point_stops_at_the_first_negative():
     pos = np.array([1, 1, 0, 1, 0, 1], bool)
     score = np.array([0.9, 0.8, 0.75, 0.7, 0.65, 0.2])
     op = operating_point(pos, score, target=0.75)  # 3 of 4 positives: threshold 0.7
-    assert op["chosen"]["threshold"] == pytest.approx(0.7)  # 0.65 is a negative: lowering further costs specificity
+    assert op["chosen"]["threshold"] == pytest.approx(0.675)  # 0.65 is a negative: not below it
     assert op["chosen"]["tp"] == 3 and op["chosen"]["fp"] == 1
     # the next point up catches the last blast at the price of one more false positive: reported, not taken
     assert op["next"]["threshold"] == pytest.approx(0.2)
@@ -67,6 +67,12 @@ def test_blast_probability_at_the_operating_point_counts_as_blast_even_when_not_
     # a low top probability without blast suspicion
     assert decide(probs(lymphocyte=0.5, monocyte=0.45, blast=0.05), BLAST, None, th) == \
         (LABELS.index("lymphocyte"), "low-confidence")
+    # a blast on top but below the operating point is not counted as one: it goes to review
+    assert decide(probs(blast=0.09, lymphocyte=0.05, monocyte=0.04, neutrophil=0.04, eosinophil=0.04, basophil=0.04,
+                        ig=0.04, platelet=0.04, erythroblast=0.04), BLAST, None, {"malignant": 0.5})[1] == "possible-blast"
+    # a broken output or distance is never a confident call
+    assert decide(np.full(len(LABELS), np.nan), BLAST, None, th)[1] == "low-confidence"
+    assert decide(probs(lymphocyte=0.95, blast=0.05), BLAST, float("nan"), {**th, "ood": 10.0})[1] == "unfamiliar"
     # a bundle without an operating point (the differential): only the top label and review rules
     assert decide(probs(lymphocyte=0.6, blast=0.4), BLAST, None, {"review": 0.5}) == (LABELS.index("lymphocyte"), None)
 

@@ -125,6 +125,8 @@ def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> d
     point that only just reaches the target, and the next point up in sensitivity (the threshold
     that also catches the next blast), each with its sensitivity and specificity."""
     positive = positive.astype(bool)
+    keep = np.isfinite(score)
+    positive, score = positive[keep], score[keep]
     t_target = threshold_for_sensitivity(positive, score, target)
     neg, pos = score[~positive], score[positive]
     below = neg[neg < t_target]
@@ -132,6 +134,8 @@ def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> d
     # the lowest positive score still above every negative that the target point rejects
     candidates = pos[(pos > floor) & (pos <= t_target)]
     t_chosen = float(candidates.min()) if len(candidates) else t_target
+    if np.isfinite(floor):  # half-way to the rejected negative: a margin for blasts just below the last one seen
+        t_chosen = (floor + t_chosen) / 2.0
     out = {"target_sensitivity": target,
            "at_target": sensitivity_specificity(positive, score, t_target),
            "chosen": sensitivity_specificity(positive, score, t_chosen)}

@@ -30,6 +30,10 @@ def build_report(class_names: list[str], test_probs: np.ndarray, test_y: np.ndar
     }
     report["reliability"] = metrics.reliability(test_probs, test_y)
     val_score = malignant_score(val_probs, class_names)
+    if val_score is not None and not np.isin(val_y, [i for i, c in enumerate(class_names)
+                                                    if labels.category_of(c) == "malignant"]).any():
+        report["malignant_note"] = "no malignant cell in the validation split: no operating point chosen"
+        val_score = None
     if val_score is not None:
         malignant_idx = [i for i, c in enumerate(class_names) if labels.category_of(c) == "malignant"]
         val_pos = np.isin(val_y, malignant_idx)

@@ -259,6 +259,8 @@ def _check_metadata(meta, where: str) -> None:
         bad("threshold 'malignant_review' must not be above the operating point 'malignant'")
     if "ood" in thresholds and thresholds["ood"] <= 0:
         bad("threshold 'ood' must be positive")
+    if "ood" in thresholds and meta.get("ood_calibration") == "per-class" and not 0.5 <= thresholds["ood"] <= 2.0:
+        bad("threshold 'ood' of a per-class calibration is a ratio near 1")
     outputs = meta.get("outputs", {})
     if not isinstance(outputs, dict) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
                                                 for v in outputs.values()):

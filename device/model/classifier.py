@@ -181,14 +181,19 @@ def decide(p: np.ndarray, malignant: list[int], ood_score: float | None, thresho
       left for review (a reviewer decides; it is never counted as normal on the model's word).
     - Top probability below ``thresholds["review"]``: "low-confidence", left for review.
     """
+    if not np.isfinite(p).all():  # a broken output is never a confident call
+        return int(np.nan_to_num(p, nan=-1.0).argmax()), "low-confidence"
     top = int(p.argmax())
     t_mal, t_mal_review = thresholds.get("malignant"), thresholds.get("malignant_review")
     blast = float(p[malignant].sum()) if malignant else 0.0
     if malignant and t_mal is not None and blast >= float(t_mal):
         return malignant[int(np.argmax(p[malignant]))], None
-    if ood_score is not None and thresholds.get("ood") is not None and ood_score > float(thresholds["ood"]):
-        return top, "unfamiliar"
+    if ood_score is not None and thresholds.get("ood") is not None and not ood_score <= float(thresholds["ood"]):
+        return top, "unfamiliar"  # (a non-finite distance is unfamiliar too)
     if malignant and t_mal_review is not None and blast >= float(t_mal_review):
+        return top, "possible-blast"
+    if malignant and t_mal is not None and top in malignant:
+        # a blast on top but below the operating point: the figures count only the point's blasts
         return top, "possible-blast"
     if float(p[top]) < float(thresholds.get("review", 0.0)):
         return top, "low-confidence"

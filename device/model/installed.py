@@ -144,7 +144,9 @@ def bundle_of_sample(data_dir: Path, used: list[dict], in_use: Bundle) -> Bundle
     if not used:
         return in_use
     sha = max(used, key=lambda u: u["fields"])["sha256"]
-    if not sha or sha == in_use.sha256:
+    if not sha:
+        return None  # not recorded: never show another model's limits in its place
+    if sha == in_use.sha256:
         return in_use
     from device.model.bundle import builtin_bundle_paths
 
