@@ -228,6 +228,8 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     expect(page.locator("body")).to_contain_text("95 % interval")
     expect(page.locator("#model-limits")).to_contain_text("Never validated on")
     expect(page.locator("#model-limits")).to_contain_text("Trained on")
+    expect(page.locator("#model-limits")).to_contain_text("Blast operating point")
+    expect(page.locator("#model-limits")).to_contain_text("AML-LMU")
     expect(page.locator("body")).to_contain_text("Verified by: Dr. Njeri Otieno")
     above_fold(page, "#export-pdf")
     shot(page, "800-09-result", full=False)
@@ -238,8 +240,8 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     assert pdf.name == "leukoscope-S-2026-0042.pdf"
     text = pdf_text(pdf)
     for needle in ("Test Clinic Ngong", "S-2026-0042", "Amina Wanjiru", "34 / female", "admin", "Counts",
-                   "Lymphoblast", "Blast fraction", "Wilson interval", "pbc-differential", "Trained on",
-                   "Never validated on", "balanced accuracy", "cells shown", "Reviewed by", "Verified by",
+                   "Lymphoblast", "Blast fraction", "Wilson interval", "screen 2.0", "Trained on",
+                   "Never validated on", "balanced accuracy", "Blast operating point", "On a laboratory it never saw", "cells shown", "Reviewed by", "Verified by",
                    "Dr. Njeri Otieno", "Screening aid only, not a diagnosis"):
         assert needle in text, needle
     pdf_pages(pdf, "pdf-en")

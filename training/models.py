@@ -44,25 +44,35 @@ def thanh_cnn(input_size: int, n_classes: int, dropout: float = 0.5, **_) -> ker
     return keras.Model(inp, _head(x, n_classes, dropout, 128), name="thanh_cnn")
 
 
-def _conv_bn(x, ch: int, stride: int = 1, momentum: float = 0.9):
+def _conv_bn(x, ch: int, stride: int = 1, momentum: float = 0.9, norm: str = "batch"):
     x = layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=momentum)(x)
+    if norm == "group":
+        # Statistics of each image alone: nothing learnt about one lab's feature scale is carried to another
+        # (batch norm's moving averages are; Tsutsui et al. 2023).
+        x = layers.GroupNormalization(groups=8)(x)
+    else:
+        x = layers.BatchNormalization(momentum=momentum)(x)
     return layers.ReLU()(x)
 
 
+def leukonet_gn(input_size: int, n_classes: int, dropout: float = 0.3, width: float = 1.0, **_) -> keras.Model:
+    """``leukonet`` with group normalisation in place of batch norm."""
+    return leukonet(input_size, n_classes, dropout, width, norm="group")
+
+
 def leukonet(input_size: int, n_classes: int, dropout: float = 0.3, width: float = 1.0,
-             bn_momentum: float = 0.9, **_) -> keras.Model:
+             bn_momentum: float = 0.9, norm: str = "batch", **_) -> keras.Model:
     """Compact VGG-style CNN with batch norm: a strided stem, four stages of two
     3x3 convolutions, global average pooling. Dense convolutions run well on
     XNNPACK int8 kernels and train quickly on a CPU."""
     c = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731
     inp = keras.Input((input_size, input_size, 3), name="image")
-    x = _conv_bn(inp, c(24), 2, bn_momentum)
+    x = _conv_bn(inp, c(24), 2, bn_momentum, norm)
     for i, ch in enumerate((32, 64, 128, 256)):
         if i:
             x = layers.MaxPooling2D()(x)
-        x = _conv_bn(x, c(ch), 1, bn_momentum)
-        x = _conv_bn(x, c(ch), 1, bn_momentum)
+        x = _conv_bn(x, c(ch), 1, bn_momentum, norm)
+        x = _conv_bn(x, c(ch), 1, bn_momentum, norm)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inp, _head(x, n_classes, dropout), name="leukonet")
 
@@ -91,7 +101,8 @@ def mobilenetv2(input_size: int, n_classes: int, dropout: float = 0.3, width: fl
     return keras.Model(inp, _head(x, n_classes, dropout), name="mobilenetv2")
 
 
-MODELS = {"lenet-lld": lenet_lld, "thanh-cnn": thanh_cnn, "leukonet": leukonet, "mobilenetv2": mobilenetv2}
+MODELS = {"lenet-lld": lenet_lld, "thanh-cnn": thanh_cnn, "leukonet": leukonet, "leukonet-gn": leukonet_gn,
+          "mobilenetv2": mobilenetv2}
 
 
 def build_model(name: str, input_size: int, n_classes: int, **options) -> keras.Model:
