@@ -58,7 +58,22 @@ def test_shipped_recipe_loads_and_names_real_data():
     assert recipe.model.name in ("leukonet", "mobilenetv2", "lenet-lld", "thanh-cnn")
 
 
-@pytest.mark.parametrize("name", ["lenet-lld", "thanh-cnn", "leukonet", "mobilenetv2"])
+def test_every_shipped_recipe_loads():
+    """Each recipe in training/configs parses with its task, sources, framing and model (the screen's
+    experiments included), so a documented command never fails on its own config."""
+    from training.config import REPO_ROOT, load_recipe
+    from training.models import MODELS
+
+    found = sorted((REPO_ROOT / "training/configs").glob("*.toml"))
+    assert {"screen.toml", "screen-grey.toml", "screen-style.toml", "screen-gn.toml"} <= {p.name for p in found}
+    for path in found:
+        recipe = load_recipe(path)
+        assert recipe.model.name in MODELS and recipe.data.sources, path.name
+        if recipe.task == "screen":
+            assert recipe.preprocessing.window_um == 20.0 and recipe.evaluate.target_sensitivity == 0.97, path.name
+
+
+@pytest.mark.parametrize("name", ["lenet-lld", "thanh-cnn", "leukonet", "leukonet-gn", "mobilenetv2"])
 def test_every_model_builds_and_predicts(name):
     from training.models import build_model
 
