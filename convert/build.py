@@ -66,7 +66,7 @@ at the smear.
 
 - Task: `{task}` — labels: {labels}.
 - Architecture: `{model}`, {quant} TFLite, input {size}x{size} RGB, {bytes:,} bytes.
-- Trained on: {datasets}. Split by {unit}{unit_note}.
+- Trained on: {datasets}. Split by {unit}{unit_note}.{backbone}
 - Test split ({n} cells cut by the device's own finder from {images} images listed in `test_files.csv`):
   balanced accuracy {bal:.4f}, macro F1 {f1:.4f}
   ({quant}); float model {fbal:.4f} / {ff1:.4f}; int8-float top-1 agreement {agree:.4f}.
@@ -210,7 +210,8 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
         name=meta["name"], version=meta["version"], task=recipe.task, labels=", ".join(names), model=recipe.model.name,
         quant=variant, size=pp.input_size, bytes=len(tflite), datasets=ds_text, unit=summary["unit"], unit_note=unit_note,
         n=rep_q["n"], images=len(part["test"]), bal=rep_q["balanced_accuracy"], f1=rep_q["macro_f1"], fbal=rep_f["balanced_accuracy"],
-        ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation)
+        ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation,
+        backbone=_backbone_text(recipe.model))
     meta["model_card"] = card
     meta.update(card_fields(recipe.task, summary["sources"], summary["unit"], rep_q))
     files["MODEL_CARD.md"] = card.encode()
@@ -263,6 +264,14 @@ def card_fields(task: str, sources: list[dict], unit: str, rep: dict) -> dict:
     return out
 
 
+def _backbone_text(model) -> str:
+    """The provenance line the shared ImageNet weights ask to be kept with anything derived from them."""
+    if not model.weights:
+        return ""
+    return (f"\n- Backbone initialised from ImageNet {model.name} weights, Apache-2.0 "
+            f"(`{Path(model.weights).name}`, rebuilt from the TensorFlow authors' int8 model).")
+
+
 def _validation_text(task: str) -> str:
     if task == "differential":
         return ("Validated only on held-out images of the same dataset (normal cells from healthy donors, one lab, "
@@ -273,7 +282,7 @@ def _validation_text(task: str) -> str:
                 "appliance's own camera.")
     if task == "screen":
         return ("Trained on normal blood cells from two labs and on bone-marrow blasts from one lab (see Trained on). "
-                "Its figures on a lab it never saw are in `cross_lab` (python -m bench.blast_screen). Never validated "
+                "Its figures on labs it never saw are in `cross_lab` (python -m bench.cross_lab). Never validated "
                 "on: " + SCREEN_NOT_VALIDATED + ".")
     return ("Validated only on the held-out split recorded in test_files.csv. Not validated across laboratories, "
             "stains, microscopes or cameras.")

@@ -124,3 +124,26 @@ def test_domain_check_fast():
     r = run_bench("bench.domain_check", "--limit", "40")
     # Another lab's white cells: called leukocytes or left for review, hardly ever something else.
     assert r["cells"] >= 35 and r["called_non_leukocyte"] <= 0.1, r
+
+
+def test_cross_lab_fast():
+    """The any-lab protocol on the shipped bundle and a prototype baseline: every held-out lab with the keys a
+    script reads, counts inside their intervals, and the leave-PBC-out lab for the baseline."""
+    r = run_bench("bench.cross_lab", "--fast", "--baseline-seeds", "1", "--baseline-dir", "/tmp/leukoscope-cl-fast")
+    labs = r["labs"]
+    assert {"aml-lmu", "jiangxi", "bccd", "marrow"} <= set(labs)
+    for lab in ("aml-lmu", "jiangxi", "bccd"):
+        for key in ("normal_called_blast", "normal_review", "blast_auc", "screen_sensitivity", "no_cell"):
+            assert key in labs[lab], (lab, key)
+        assert 0 <= labs[lab]["normal_called_blast"] <= 1 and 0 <= labs[lab]["no_cell"] <= 1
+    assert labs["aml-lmu"]["blast_auc"] is not None and 0 < labs["aml-lmu"]["screen_sensitivity"] <= 1
+    assert labs["jiangxi"]["blast_auc"] is None and labs["jiangxi"]["referred_5"] is None  # no blasts there
+    shipped = r["models"][r["chosen"]]["labs"]["aml-lmu"]["per_seed"][0]
+    for key in ("normal_passed", "normal_review_n", "normal_called_blast_n", "normal_other_category"):
+        s = shipped[key]
+        assert s["ci95"][0] <= s["value"] <= s["ci95"][1] and s["n"] == shipped["normal_cells"]
+    assert sum(shipped[k]["k"] for k in ("normal_passed", "normal_review_n", "normal_called_blast_n",
+                                         "normal_other_category")) == shipped["normal_cells"]
+    base = r["models"]["prototype-baseline"]["labs"]
+    assert {"aml-lmu", "jiangxi", "bccd", "marrow", "pbc"} <= set(base)
+    assert base["pbc"]["summary"]["normal_called_blast"]["seeds"]

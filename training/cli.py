@@ -25,6 +25,9 @@ def _train(args) -> int:
     recipe = load_recipe(args.config)
     if args.epochs:
         recipe.train.epochs = args.epochs
+    if args.seed is not None:  # the same recipe again, another draw (split, initial head, augmentation order)
+        recipe.seed = args.seed
+        recipe.name = f"{recipe.name or recipe.task}-seed{args.seed}"
     train(recipe, out_root=args.out, config_text=Path(args.config).read_text())
     return 0
 
@@ -43,6 +46,7 @@ def register(commands) -> None:
     p.add_argument("--config", required=True, help="recipe TOML, e.g. training/configs/pbc-differential.toml")
     p.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     p.add_argument("--epochs", type=int, default=0, help="override the recipe's epoch count")
+    p.add_argument("--seed", type=int, help="override the recipe's seed (repeated runs of one recipe)")
     p.set_defaults(func=_train)
 
     p = commands.top.add_parser("evaluate", help="score a trained run's model on one of its splits")

@@ -42,6 +42,7 @@ class ModelConfig:
     dropout: float = 0.3
     weights: str | None = None  # local weights file for mobilenetv2; never downloaded
     bn_momentum: float = 0.9
+    freeze_bn: bool = False  # batch norm in inference mode throughout (pretrained mobilenetv2)
 
 
 @dataclass
@@ -57,6 +58,13 @@ class TrainConfig:
     patience: int = 0
     threads: int = 0  # 0 = all cores
     time_limit_minutes: float = 0.0  # 0 = none; training stops after the epoch that crosses it
+    # Epochs with the pretrained backbone frozen (only the new head learns) before the whole network does.
+    head_epochs: int = 0
+    # How examples are weighted: "class" (each class counts alike) or "source" (each class alike, and
+    # within a class each source alike: blasts come from one lab only, so the lab must not predict them).
+    balance: str = "class"
+    # Extra weight on a class's examples (a mistake on them costs more), e.g. {lymphocyte = 2.0}.
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +83,10 @@ class AugmentConfig:
     hue: float = 0.0
     saturation: float = 0.0
     grey: float = 0.0
+    # Stain looks of other labs made before the device's normalisation (training/stain.py): this many
+    # restained copies of every training cell, each passed through the device's own pre-processing.
+    stain_variants: int = 0
+    stain_strength: float = 1.0  # 1 = the Romanowsky gamut of training/stain.py
 
 
 @dataclass
@@ -118,6 +130,13 @@ def resolve_data_path(path: str, base: Path | None = None) -> Path:
     return (Path.cwd() / p).resolve()
 
 
+def _model_section(raw: dict, base: Path | None) -> ModelConfig:
+    model = build_section(ModelConfig, raw, "model")
+    if model.weights:  # a local file, found as data paths are
+        model.weights = str(resolve_data_path(model.weights, base))
+    return model
+
+
 def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
     raw = dict(raw)
     if "task" not in raw:
@@ -137,7 +156,7 @@ def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
         name=raw.pop("name", ""),
         data=data,
         preprocessing=Preprocessing.from_dict({"crop_um": DEFAULT_CROP_UM, **raw.pop("preprocessing", {})}),
-        model=build_section(ModelConfig, raw.pop("model", {}), "model"),
+        model=_model_section(raw.pop("model", {}), base),
         train=build_section(TrainConfig, raw.pop("train", {}), "train"),
         augment=build_section(AugmentConfig, raw.pop("augment", {}), "augment"),
         evaluate=build_section(EvalConfig, raw.pop("evaluate", {}), "evaluate"),

@@ -235,6 +235,44 @@ def read_cnmc(root: str | Path) -> Dataset:
     return Dataset(CNMC_INFO, root, records)
 
 
+JIANGXI_INFO = DatasetInfo(
+    "jiangxi-tecom-wbc",
+    "GPL-3.0",
+    "Zheng X., Wang Y., Wang G., Liu J. (2018), Fast and Robust Segmentation of White Blood Cell Images by "
+    "Self-supervised Learning, Micron 107:55-71; images: Jiangxi Tecom Science Corporation, China",
+    False,
+    # Red cells of 120 x 120 frames: a handful each; their median diameter says about 0.14 um per pixel.
+    0.14, "red-cell size over the set (python -m bench.scale)",
+    about="normal peripheral-blood cells, Jiangxi Tecom (China): rapid stain with a yellow background, "
+          "Motic camera on an N800-D microscope",
+)
+JIANGXI_CLASSES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+
+
+def read_jiangxi(root: str | Path) -> Dataset:
+    """``images/NNN.bmp`` with ``labels.csv`` (``image ID,class label``; 1-5). A test-only lab."""
+    import csv
+
+    root = _require_dir(Path(root), JIANGXI_INFO.name)
+    table = root / "labels.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{JIANGXI_INFO.name}: labels.csv not found under {root}")
+    records = []
+    with open(table, newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or not row[0].strip().isdigit():
+                continue  # the header
+            img = root / "images" / f"{int(row[0]):03d}.bmp"
+            label = JIANGXI_CLASSES.get(int(row[1]))
+            if label is None or not img.is_file():
+                raise ValueError(f"{JIANGXI_INFO.name}: labels.csv row {row} names no image or no known class")
+            records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), label, None,
+                                  JIANGXI_INFO.name, JIANGXI_INFO.um_per_px))
+    if not records:
+        raise ValueError(f"{JIANGXI_INFO.name}: no rows in {table}")
+    return Dataset(JIANGXI_INFO, root, records)
+
+
 READERS: dict[str, Callable[..., Dataset]] = {
     "folder": read_folder,
     "pbc": read_pbc,
@@ -242,12 +280,13 @@ READERS: dict[str, Callable[..., Dataset]] = {
     "mll": read_mll,
     "taleqani": read_taleqani,
     "cnmc": read_cnmc,
+    "jiangxi": read_jiangxi,
 }
 
 
 def about_of(name: str) -> str:
     """The plain-words description of a known source (older run folders did not record it)."""
-    known = {i.name: i.about for i in (PBC_INFO, AML_INFO, MLL_INFO, TALEQANI_INFO, CNMC_INFO)}
+    known = {i.name: i.about for i in (PBC_INFO, AML_INFO, MLL_INFO, TALEQANI_INFO, CNMC_INFO, JIANGXI_INFO)}
     return known.get(name, "")
 
 

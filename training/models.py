@@ -78,12 +78,16 @@ def leukonet(input_size: int, n_classes: int, dropout: float = 0.3, width: float
 
 
 def mobilenetv2(input_size: int, n_classes: int, dropout: float = 0.3, width: float = 1.0,
-                weights: str | None = None, bn_momentum: float = 0.9, **_) -> keras.Model:
+                weights: str | None = None, bn_momentum: float = 0.9, freeze_bn: bool = False,
+                **_) -> keras.Model:
     """Keras MobileNetV2, never downloading weights; optional local weights file.
 
     Its batch-norm momentum (0.999) is lowered: from scratch on a few thousand
     images the moving statistics otherwise lag for many epochs and validation
-    sits at chance while training accuracy climbs.
+    sits at chance while training accuracy climbs. ``freeze_bn`` keeps every batch-norm
+    layer in inference mode: the shared ImageNet weights have batch norm folded into
+    the convolutions (identity statistics), and one lab's batch statistics must not
+    be learnt into the network (Tsutsui et al. 2023).
     """
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"mobilenetv2 weights file not found: {weights}")
@@ -91,12 +95,15 @@ def mobilenetv2(input_size: int, n_classes: int, dropout: float = 0.3, width: fl
     # MobileNetV2 expects [-1, 1]; our unit-normalised input is mapped inside the model.
     scaled = layers.Rescaling(2.0, offset=-1.0)(inp)
     base = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=width,
-                                          include_top=False, weights=None)
+                                          include_top=False, weights=None,
+                                          name="backbone")  # frozen by this name for the head-only epochs
     if weights:
         base.load_weights(weights, skip_mismatch=True)
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = bn_momentum
+            if freeze_bn:
+                layer.trainable = False
     x = layers.GlobalAveragePooling2D()(base(scaled))
     return keras.Model(inp, _head(x, n_classes, dropout), name="mobilenetv2")
 

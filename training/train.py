@@ -158,32 +158,46 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
         for p, c in cells_summary.items()))
 
     n_classes = len(names)
-    counts = np.bincount(y_tr, minlength=n_classes).astype(np.float64)
-    if recipe.train.class_weights:
-        class_w = np.where(counts > 0, len(y_tr) / (n_classes * np.maximum(counts, 1)), 0.0)
-    else:
-        class_w = np.ones(n_classes)
+    source_of = np.array([sets["train"].records[i].dataset for i in sets["train"].image])
+    w_tr = example_weights(y_tr, source_of, names, recipe.train)
+    log("mean example weight per class and source: " + "; ".join(
+        f"{names[c]}/{src} {w_tr[(y_tr == c) & (source_of == src)].mean():.2f} (n={int(((y_tr == c) & (source_of == src)).sum())})"
+        for c in range(n_classes) for src in sorted(set(source_of)) if ((y_tr == c) & (source_of == src)).any()))
     scale, offset = pp.scale_offset
     aug = recipe.augment
     bs = recipe.train.batch_size
+    if aug.stain_variants:
+        from training.stain import load_stain_variants
+
+        t0 = time.monotonic()
+        variants = load_stain_variants(sets["train"].records, pp, aug.stain_variants, aug.stain_strength,
+                                       recipe.seed)
+        if len(variants) != len(x_tr):
+            raise RuntimeError(f"stain variants: {len(variants)} cells for {len(x_tr)} training cells")
+        x_tr = np.concatenate([x_tr[:, None], variants], axis=1)  # (cells, 1 + variants, S, S, 3)
+        del variants
+        log(f"{aug.stain_variants} restained copies of every training cell in {time.monotonic() - t0:.0f} s")
 
     from device.analysis.preprocess import WINDOW_FILL, window_mask
 
     window = window_mask(pp.input_size, pp) if pp.crop_um else None
 
     def train_map(seed, item):
-        x, y = item
+        x, y, w = item
+        if aug.stain_variants:  # one of the cell's looks, the lab's own or a restained one
+            pick = tf.random.stateless_uniform((), tf.stack([seed[1], seed[0]]), 0, aug.stain_variants + 1,
+                                               dtype=tf.int32)
+            x = x[pick]
         x = augment_image(x, aug, seed, window, float(WINDOW_FILL))
         if pp.grey:  # colour jitter must not bring back the colour the device removes
             x = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-        return x, y
+        return x, y, w
 
-    def to_model(x, y):
+    def to_model(x, y, w):
         x = tf.cast(x, tf.float32) * scale + offset
-        w = tf.gather(tf.constant(class_w, tf.float32), y)
         return x, tf.one_hot(y, n_classes), w
 
-    ds_train = (tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
+    ds_train = (tf.data.Dataset.from_tensor_slices((x_tr, y_tr, w_tr.astype(np.float32)))
                 .shuffle(len(y_tr), seed=recipe.seed, reshuffle_each_iteration=True))
     seeds = tf.data.Dataset.random(seed=recipe.seed).batch(2)
     ds_train = (tf.data.Dataset.zip((seeds, ds_train)).map(train_map, num_parallel_calls=tf.data.AUTOTUNE,
@@ -192,23 +206,41 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
 
     m = recipe.model
     model = build_model(m.name, pp.input_size, n_classes, dropout=m.dropout, width=m.width,
-                        weights=m.weights, bn_momentum=m.bn_momentum)
+                        weights=m.weights, bn_momentum=m.bn_momentum, freeze_bn=m.freeze_bn)
     steps = int(np.ceil(len(y_tr) / bs))
-    total = steps * recipe.train.epochs
-    warm = min(steps * recipe.train.warmup_epochs, max(total - 1, 0))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=recipe.train.learning_rate * (0.1 if warm else 1.0), decay_steps=max(total - warm, 1),
-        warmup_target=recipe.train.learning_rate if warm else None, warmup_steps=warm, alpha=0.01)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.train.weight_decay),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.train.label_smoothing),
-                  metrics=["accuracy"])
     log(f"model {m.name}: {model.count_params():,} parameters, input {pp.input_size}px, {n_classes} classes")
+
+    def compile_for(epochs: int, warmup_epochs: int, lr: float):
+        total = steps * max(epochs, 1)
+        warm = min(steps * warmup_epochs, max(total - 1, 0))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=lr * (0.1 if warm else 1.0), decay_steps=max(total - warm, 1),
+            warmup_target=lr if warm else None, warmup_steps=warm, alpha=0.01)
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.train.weight_decay),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.train.label_smoothing),
+                      metrics=["accuracy"])
 
     x_va_in = normalize(x_va, pp)
     tracker = _BestOnValidation(x_va_in, y_va, n_classes, recipe.train.patience,
                                 recipe.train.time_limit_minutes * 60.0, t_start, log)
-    hist = model.fit(ds_train, epochs=recipe.train.epochs, callbacks=[tracker], verbose=0)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    head = min(recipe.train.head_epochs, recipe.train.epochs)
+    histories = []
+    if head:
+        # A new head on a pretrained backbone: train the head alone first, so its first large
+        # gradients do not wreck the pretrained features.
+        model.get_layer("backbone").trainable = False
+        compile_for(head, 0, recipe.train.learning_rate)
+        histories.append(model.fit(ds_train, epochs=head, callbacks=[tracker], verbose=0).history)
+        model.get_layer("backbone").trainable = True
+        if m.freeze_bn:  # trainable=True above re-enabled them
+            for layer in model.get_layer("backbone").layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+    rest = recipe.train.epochs - head
+    if rest > 0 and not tracker.stopped:
+        compile_for(rest, recipe.train.warmup_epochs, recipe.train.learning_rate * (0.5 if head else 1.0))
+        histories.append(model.fit(ds_train, epochs=rest, callbacks=[tracker], verbose=0).history)
+    history = {k: [float(v) for h in histories for v in h.get(k, [])] for k in ("loss", "accuracy")}
     history["val_balanced_accuracy"] = tracker.scores
     history["val_loss"] = tracker.losses
     history["best_epoch"] = tracker.best_epoch + 1
@@ -240,6 +272,32 @@ def train(recipe: Recipe, out_root: str | Path = "runs", config_text: str | None
     return run_dir
 
 
+def example_weights(y: np.ndarray, source: np.ndarray, names: list[str], cfg) -> np.ndarray:
+    """Each example's loss weight, mean 1: classes weigh alike (``cfg.class_weights``), with
+    ``balance = "source"`` each source weighs alike within a class, and ``cfg.cost`` multiplies a
+    class's weight (a blast called lymphocyte, or a lymphocyte called blast, should cost most)."""
+    unknown = sorted(set(cfg.cost) - set(names))
+    if unknown:
+        raise ValueError(f"[train] cost names {unknown}, not labels of the task ({names})")
+    if cfg.balance not in ("class", "source"):
+        raise ValueError(f"[train] balance must be 'class' or 'source', not {cfg.balance!r}")
+    w = np.ones(len(y), np.float64)
+    present = [c for c in range(len(names)) if (y == c).any()]
+    for c in present:
+        in_c = y == c
+        if cfg.balance == "source":
+            srcs = sorted(set(source[in_c]))
+            for src in srcs:
+                both = in_c & (source == src)
+                w[both] = 1.0 / (len(srcs) * both.sum())
+        else:
+            w[in_c] = 1.0 / in_c.sum()
+        if not cfg.class_weights:
+            w[in_c] *= in_c.sum()
+        w[in_c] *= float(cfg.cost.get(names[c], 1.0))
+    return w * len(y) / w.sum()
+
+
 class _BestOnValidation:
     """Keras callback: validation balanced accuracy each epoch, keep the best
     weights, optional patience and wall-clock limit."""
@@ -254,8 +312,10 @@ class _BestOnValidation:
                 self.patience, self.time_limit, self.t_start, self.log = patience, time_limit, t_start, log
                 self.scores, self.losses = [], []
                 self.best, self.best_epoch, self.best_weights = -1.0, -1, None
+                self.stopped = False
 
             def on_epoch_end(self, epoch, logs=None):
+                epoch = len(self.scores)  # counted across the head-only and whole-network fits
                 probs = self.model.predict(self.x_val, batch_size=128, verbose=0)
                 pred = probs.argmax(1)
                 recalls = [float((pred[self.y_val == c] == c).mean()) for c in range(self.n) if (self.y_val == c).any()]
@@ -271,9 +331,9 @@ class _BestOnValidation:
                 self.log(f"epoch {epoch + 1}: loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
                          f"val_loss {loss:.4f} val_bal_acc {score:.4f} [{elapsed:.0f} s]")
                 if self.patience and epoch - self.best_epoch >= self.patience:
-                    self.model.stop_training = True
+                    self.model.stop_training = self.stopped = True
                 if self.time_limit and elapsed >= self.time_limit:
                     self.log("time limit reached: stopping")
-                    self.model.stop_training = True
+                    self.model.stop_training = self.stopped = True
 
         return Impl(*args, **kwargs)
