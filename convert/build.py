@@ -84,7 +84,8 @@ confirmed by a technologist. Not for use as the sole basis of any clinical decis
 
 def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str = "int8",
                 representative_count: int = 300, parity_floor: float = 0.99, name: str | None = None,
-                version: str | None = None, threads: int = 2, log=print) -> Path:
+                version: str | None = None, threads: int = 2, blast_specificity: float | None = None,
+                log=print) -> Path:
     import keras
 
     from convert.quantize import to_tflite, with_embedding
@@ -93,6 +94,10 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
 
     run_dir = Path(run_dir)
     recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
+    if blast_specificity is not None:
+        if not 0.0 <= blast_specificity < 1.0:
+            raise ValueError("blast_specificity must be within [0, 1)")
+        recipe.evaluate.blast_specificity = blast_specificity
     summary = json.loads((run_dir / "split_summary.json").read_text())
     names = list(vocab.task_labels(recipe.task))
     pp = recipe.preprocessing
@@ -255,9 +260,16 @@ def card_fields(task: str, sources: list[dict], unit: str, rep: dict) -> dict:
         def pct(x):
             return "-" if x is None else f"{100 * x:.1f} %"
 
+        if mal.get("blast_specificity"):
+            rule = (f"a cell counts as a blast when its blast probability is at least {v['threshold']:.3f}, where "
+                    f"{pct(mal['blast_specificity'])} of validation normal cells stay below; from "
+                    f"{mal['review_threshold']:.3f} (chosen on validation for {pct(mal['target_sensitivity'])} "
+                    f"sensitivity) up to it, a cell goes to review as a possible blast")
+        else:
+            rule = (f"a cell counts as a blast when its blast probability is at least {v['threshold']:.3f}, chosen on "
+                    f"validation for {pct(mal['target_sensitivity'])} sensitivity")
         out["operating_point"] = (
-            f"a cell counts as a blast when its blast probability is at least {v['threshold']:.3f}, chosen on "
-            f"validation for {pct(mal['target_sensitivity'])} sensitivity; held-out test cells of both training labs "
+            f"{rule}; held-out test cells of both training labs "
             f"pooled (normal blood cells are easy; the bone-marrow figure alone is lower, see below): "
             f"sensitivity {pct(t['sensitivity'])} ({t['tp']} of {t['tp'] + t['fn']} blasts), specificity "
             f"{pct(t['specificity'])} ({t['tn']} of {t['tn'] + t['fp']} other cells)")

@@ -13,7 +13,8 @@ def _convert(args) -> int:
 
     try:
         convert_run(args.run_dir, out=args.out, variant=args.variant, representative_count=args.representative,
-                    parity_floor=args.parity_floor, name=args.name, version=args.version)
+                    parity_floor=args.parity_floor, name=args.name, version=args.version,
+                    blast_specificity=args.blast_specificity)
     except ParityError as exc:
         print(f"leukoscope convert: {exc}", file=sys.stderr)
         return 3
@@ -45,6 +46,9 @@ def register(commands) -> None:
     p.add_argument("--representative", type=int, default=300, help="representative images from the training split")
     p.add_argument("--parity-floor", type=float, default=0.99,
                    help="refuse the bundle when top-1 agreement with the float model is lower")
+    p.add_argument("--blast-specificity", type=float,
+                   help="call a cell blast only above the point where this share of validation normal cells stays "
+                        "below; from the screening point up to it, review (overrides the recipe's [evaluate])")
     p.add_argument("--name")
     p.add_argument("--version")
     p.set_defaults(func=_convert)

@@ -56,3 +56,41 @@ def test_review_threshold_meets_accuracy_on_kept_cells():
     kept = probs.max(1) >= t
     assert (probs.argmax(1) == y)[kept].mean() >= 0.95
     assert 0 < kept.mean() < 1
+
+
+def test_threshold_for_specificity_lets_only_the_allowed_negatives_through():
+    import numpy as np
+
+    from training.metrics import sensitivity_specificity, threshold_for_specificity
+
+    neg = np.linspace(0.0, 0.5, 200)
+    pos = np.linspace(0.3, 1.0, 50)
+    score = np.concatenate([neg, pos])
+    positive = np.r_[np.zeros(200, bool), np.ones(50, bool)]
+    t = threshold_for_specificity(positive, score, 0.99)
+    ss = sensitivity_specificity(positive, score, t)
+    assert ss["fp"] == 2 and ss["specificity"] == 0.99  # 1 % of 200 negatives may pass, no more
+    assert threshold_for_specificity(positive, score, 1.0) > neg.max()
+
+
+def test_two_point_rule_calls_blast_at_the_specific_point_and_reviews_down_to_the_screening_point():
+    import numpy as np
+
+    from training.config import EvalConfig
+    from training.report import build_report
+
+    rng = np.random.default_rng(0)
+    names = ["blast", "lymphocyte"]
+
+    def probs(n_pos, n_neg):
+        b = np.r_[rng.beta(5, 2, n_pos), rng.beta(2, 5, n_neg)]
+        return np.c_[b, 1 - b], np.r_[np.zeros(n_pos, int), np.ones(n_neg, int)]
+
+    p_va, y_va = probs(200, 400)
+    p_te, y_te = probs(200, 400)
+    one = build_report(names, p_te, y_te, p_va, y_va, EvalConfig(target_sensitivity=0.97))["malignant"]
+    two = build_report(names, p_te, y_te, p_va, y_va,
+                       EvalConfig(target_sensitivity=0.97, blast_specificity=0.99))["malignant"]
+    assert two["review_threshold"] == one["validation"]["threshold"]  # review reaches the screening point
+    assert two["validation"]["threshold"] > one["validation"]["threshold"]
+    assert two["validation"]["specificity"] >= 0.99 > one["validation"]["specificity"]

@@ -98,6 +98,10 @@ class EvalConfig:
     # Blast probability from which a cell below the operating point still goes to review: the
     # validation threshold for this (higher) sensitivity.
     review_sensitivity: float = 0.995
+    # 0: one point, chosen for target_sensitivity. Above 0: a cell is called blast only from the threshold at
+    # which this share of validation normal cells stays below it; cells from the target_sensitivity point up
+    # to it go to review as possible blasts (screening sensitivity counts both).
+    blast_specificity: float = 0.0
 
 
 @dataclass

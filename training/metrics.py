@@ -116,6 +116,18 @@ def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, target: f
     return float(pos_scores[max(k, 1) - 1])
 
 
+def threshold_for_specificity(positive: np.ndarray, score: np.ndarray, target: float) -> float:
+    """The lowest threshold t at which specificity(score >= t) >= target: just above the highest
+    negative score that the target allows to exceed it."""
+    neg = np.sort(score[~positive.astype(bool)])[::-1]
+    if len(neg) == 0:
+        raise ValueError("no negative cases to choose a threshold on")
+    allowed = int(np.floor((1.0 - target) * len(neg) + 1e-9))  # negatives that may lie at or above t
+    if allowed >= len(neg):
+        return float(neg[-1])
+    return float(np.nextafter(neg[allowed], np.inf))
+
+
 def operating_point(positive: np.ndarray, score: np.ndarray, target: float) -> dict:
     """The blast operating point for a screen, chosen on validation.
 

@@ -42,8 +42,16 @@ def build_report(class_names: list[str], test_probs: np.ndarray, test_y: np.ndar
         op = metrics.operating_point(val_pos, val_score, cfg.target_sensitivity)
         t = op["chosen"]["threshold"]
         t_review = min(t, metrics.threshold_for_sensitivity(val_pos, val_score, cfg.review_sensitivity))
+        if cfg.blast_specificity:
+            # Two points: "called blast" only where validation normal cells reach the target specificity;
+            # below it, down to the screening point (target sensitivity), a cell goes to review as a possible
+            # blast. A screen then catches its blasts by review, not by calling normal cells blast.
+            t_strict = metrics.threshold_for_specificity(val_pos, val_score, cfg.blast_specificity)
+            if t_strict > t:
+                t, t_review = t_strict, t
         report["malignant"] = {
             "target_sensitivity": cfg.target_sensitivity,
+            "blast_specificity": cfg.blast_specificity or None,
             "chosen_on": "val",
             "validation": metrics.sensitivity_specificity(val_pos, val_score, t),
             "validation_points": op,
