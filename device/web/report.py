@@ -97,27 +97,68 @@ class _Report(FPDF):
         self.set_font("noto", "", 10)
 
 
-def sample_pdf(store, s, cfg, bundle) -> bytes:
+KEY_W = 48  # mm: the key column of the report's key/value lines
+
+
+def _latin(text: str) -> bool:
+    """Text written in a left-to-right script (a model card's English, an id): laid out left to right even on an
+    Arabic page, so the bidi algorithm does not scramble it."""
+    return not any("\u0590" <= ch <= "\u08ff" for ch in str(text))
+
+
+def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
+    """``models_info``: each model that classified the sample with its limits (``web.views.sample_models``);
+    by default the one ``bundle``."""
     _ = words.gettext
     summary = records.summary_of(store, s["id"], cfg.sample.flags)
     pdf = _Report(cfg.web.clinic_name, rtl=words.lang() in words.RTL)
     pdf.alias_nb_pages()
     pdf.add_page()
+    if models_info is None:
+        models_info = [{"used": None, "bundle": bundle, "limits": words.model_limits(bundle),
+                        "lead": words.limits_lead(bundle), "warnings": words.sample_warnings(bundle, s),
+                        "screens": words.has_blasts(bundle) if bundle is not None else True}]
+    screens = any(m["screens"] for m in models_info)
+
+    def para(text, style="", size=10, h=5.5):
+        """A paragraph in its own direction: Arabic right to left, Latin text (card figures) left to right."""
+        pdf.set_font("noto", style, size)
+        ltr = _latin(text)
+        if pdf.rtl:
+            pdf.set_text_shaping(True, direction="ltr" if ltr else "rtl")
+        pdf.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="L" if ltr or not pdf.rtl else "R")
+        if pdf.rtl:
+            pdf.set_text_shaping(True)
 
     def kv(key, value, bold=False):
+        value = str(value or "-")
         pdf.set_font("noto", "B", 10)
-        if pdf.rtl:
-            pdf.multi_cell(0, 6, f"{key}: {value or '-'}", new_x="LMARGIN", new_y="NEXT", align="R")
+        if pdf.rtl or pdf.get_string_width(key) > KEY_W - 2:
+            # a long key (or a right-to-left page) gets its own line: never printed over its value
+            para(key, "B")
+            if pdf.rtl:
+                para(value, "B" if bold else "")
+            else:
+                pdf.set_x(pdf.l_margin + KEY_W)
+                pdf.set_font("noto", "B" if bold else "", 10)
+                pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
             return
-        pdf.cell(48, 6, key)
+        pdf.cell(KEY_W, 6, key)
         pdf.set_font("noto", "B" if bold else "", 10)
-        pdf.multi_cell(0, 6, str(value or "-"), new_x="LMARGIN", new_y="NEXT", align="L")
+        pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
 
+    if not screens:  # said first: this report has no blast fraction
+        pdf.set_text_color(160, 20, 20)
+        for line in models_info[0]["lead"]:
+            para(line, "B", 11, 6)
+        pdf.set_text_color(0, 0, 0)
+        pdf.ln(1)
     sex_word = s["patient_sex"]
     sex = _(sex_word) if sex_word else "-"
+    age = _("%(age)s years", age=s["patient_age"]) if s["patient_age"] else "-"
     kv(_("Sample id"), s["sample_code"])
     kv(_("Patient"), s["patient_name"])
-    kv(_("Age / sex"), f"{s['patient_age'] or '-'} / {sex}")
+    kv(_("Age / sex"), f"{age} / {sex}")
     kv(_("Clinic note"), s["note"])
     kv(_("Operator"), s["operator"])
     kv(_("Started"), words.local_time(s["created_at"], True))
@@ -131,22 +172,41 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
 
     pdf.heading(_("Result"))
     for f in summary.flags or [{"level": "-", "message": _("No flag raised.")}]:
-        level = words.level_name(f["level"]) if f["level"] != "-" else "-"
-        pdf.set_font("noto", "B", 10)
-        pdf.multi_cell(0, 6, f"[{level}] {words.flag_text(f) if f['level'] != '-' else f['message']}",
-                       new_x="LMARGIN", new_y="NEXT", align=pdf.align)
+        if f["level"] == "-":
+            para(f["message"], "B", 10, 6)
+            continue
+        level = words.level_name(f["level"])
+        para(f"{level[:1].upper()}{level[1:]}: {words.flag_text(f)}", "B", 10, 6)
     pdf.set_font("noto", "", 10)
     kv(_("White cells counted"), _("%(n)d of target %(target)d", n=summary.leukocytes, target=summary.target)
        + ("" if summary.target_reached else " - " + _("insufficient")), bold=not summary.target_reached)
-    if summary.leukocytes:
+    if not screens:
+        if summary.malignant:
+            kv(_("Blasts"), _("Cells a reviewer classified as blasts: %(n)d (this model does not look for them).",
+                              n=summary.malignant))
+    elif summary.leukocytes:
         lo, hi = summary.malignant_ci
-        kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(lo)s-%(hi)s %%), %(cells)s",
-                                  p=f"{100 * summary.malignant_fraction:.1f}", lo=f"{100 * lo:.1f}",
-                                  hi=f"{100 * hi:.1f}", cells=words.cells(summary.malignant)))
+        # an interval reads low to high in every language: on a right-to-left page the range is its own
+        # left-to-right run ("1.0 - 8.1"), never reordered into "8.1-1.0"
+        rng = f"\u2066{100 * lo:.1f} - {100 * hi:.1f}\u2069" if pdf.rtl else f"{100 * lo:.1f}-{100 * hi:.1f}"
+        kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(range)s %%), %(cells)s",
+                                  p=f"{100 * summary.malignant_fraction:.1f}", range=rng,
+                                  cells=words.cells(summary.malignant)))
     else:
         kv(_("Blast fraction"), _("not computable: no white cell counted"))
-    for title, text, _from_card in words.model_limits(bundle):
-        kv("   " + title, text)
+    suspected = [c for c in records.cells_of(store, s["id"]) if c["flag"] == records.POSSIBLE_BLAST]
+    if suspected:
+        from collections import Counter
+
+        decided = Counter(words.display(c["operator_label"]) for c in suspected if c["operator_label"])
+        text = words.ngettext("%(num)d cell suspected by the model", "%(num)d cells suspected by the model",
+                              len(suspected))
+        if decided:
+            text += "; " + _("Decided by a reviewer:") + " " + ", ".join(f"{k} {v}" for k, v in decided.most_common())
+        undecided = sum(1 for c in suspected if not c["operator_label"])
+        if undecided:
+            text += "; " + _("Not decided: %(n)d (not counted).", n=undecided)
+        kv(_("Possible blasts"), text, bold=True)
     kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),
         bold=bool(summary.uncertain))
@@ -189,6 +249,8 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
             pdf.set_font("noto", "", 6)
             final, _cat = records.cell_final(c)
             text = words.display(final)
+            if c["flag"] == records.POSSIBLE_BLAST:
+                text = _("Possible blast") + ": " + text
             if records.cell_reclassified(c):
                 text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
             pdf.multi_cell(size, 3, text, align=pdf.align)
@@ -196,18 +258,28 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
 
     pdf.ln(2)
     pdf.heading(_("Model"))
-    used = records.models_of(store, s["id"])  # the models that classified it, not the one in use now
-    for u in used:
-        kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"], version=u["version"],
-                         sha=u["sha256"][:16] or "-", fields=words.ngettext("%(num)d field", "%(num)d fields",
-                                                                              u["fields"])))
-    if not used:
-        kv(_("Model"), _("no field captured"))
+    # the models that classified it, not the one in use now: each with what it can and cannot tell
+    for m in models_info:
+        u = m["used"]
+        if u:
+            kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"],
+                             version=u["version"], sha=u["sha256"][:16] or "-",
+                             fields=words.ngettext("%(num)d field", "%(num)d fields", u["fields"])))
+        else:
+            kv(_("Model"), _("no field captured"))
+        for line in m["lead"]:
+            para(line, "", 9.5, 5)
+        pdf.set_text_color(160, 20, 20)
+        for w in m["warnings"]:
+            para(w, "B", 9.5, 5)
+        pdf.set_text_color(0, 0, 0)
+        for title, text, _from_card in m["limits"]:
+            para(title, "B", 8.5, 4.5)
+            para(text, "", 8.5, 4.2)
+        pdf.ln(1)
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
     kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
-    pdf.ln(3)
-    pdf.set_font("noto", "B", 10)
-    pdf.multi_cell(0, 5, words.disclaimer(), align=pdf.align)
+    # the disclaimer is in every page's footer: no page of its own for it
     return bytes(pdf.output())

@@ -13,7 +13,7 @@ from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
 from device.model import labels as vocab
-from device.records.sample import DISCLAIMER, INSUFFICIENT
+from device.records.sample import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
 from device.records.sample import category_of as sample_category_of
 
 LANGUAGES = ("en", "fr", "ar")
@@ -87,6 +87,10 @@ def display(name: str | None) -> str:
         return "–"
     if name == vocab.UNCERTAIN:
         return gettext("Uncertain (awaiting review)")
+    if name == NOT_A_CELL:
+        return gettext("Not a white cell / fragment")
+    if name == POSSIBLE_BLAST:
+        return gettext("Possible blast")
     try:
         return gettext(vocab.label(name).display)
     except KeyError:
@@ -112,9 +116,22 @@ def level_name(level: str) -> str:
     return str(LEVEL_NAMES.get(level, level))
 
 
-def qc_text(message: str) -> str:
-    """A QC message ("a; b") with each part translated, first letter capitalised."""
-    parts = [gettext(p.strip()) for p in (message or "").split(";") if p.strip()]
+# An uploaded picture cannot be refocused or relit: the advice is to take the picture again.
+CAMERA_ONLY = ("Out of focus", "Too dark", "Too bright", "Over- or under-exposed cells")
+UPLOAD_ADVICE = _l("photograph the field again and upload the new picture")
+UPLOAD_WORDS = (_l("Out of focus"), _l("Too dark"), _l("Too bright"), _l("Over- or under-exposed cells"))
+
+
+def qc_text(message: str, uploaded: bool = False) -> str:
+    """A QC message ("a; b") with each part translated, first letter capitalised. For an uploaded picture,
+    advice about the microscope (focus, lamp) becomes: photograph it again."""
+    def part(p: str) -> str:
+        head = p.split(":", 1)[0].strip()
+        if uploaded and head in CAMERA_ONLY:
+            return f"{gettext(head)}: {UPLOAD_ADVICE}"
+        return gettext(p)
+
+    parts = [part(p.strip()) for p in (message or "").split(";") if p.strip()]
     text = "; ".join(parts)
     return text[:1].upper() + text[1:]
 
@@ -203,6 +220,74 @@ def model_limits(bundle) -> list[tuple[str, str]]:
     return [(titles[k], found[k], k not in ours) for k in order if k in found]
 
 
+def blast_probability(cell) -> float | None:
+    """The model's blast probability of a stored cell: the sum over its malignant labels (None when the model that
+    classified it has no blast class)."""
+    import json
+
+    try:
+        probs = json.loads(cell["probabilities_json"] or "{}")
+    except (ValueError, TypeError):
+        return None
+    mal = [v for k, v in probs.items() if sample_category_of(k) == "malignant"]
+    return float(sum(mal)) if mal else None
+
+
+def operating_point(bundle) -> float | None:
+    t = bundle.thresholds.get("malignant") if bundle is not None else None
+    return float(t) if t is not None else None
+
+
+def blast_suspicion(cell, bundle) -> str:
+    """A suspected blast in words: its blast probability against the point where the model calls a blast."""
+    p = blast_probability(cell)
+    if p is None:
+        return gettext("Possible blast")
+    point = operating_point(bundle)
+    if point is None:
+        return gettext("Possible blast: blast probability %(p)d %%", p=round(100 * p))
+    return gettext("Possible blast: blast probability %(p)d %%; the model counts a blast from %(point)d %%",
+                   p=round(100 * p), point=round(100 * point))
+
+
+def has_blasts(bundle) -> bool:
+    return bundle is not None and "malignant" in bundle.categories
+
+
+def limits_lead(bundle) -> list[str]:
+    """Two plain sentences before the figures: what the result can tell, and what it cannot."""
+    if bundle is None:
+        return [gettext("The model that classified this sample is no longer on this appliance: its limits cannot "
+                        "be shown.")]
+    if not has_blasts(bundle):
+        return [gettext("This model does not screen for blasts: it sorts normal white cells only, and a blast would "
+                        "be counted as one of them."),
+                gettext("Use it for a differential count only; a smear suspected of leukaemia needs a qualified "
+                        "person or a blast-screening model.")]
+    return [gettext("This result says whether the model finds blast-like cells in this smear, as a reason to have it "
+                    "examined by a qualified person."),
+            gettext("It cannot rule out leukaemia: on smears unlike those it was trained on (listed below) it misses "
+                    "blasts and calls normal cells blasts more often.")]
+
+
+def sample_warnings(bundle, s) -> list[str]:
+    """Where this sample falls in what the model was never validated on (from its card): a child's age, a
+    marrow smear named in the clinic note."""
+    if bundle is None:
+        return []
+    never = " ".join(t for title, t, _ in model_limits(bundle) if title == gettext("Never validated on")).lower()
+    out = []
+    age = (s["patient_age"] or "").strip()
+    if age.isdigit() and int(age) < 18 and ("child" in never or "paediatric" in never or "pediatric" in never):
+        out.append(gettext("This patient is %(age)s years old: the model was never validated on children's samples. "
+                           "Read this result with extra care.", age=age))
+    note = (s["note"] or "").lower()
+    if ("marrow" in note or "moelle" in note) and "marrow" in never:
+        out.append(gettext("The clinic note mentions bone marrow: the model was never validated on bone marrow from "
+                           "other laboratories."))
+    return out
+
+
 def template_helpers(runtime) -> dict:
     from device.records import cell_final, cell_undecided
 
@@ -211,6 +296,8 @@ def template_helpers(runtime) -> dict:
             "final_category_of": lambda c: cell_final(c)[1], "undecided_of": cell_undecided,
             "display": display, "cells_text": cells, "flag_text": flag_text, "level_name": level_name,
             "category_name": category_name, "qc_text": qc_text, "local_time": local_time, "lang": lang(),
+            "blast_suspicion": lambda c: blast_suspicion(c, runtime.bundle), "POSSIBLE_BLAST": POSSIBLE_BLAST,
+            "NOT_A_CELL": NOT_A_CELL,
             "rtl": lang() in RTL}
 
 
