@@ -53,7 +53,12 @@ DATA_STRINGS = (
     _l("this sample is finished; its cells can no longer be changed"),
     _l("the model was not confident about this cell: choose its class instead of confirming"),
     _l("give a reason for re-opening the sample"), _l("this sample is not finished"),
-    _l("this sample is already finished"),
+    _l("this sample is already finished"), _l("this field is already counted"),
+    _l("this field is counted: only a repeated view can be discarded"),
+    _l("choose a probability between 50 and 100 %"),
+    _l("Model %(name)s installed: it classifies every field captured from now on (within a few seconds, no restart). "
+       "Fields already captured keep the model that classified them; a sample classified by two models shows the "
+       "limits of both."),
     _l("ok"), _l("starting"), _l("disconnected"), _l("closed"), _l("error"),
     _l("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person reviewing the smear."),
 )
