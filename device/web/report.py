@@ -106,6 +106,22 @@ def _latin(text: str) -> bool:
     return not any("\u0590" <= ch <= "\u08ff" for ch in str(text))
 
 
+def _wrap(pdf, text: str, width: float) -> list[str]:
+    """Whole words per line, each line narrower than ``width`` (mm) in the current font."""
+    lines: list[str] = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in para.split():
+            trial = f"{line} {word}".strip()
+            if line and pdf.get_string_width(trial) > width - 1:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
 def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
     """``models_info``: each model that classified the sample with its limits (``web.views.sample_models``);
     by default the one ``bundle``."""
@@ -126,7 +142,7 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         ltr = _latin(text)
         if pdf.rtl:
             pdf.set_text_shaping(True, direction="ltr" if ltr else "rtl")
-        pdf.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="L" if ltr or not pdf.rtl else "R")
+        pdf.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="R" if pdf.rtl else "L")
         if pdf.rtl:
             pdf.set_text_shaping(True)
 
@@ -164,8 +180,10 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
     kv(_("Started"), words.local_time(s["created_at"], True))
     kv(_("Finished"), words.local_time(s["finished_at"], True) if s["finished_at"] else _("not finished"))
     if s["reopened_at"]:
+        when = words.local_time(s["reopened_at"])
         kv(_("Amended"), _("re-opened by %(who)s on %(when)s (%(why)s), finished again by %(by)s",
-                           who=s["reopened_by"], when=words.local_time(s["reopened_at"]), why=s["reopen_reason"],
+                           who=s["reopened_by"], when=f"\u2066{when}\u2069" if pdf.rtl else when,
+                           why=s["reopen_reason"],
                            by=s["finished_by"] or "-"))
     kv(_("Printed"), words.local_time(datetime.now(timezone.utc).isoformat(), True))
     pdf.ln(2)
@@ -188,7 +206,9 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         lo, hi = summary.malignant_ci
         # an interval reads low to high in every language: on a right-to-left page the range is its own
         # left-to-right run ("1.0 - 8.1"), never reordered into "8.1-1.0"
-        rng = f"\u2066{100 * lo:.1f} - {100 * hi:.1f}\u2069" if pdf.rtl else f"{100 * lo:.1f}-{100 * hi:.1f}"
+        rng = f"{100 * lo:.1f}-{100 * hi:.1f}"
+        if pdf.rtl:
+            rng = f"\u2066{rng}\u2069"
         kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(range)s %%), %(cells)s",
                                   p=f"{100 * summary.malignant_fraction:.1f}", range=rng,
                                   cells=words.cells(summary.malignant)))
@@ -245,15 +265,23 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                 pdf.image(str(store.path(c["crop_path"])), x=x, y=y, w=size, h=size)
             except (OSError, ValueError):
                 pass
-            pdf.set_xy(x, y + size)
             pdf.set_font("noto", "", 6)
             final, _cat = records.cell_final(c)
             text = words.display(final)
             if c["flag"] == records.POSSIBLE_BLAST:
                 text = _("Possible blast") + ": " + text
+            lines = _wrap(pdf, text, size)
             if records.cell_reclassified(c):
-                text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
-            pdf.multi_cell(size, 3, text, align=pdf.align)
+                lines += _wrap(pdf, _("model: %(label)s", label=words.display(c["label"])), size)
+            for k, line in enumerate(lines[:3]):
+                # one shaped line per cell: fpdf2's own wrapping of a right-to-left caption splits words and
+                # garbles the shaping (issue 21)
+                pdf.set_xy(x, y + size + 3 * k)
+                if pdf.rtl:
+                    pdf.set_text_shaping(True, direction="ltr" if _latin(line) else "rtl")
+                pdf.cell(size, 3, line, align=pdf.align)
+            if pdf.rtl:
+                pdf.set_text_shaping(True)
         pdf.set_y(y + size + 11)
 
     pdf.ln(2)
