@@ -221,11 +221,12 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         decided = Counter(words.display(c["operator_label"]) for c in suspected if c["operator_label"])
         text = words.ngettext("%(num)d cell suspected by the model", "%(num)d cells suspected by the model",
                               len(suspected))
+        sep = "؛ " if pdf.rtl else "; "  # the Arabic semicolon on a right-to-left page
         if decided:
-            text += "; " + _("Decided by a reviewer:") + " " + ", ".join(f"{k} {v}" for k, v in decided.most_common())
+            text += sep + _("Decided by a reviewer:") + " " + ", ".join(f"{k} {v}" for k, v in decided.most_common())
         undecided = sum(1 for c in suspected if not c["operator_label"])
         if undecided:
-            text += "; " + _("Not decided: %(n)d (not counted).", n=undecided)
+            text += sep + _("Not decided: %(n)d (not counted).", n=undecided)
         kv(_("Possible blasts"), text, bold=True)
     kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),
@@ -235,7 +236,8 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
 
     pdf.heading(_("Counts"))
     total = max(summary.leukocytes, 1)
-    with pdf.table(col_widths=(70, 40, 25, 25), text_align=("LEFT", "LEFT", "RIGHT", "RIGHT")) as table:
+    side = "RIGHT" if pdf.rtl else "LEFT"
+    with pdf.table(col_widths=(70, 40, 25, 25), text_align=(side, side, "RIGHT", "RIGHT")) as table:
         table.row((_("Cell type"), _("Category"), _("Count"), _("WBC share")))
         for row in summary.rows():
             cat = row["category"]
@@ -277,6 +279,9 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                 # one shaped line per cell: fpdf2's own wrapping of a right-to-left caption splits words and
                 # garbles the shaping (issue 21)
                 pdf.set_xy(x, y + size + 3 * k)
+                # an Arabic caption in the Arabic font itself: drawn through the fallback font at this size,
+                # fpdf2 2.8 put another subset's glyph in place of a letter ("المراجعة" with a "4" inside)
+                pdf.set_font("noto" if _latin(line) else "noto-arabic", "", 6)
                 if pdf.rtl:
                     pdf.set_text_shaping(True, direction="ltr" if _latin(line) else "rtl")
                 pdf.cell(size, 3, line, align=pdf.align)
