@@ -108,7 +108,8 @@ def sample(sample_id: int):
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
                            last_scale=last_qc.get("scale") or None, repeat=_repeat_info(fields, last, last_qc),
                            held=len(records.held_fields(r.store, sample_id)),
-                           other_models=[m for m in used if m["sha256"] != r.bundle.sha256],
+                           other_models=[m | {"label": f"{m['name']} {m['version']}".strip()} for m in used
+                                         if m["sha256"] != r.bundle.sha256],
                            state=r.loop.state(), button_target=r.button_target, button_message=r.button_message)
 
 
