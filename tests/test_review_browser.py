@@ -433,3 +433,69 @@ def test_a_sample_of_a_child_warns_and_the_limits_lead_with_plain_translated_sen
     expect(limits.locator(".limit-warning")).to_contain_text("7 ans")
     ctx.close()
     assert errors == [], errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 10. The 800x480 screen: the primary actions without scrolling, touch targets of 40 px
+
+def small_targets(page) -> list:
+    return page.evaluate("""() => Array.from(document.querySelectorAll(
+        'main button, main a.button, main input:not([type=hidden]):not([type=checkbox]), main select, main summary, '
+        + 'main label.check, main .group-index a'))
+        .filter(e => e.offsetParent !== null)
+        .map(e => [e.id || e.className || e.tagName, Math.round(e.getBoundingClientRect().height)])
+        .filter(([n, h]) => h < 40)""")
+
+
+def test_the_800x480_screen_shows_start_confirmation_refer_and_reopen_without_scrolling(browser, live_app):
+    from playwright.sync_api import expect
+
+    base, app, rt, _ = live_app
+    rt.config.sample.target_cells = 1
+    ctx, page, errors = admin_page(browser, base)
+    page.goto(base + "/")
+    above_fold(page, "#start-sample")
+    assert small_targets(page) == []
+    sid = new_sample(page, "SMALL-1", age="40", note="fever")
+    # the same id again: the confirmation and the button are on the first screen, the checkbox a real target
+    page.goto(base + "/")
+    page.fill("input[name=sample_code]", "SMALL-1")
+    page.fill("input[name=patient_name]", "A. Patient")
+    page.fill("textarea[name=note]", "second smear")
+    page.click("#start-sample")
+    expect(page.locator("#duplicate-warning")).to_be_visible()
+    above_fold(page, "#confirm-duplicate")
+    above_fold(page, "#start-sample")
+    box = page.locator("label.check").bounding_box()
+    assert box["height"] >= 40 and page.locator("#confirm-duplicate").bounding_box()["width"] >= 24
+    assert small_targets(page) == []
+    # a sample that must be referred: its red flag is on the capture page's first screen, above the counts
+    page.goto(f"{base}/samples/{sid}")
+    n = 0
+    while not cells(rt, sid):
+        capture_once(page, n)
+        n += 1
+    conn = rt.store.connect()
+    conn.execute("UPDATE cells SET label = 'blast', category = 'malignant', flag = NULL WHERE sample_id = ?", (sid,))
+    page.reload()
+    expect(page.locator("#flags li.refer").first).to_be_visible()
+    above_fold(page, "#flags li.refer")
+    above_fold(page, "#capture")
+    assert page.locator("#button-target").count() == 0  # no push-button set up: no push-button controls
+    assert small_targets(page) == []
+    page.goto(f"{base}/samples/{sid}/finish")
+    page.click("#confirm-finish")
+    above_fold(page, "#reopen-link")
+    page.click("#reopen-link")
+    expect(page.locator("#reopen-form input[name=reason]")).to_be_in_viewport()
+    page.goto(f"{base}/samples/{sid}/review")
+    assert small_targets(page) == []
+    ctx.close()
+    assert errors == [], errors
+
+
+def above_fold(page, selector):
+    page.evaluate("window.scrollTo(0, 0)")
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, selector
+    assert box["y"] >= 0 and box["y"] + box["height"] <= page.viewport_size["height"], (selector, box, page.url)

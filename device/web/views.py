@@ -110,6 +110,9 @@ def sample(sample_id: int):
                            held=len(records.held_fields(r.store, sample_id)),
                            other_models=[m | {"label": f"{m['name']} {m['version']}".strip()} for m in used
                                          if m["sha256"] != r.bundle.sha256],
+                           # the push-button's controls only where one is set up (or has been used)
+                           has_button=(r.button is not None or bool(r.config.gpio.button_pin)
+                                       or r.button_target is not None or bool(r.button_message)),
                            state=r.loop.state(), button_target=r.button_target, button_message=r.button_message)
 
 
