@@ -447,3 +447,22 @@ def recent_audit(store: Store, limit: int = 300, before: int | None = None, text
     sql += " ORDER BY id DESC LIMIT ?"
     args.append(int(limit))
     return store.connect().execute(sql, args).fetchall()
+
+
+def last_backup(store: Store) -> sqlite3.Row | None:
+    """The latest backup made from the page (audited), for the administrator's reminder."""
+    return store.connect().execute("SELECT at, username FROM audit WHERE action IN ('backup-downloaded', 'backup') "
+                                   "ORDER BY id DESC LIMIT 1").fetchone()
+
+
+def last_camera_scale(store: Store, limit: int = 50) -> dict | None:
+    """The pixel size last measured from the red cells of a field taken by this box's own camera (never an
+    uploaded picture), with its confidence and field: the only reading worth keeping as the configured scale."""
+    for row in store.connect().execute("SELECT id, source, captured_at, qc_json FROM fields ORDER BY id DESC LIMIT ?",
+                                       (int(limit),)):
+        if (row["source"] or "").startswith("upload:"):
+            continue
+        scale = (json.loads(row["qc_json"] or "{}") or {}).get("scale") or {}
+        if scale.get("source") == "red cells" and scale.get("um_per_px"):
+            return {**scale, "field_id": row["id"], "captured_at": row["captured_at"]}
+    return None

@@ -221,9 +221,9 @@ def upload_field(sample_id: int):
     try:
         image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0, fit=ANALYSIS_MAX_PIXELS)
     except DecoderBusy as exc:
-        return error_page(503, str(exc))
+        return error_page(503, words.image_error(str(exc)))
     except ImageError as exc:
-        return error_page(415, str(exc))
+        return error_page(415, words.image_error(str(exc)))
     try:
         result = rt().loop.capture(sample_id, g.user["username"], image=image, source=f"upload:{name}")
     except CaptureError as exc:
@@ -521,11 +521,51 @@ def delete(sample_id: int):
     return redirect(url_for("views.history"))
 
 
+AUDIT_PAGE = 100
+
+
 @bp.route("/audit")
 @admin_required
 def audit():
-    rows = records.recent_audit(rt().store)
-    return render_template("audit.html", rows=rows)
+    """The audit log, newest first, a page at a time (``before``: older than that entry), searchable."""
+    q = request.args.get("q", "")[:100]
+    before = request.args.get("before", type=int)
+    rows = records.recent_audit(rt().store, AUDIT_PAGE + 1, before, q)
+    more = len(rows) > AUDIT_PAGE
+    rows = rows[:AUDIT_PAGE]
+    return render_template("audit.html", rows=rows, q=q, before=before,
+                           older=rows[-1]["id"] if more and rows else None,
+                           last_backup=records.last_backup(rt().store))
+
+
+@bp.route("/backup.tar.gz", methods=["POST"])
+@admin_required
+def backup_download():
+    """An online snapshot of the records and images (the same as ``leukoscope backup``), as one download."""
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from device.records.backup import BackupError, backup
+
+    r = rt()
+    with tempfile.TemporaryDirectory(prefix="leukoscope-backup-") as tmp:
+        dest = Path(tmp) / "snapshot"
+        try:
+            manifest = backup(Path(r.config.data_dir), dest)
+        except BackupError as exc:
+            return error_page(409, str(exc))
+        out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for path in sorted(dest.rglob("*")):
+                if path.is_file() and path.name != "secret_key":  # the session key never leaves the box
+                    tar.add(path, arcname=str(Path("leukoscope-backup") / path.relative_to(dest)))
+        out.seek(0)
+    r.store.audit(g.user["username"], "backup-downloaded", detail={"counts": manifest["counts"],
+                                                                   "files": manifest["files"]})
+    stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
+    return send_file(out, mimetype="application/gzip", as_attachment=True,
+                     download_name=f"leukoscope-backup-{stamp}.tar.gz")
 
 
 @bp.route("/settings", methods=["GET", "POST"])
@@ -543,6 +583,9 @@ def settings():
         except ConfigError as exc:
             error = words.config_error(exc)
         else:
+            if new == r.config:
+                flash(_("Nothing changed: the settings are as they were."))
+                return redirect(url_for("views.settings"))
             applied = r.apply_config(new)
             r.store.audit(g.user["username"], "settings-changed", detail=changes)
             flash(_("Settings saved: %(what)s.", what=", ".join(_(a) for a in applied)))
@@ -551,7 +594,12 @@ def settings():
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
                            model=r.bundle, problems=r.model_problems, error=error, shipped=_shipped(r),
-                           measured=r.analyzer.locator.last_measured), 400 if error else 200
+                           measured=records.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
+                           last_backup=records.last_backup(r.store)), \
+        400 if error else 200
+
+
+LANGUAGE_NAMES = {"en": "English", "fr": "Français", "ar": "العربية"}  # each in its own language
 
 
 def _shipped(r) -> list[dict]:
@@ -571,17 +619,20 @@ def keep_scale():
     from device.config import ConfigError
 
     r = rt()
-    measured = r.analyzer.locator.last_measured
+    # only a reading from this box's own camera: an uploaded photograph was taken through another optic
+    measured = records.last_camera_scale(r.store)
     if measured is None:
         return error_page(409, _("No field has been measured yet: capture a field with red cells first."))
-    value = round(measured.um_per_px, 5)
+    value = round(measured["um_per_px"], 5)
     try:
         new = st.save_overrides(r.config, {"camera": {"um_per_pixel": value}})
     except ConfigError as exc:
         return error_page(400, words.config_error(exc))
     r.apply_config(new)
     r.store.audit(g.user["username"], "settings-changed", detail={"camera": {"um_per_pixel": value},
-                                                                 "from": "last measured scale"})
+                                                                 "from": "last measured scale",
+                                                                 "field": measured["field_id"],
+                                                                 "confidence": measured.get("confidence")})
     flash(_("Pixel size set to %(um)s um per pixel, as measured.", um=value))
     return redirect(url_for("views.settings"))
 

@@ -225,6 +225,43 @@ def model_limits(bundle) -> list[tuple[str, str]]:
     return [(titles[k], found[k], k not in ours) for k in order if k in found]
 
 
+# The decoder's refusals (device.imageio), in the page's language: each English form and its catalogue entry.
+IMAGE_ERRORS = (
+    (r"the file is empty", "the file is empty"),
+    (r"not an image file this appliance accepts \(JPEG, PNG, TIFF or BMP expected\)",
+     "not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)"),
+    (r"the appliance is busy decoding other images; try again in a moment",
+     "the appliance is busy decoding other images; try again in a moment"),
+    (r"(?P<w>\d+)x(?P<h>\d+) pixels is larger than the (?P<limit>[\d,]+)-pixel limit for an image here",
+     "%(w)sx%(h)s pixels is larger than the %(limit)s-pixel limit for an image here"),
+    (r"(?P<w>\d+)x(?P<h>\d+) pixels is too small to hold a blood-smear image",
+     "%(w)sx%(h)s pixels is too small to hold a blood-smear image"),
+    (r"image dimensions are implausibly large", "image dimensions are implausibly large"),
+    (r"not an image file \(JPEG, PNG, BMP or TIFF expected\)", "not an image file (JPEG, PNG, BMP or TIFF expected)"),
+    (r"the image is damaged or truncated \((?P<why>.*)\)", "the image is damaged or truncated (%(why)s)"),
+)
+_IMAGE_ERROR_CATALOGUE = (  # for the catalogue tool: the same texts as above
+    _l("the file is empty"), _l("not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)"),
+    _l("the appliance is busy decoding other images; try again in a moment"),
+    _l("%(w)sx%(h)s pixels is larger than the %(limit)s-pixel limit for an image here"),
+    _l("%(w)sx%(h)s pixels is too small to hold a blood-smear image"), _l("image dimensions are implausibly large"),
+    _l("not an image file (JPEG, PNG, BMP or TIFF expected)"), _l("the image is damaged or truncated (%(why)s)"),
+)
+
+
+def image_error(message: str) -> str:
+    """An upload's refusal ("name: reason") with the reason translated; an unknown reason is shown as it is."""
+    name, sep, reason = str(message).partition(": ")
+    if not sep:
+        name, reason = "", str(message)
+    for pattern, text in IMAGE_ERRORS:
+        m = re.fullmatch(pattern, reason, re.S)
+        if m:
+            translated = gettext(text, **m.groupdict()) if m.groupdict() else gettext(text)
+            return f"{name}: {translated}" if name else translated
+    return str(message)
+
+
 def blast_probability(cell) -> float | None:
     """The model's blast probability of a stored cell: the sum over its malignant labels (None when the model that
     classified it has no blast class)."""
