@@ -338,16 +338,22 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     # the same pages at desktop size
     desk = browser.new_context(viewport=DESK, storage_state=ctx.storage_state())
     dpage = desk.new_page()
-    for lang in ("ar", "en"):
+    for lang in ("ar", "fr", "en"):
+        if lang != "ar":
+            dpage.goto(base + "/account")
+            dpage.select_option("#language", lang)
+            dpage.click("#save-language")
         for name, path in (("home", "/"), ("result", f"/samples/{sid}"), ("review", f"/samples/{sid}/review"),
                            ("history", "/history"), ("users", "/users"), ("settings", "/settings"),
                            ("audit", "/audit")):
             dpage.goto(base + path)
-            shot(dpage, f"{'' if lang == 'en' else 'ar-'}1366-{name}", full=False)
-        if lang == "ar":
-            dpage.goto(base + "/account")
-            dpage.select_option("#language", "en")
-            dpage.click("#save-language")
+            shot(dpage, f"{'' if lang == 'en' else lang + '-'}1366-{name}", full=False)
+        if lang == "fr":  # and the small screen's result and review in French and Arabic
+            for name, path in (("result", f"/samples/{sid}"), ("review", f"/samples/{sid}/review")):
+                dpage.set_viewport_size(SMALL)
+                dpage.goto(base + path)
+                shot(dpage, f"fr-800-{name}", full=False)
+                dpage.set_viewport_size(DESK)
     desk.close()
     ctx.close()
     assert errors == [], errors

@@ -307,6 +307,8 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
             para(w, "B", 9.5, 5)
         pdf.set_text_color(0, 0, 0)
         for title, text, _from_card in m["limits"]:
+            if pdf.get_y() + 14 > pdf.h - 22:
+                pdf.add_page()  # never a title alone at the foot of a page
             para(title, "B", 8.5, 4.5)
             para(text, "", 8.5, 4.2)
         pdf.ln(1)
