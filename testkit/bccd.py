@@ -125,7 +125,7 @@ def match(pred: list[Box], truth: list[Box], dont_care: list[Box] = (), thr: flo
     return tp, len(pred) - tp - len(ignored), len(truth) - tp
 
 
-EDGE_PX = 3  # an annotated cell this close to the frame's edge is cut by it
+EDGE_PX = 8  # an annotated cell this close to the frame's edge is cut by it (BCCD boxes are drawn a few px loose)
 
 
 def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
