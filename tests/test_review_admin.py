@@ -92,6 +92,11 @@ def test_small_wording_faults(live_app):
         .replace("&#34;", '"').replace("&quot;", '"').replace("&amp;", "&").replace("&#39;", "'")
     r = s.post(base + "/settings", data=form)
     assert "Nothing changed" in r.text and "Settings saved" not in r.text
+    # a refused time zone is named as the page labels it
+    r = s.post(base + "/settings", data=form | {"web.time_zone": "Mars/Olympus", "csrf_token": token(r.text)})
+    assert r.status_code == 400
+    assert "Time zone (e.g. Africa/Nairobi): unknown time zone &#39;Mars/Olympus&#39;" in r.text
+    assert "[web]" not in r.text
     # an age of 250 is refused; an age is shown with its unit
     r = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(r.text), "sample_code": "AGE-1", "patient_age": "250"})

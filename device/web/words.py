@@ -240,6 +240,7 @@ IMAGE_ERRORS = (
     (r"not an image file \(JPEG, PNG, BMP or TIFF expected\)", "not an image file (JPEG, PNG, BMP or TIFF expected)"),
     (r"the image is damaged or truncated \((?P<why>.*)\)", "the image is damaged or truncated (%(why)s)"),
 )
+_CONFIG_CATALOGUE = (_l("unknown time zone %(name)s (use a name such as 'Africa/Nairobi' or 'UTC')"),)
 _IMAGE_ERROR_CATALOGUE = (  # for the catalogue tool: the same texts as above
     _l("the file is empty"), _l("not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)"),
     _l("the appliance is busy decoding other images; try again in a moment"),
@@ -348,9 +349,18 @@ def config_error(exc) -> str:
     labels it (else "[section] key"), then the schema's rule."""
     from device.settings import EDITABLE
 
-    if not getattr(exc, "template", ""):
-        return str(exc)  # a message without a catalogue entry (a time zone name, a flag rule): shown as is
     labels = {(s, k): label for s, k, label, _ in EDITABLE}
+    if not getattr(exc, "template", ""):
+        # a message without a catalogue entry ("[web]: time_zone: unknown time zone 'X' (...)"): the setting named
+        # as the page labels it, never as "[web]: time_zone"
+        m = re.fullmatch(r"\[(\w+)\]:? (\w+): (.*)", str(exc), re.S)
+        if not m or (m[1], m[2]) not in labels:
+            return str(exc)  # a flag rule's message: shown as is
+        rest = m[3]
+        tz = re.fullmatch(r"unknown time zone ('.*?') \(use a name such as 'Africa/Nairobi' or 'UTC'\)", rest)
+        if tz:
+            rest = gettext("unknown time zone %(name)s (use a name such as 'Africa/Nairobi' or 'UTC')", name=tz[1])
+        return f"{gettext(labels[(m[1], m[2])])}: {rest}"
 
     def name(key: str) -> str:
         label = labels.get((exc.section, key))
