@@ -125,10 +125,16 @@ def match(pred: list[Box], truth: list[Box], dont_care: list[Box] = (), thr: flo
     return tp, len(pred) - tp - len(ignored), len(truth) - tp
 
 
+EDGE_PX = 8  # an annotated cell this close to the frame's edge is cut by it (BCCD boxes are drawn a few px loose)
+
+
 def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
     from device.analysis.pipeline import FieldLocator
 
+    from device.analysis.pipeline import FieldSettings
+
     locator = FieldLocator(settings)  # as on the box: one microscope through the run
+    skip_edges = (settings or FieldSettings()).cells.skip_edge_cells
     tp = fp = fn = rejected = 0
     times, scales, misses = [], [], []
     for v in views:
@@ -137,7 +143,12 @@ def evaluate(views, settings=None, skip_qc: bool = False) -> dict:
         times.append(time.perf_counter() - t0)
         rejected += not loc.qc.ok
         scales.append(loc.scale.um_per_px)
-        k, f, n = match([c.box for c in loc.cells], v.boxes, v.dont_care)
+        boxes, dont_care = v.boxes, v.dont_care
+        if skip_edges:  # a cell cut by the frame is left out on purpose: neither found nor missed
+            h, w = v.image.shape[:2]
+            cut = [b for b in boxes if b[0] <= EDGE_PX or b[1] <= EDGE_PX or b[2] >= w - EDGE_PX or b[3] >= h - EDGE_PX]
+            boxes, dont_care = [b for b in boxes if b not in cut], list(dont_care) + cut
+        k, f, n = match([c.box for c in loc.cells], boxes, dont_care)
         tp, fp, fn = tp + k, fp + f, fn + n
         if f or n:
             misses.append(v.name)

@@ -58,7 +58,13 @@ def test_capture_loop_stores_fields_cells_and_counts(runtime):
     for (path,) in conn.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells"):
         assert (store.data_dir / path).is_file()
     summary = results[-1]["summary"]
-    assert summary["leukocytes"] + summary["uncertain"] + summary["by_category"]["non-leukocyte"] == n_cells
+    # 13 bundled fields: the 14th capture is the first view again, held out of the count (issue 21)
+    held = records.held_fields(store, sid)
+    assert [json.loads(f["qc_json"])["repeat_of"] for f in held] == [results[0]["field_id"]]
+    repeat_cells = len(results[-1]["cells"])
+    assert repeat_cells == len(results[0]["cells"]) > 0
+    counted = summary["leukocytes"] + summary["uncertain"] + summary["by_category"]["non-leukocyte"]
+    assert counted == n_cells - repeat_cells
     assert summary["target"] == 5 and "not a diagnosis" in summary["disclaimer"]
     assert store.consistency_check().repaired == 0
     summ = records.finish_sample(store, sid, "tester", runtime.config.sample.flags)
@@ -97,7 +103,7 @@ def test_analyze_command_prints_boxes_and_labels():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     a, b = (json.loads(line) for line in out.stdout.splitlines())
-    assert a["analysed"] and len(a["cells"]) >= 2
+    assert a["analysed"] and len(a["cells"]) >= 1  # its second cell is cut by the edge: left out
     for c in a["cells"]:
         assert len(c["box"]) == 4 and {"label", "category", "probability"} <= set(c)
     assert {"edge_um", "background", "clipped", "cell_fraction", "um_per_px"} <= set(a["qc"])
@@ -142,7 +148,7 @@ def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells()
 
     small_res, small_t = cpu(img)
     big_res, big_t = cpu(big)
-    assert big_res.qc.ok and len(big_res.cells) == len(small_res.cells) == 2
+    assert big_res.qc.ok and len(big_res.cells) == len(small_res.cells) == 1  # the second is cut by the edge
     f = 4056 / 640
     for a, b in zip(sorted(c.found.box for c in small_res.cells), sorted(c.found.box for c in big_res.cells)):
         assert all(abs(x * f - y) <= 0.05 * 4056 for x, y in zip(a, b)), (a, b)

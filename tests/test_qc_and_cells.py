@@ -105,12 +105,30 @@ def test_the_finder_keeps_its_figures_at_every_scale_without_a_setting_changed(m
 
 def test_finder_sizes_are_physical():
     img = read_image("device/assets/fields/BloodImage_00010.jpg")
-    at_native = [c.box for c in find_cells(img, um_per_px=BCCD_UM_PER_PX)]
+    every = CellFinderSettings(skip_edge_cells=False)  # this field's second cell is cut by the edge
+    at_native = [c.box for c in find_cells(img, every, um_per_px=BCCD_UM_PER_PX)]
     assert len(at_native) == 2
     # The same field at half the pixels and the scale doubled gives the same cells.
     half = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
-    at_half = [c.box for c in find_cells(half, um_per_px=2 * BCCD_UM_PER_PX)]
+    at_half = [c.box for c in find_cells(half, every, um_per_px=2 * BCCD_UM_PER_PX)]
     assert len(at_half) == 2
     assert find_cells(np.full((480, 640, 3), 230, np.uint8), um_per_px=0.1) == []
     with pytest.raises(ValueError):
         CellFinderSettings(min_nucleus_um2=0)
+
+
+def test_the_device_skips_a_cell_cut_by_the_field_edge():
+    """Issue 21: a cell cut by the edge is classified from part of a cell (two such fragments called blasts
+    raised "refer" alone). The device's finder leaves out nuclei that touch the border; the switch can be off."""
+    img = read_image("device/assets/fields/BloodImage_00010.jpg")
+    assert CellFinderSettings().skip_edge_cells  # on by default, hence on the box
+    every = find_cells(img, CellFinderSettings(skip_edge_cells=False), um_per_px=BCCD_UM_PER_PX)
+    kept = find_cells(img, um_per_px=BCCD_UM_PER_PX)
+    h, w = img.shape[:2]
+    touching = [c for c in every if c.nucleus_box[0] <= 2 or c.nucleus_box[1] <= 2 or c.nucleus_box[2] >= w - 2
+                or c.nucleus_box[3] >= h - 2]
+    assert len(touching) == 1 and len(every) == 2
+    assert [c.box for c in kept] == [c.box for c in every if c not in touching]
+    # the whole pipeline (scale, QC, the finder at its working scale) leaves it out too
+    loc = locate(img, FieldSettings())
+    assert len(loc.cells) == 1

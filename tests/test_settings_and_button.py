@@ -6,6 +6,7 @@ import pytest
 
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, parse_form, save_overrides
+from testkit import REPO
 from testkit.web import csrf_of, signed_in
 
 
@@ -112,15 +113,30 @@ def test_the_settings_page_keeps_the_last_measured_scale(live_app):
     base, app, rt, tmp = live_app
     s = signed_in(base)
     page = s.get(base + "/settings")
-    assert "No field measured" in page.text
+    assert "No field from this camera has been measured" in page.text
     r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})
     assert r.status_code == 409
-    rt.loop.capture(records_sample(rt), "tester")
+    # a photograph uploaded from elsewhere (here a field enlarged 2x: another optic) is never offered (issue 21)
+    import io
+
+    from PIL import Image
+
+    sid = records_sample(rt)
+    img = Image.open(REPO / "device/assets/fields/BloodImage_00023.jpg")
+    buf = io.BytesIO()
+    img.resize((1280, 960)).save(buf, format="JPEG")
+    r = s.post(f"{base}/samples/{sid}/upload", data={"csrf_token": csrf_of(page.text)},
+               files={"image": ("phone.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.ok and rt.analyzer.locator.last_measured is not None  # measured, but from an upload
+    page = s.get(base + "/settings")
+    assert "No field from this camera has been measured" in page.text
+    assert s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)}).status_code == 409
+    rt.loop.capture(sid, "tester")
     measured = rt.analyzer.locator.last_measured
     assert measured is not None and measured.source == "red cells" and 0.06 < measured.um_per_px < 0.12
     assert 'id="field-scale"' in s.get(base + f"/samples/{rt.store.connect().execute('SELECT MAX(id) FROM samples').fetchone()[0]}").text
     page = s.get(base + "/settings")
-    assert "Last measured from the red cells" in page.text
+    assert "Last measured by this camera from the red cells" in page.text and "confidence" in page.text
     r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})
     assert r.ok and rt.config.camera.um_per_pixel == round(measured.um_per_px, 5)
     again = load_effective(None, rt.config.data_dir)

@@ -35,8 +35,9 @@ class CellFinderSettings:
     # with the camera's megapixels (crops for the classifier come from the full frame).
     working_um_per_px: float = 0.2
     # Skip cells whose nucleus touches the field edge: they are incomplete, would be
-    # classified from part of a cell, and may be counted again in the next field.
-    skip_edge_cells: bool = False
+    # classified from part of a cell, and may be counted again in the next field. On by default (issue 21: two
+    # edge fragments of neighbours, called blasts, alone raised "refer" on one uploaded marrow field).
+    skip_edge_cells: bool = True
     edge_margin: int = 2
 
     def __post_init__(self):

@@ -8,8 +8,10 @@ import time
 from device.model import labels as vocab
 from device.imageio import encode_jpeg
 from device.analysis.pipeline import FieldAnalysis, stored_copy
-from device.records.sample import CountedCell, SampleSummary, category_of, final_label, needs_decision, summarize
+from device.records.sample import (NOT_A_CELL, POSSIBLE_BLAST, CountedCell, SampleSummary, category_of, final_label,
+                                   needs_decision, summarize)
 from device.records.store import Store, now
+from device.records.repeats import HELD_FIELDS, repeat_of, view_hash
 
 
 class RecordError(ValueError):
@@ -80,12 +82,20 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
                 raise Discarded("the capture was cancelled by its caller")
             h, w = image.shape[:2]
             meta = model.metadata if model is not None else {}
+            qc_data = {**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}
+            if analysis.qc.ok and analysis.cells:
+                # the same view again (key repeat, a double click, the same file twice, an unmoved slide): kept,
+                # but held out of every count until someone says it is a new view (``count_repeated_field``)
+                qc_data["view_hash"] = view_hash(analysis.stored if analysis.stored is not None else image)
+                same = repeat_of(tx, sample_id, qc_data["view_hash"], [c.found.box for c in analysis.cells], w, h)
+                if same is not None:
+                    qc_data.update(repeat_of=same, held=True)
             cur = tx.execute(
                 "INSERT INTO fields (sample_id, image_path, captured_at, source, width, height, qc_ok, qc_message, "
                 "qc_json, analysis_ms, model_name, model_version, model_sha256) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
-                 json.dumps({**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}),
+                 json.dumps(qc_data),
                  analysis.timings_ms.get("total"), str(meta.get("name", "")),
                  str(meta.get("version", "")), model.sha256 if model is not None else ""))
             fid = cur.lastrowid
@@ -98,6 +108,7 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
                      json.dumps({k: round(v, 5) for k, v in p.probabilities.items()}), p.flag))
             store.audit(user, "capture", f"sample:{sample_id}", {"field": fid, "cells": len(crop_rels),
                                                                   "qc": analysis.qc.message,
+                                                                  "repeat_of": qc_data.get("repeat_of"),
                                                                   "save_ms": round((time.perf_counter() - t0) * 1000, 1)},
                         conn=tx)
     except BaseException:
@@ -111,12 +122,17 @@ def fields_of(store: Store, sample_id: int) -> list[sqlite3.Row]:
 
 
 def cells_of(store: Store, sample_id: int, field_id: int | None = None) -> list[sqlite3.Row]:
+    """The sample's cells (without those of a field held as a repeated view: they are in no count, review or
+    export), or every cell of one field."""
     sql = ("SELECT c.*, u.username AS reviewer FROM cells c LEFT JOIN users u ON u.id = c.reviewer_id "
            "WHERE c.sample_id = ?")
     args: tuple = (sample_id,)
     if field_id is not None:
         sql += " AND c.field_id = ?"
         args += (field_id,)
+    else:
+        sql += f" AND c.field_id NOT IN ({HELD_FIELDS})"
+        args += (sample_id,)
     return store.connect().execute(sql + " ORDER BY c.id", args).fetchall()
 
 
@@ -157,6 +173,8 @@ def review_groups(cells) -> list[dict]:
     groups: dict[str, dict] = {}
     for c in cells:
         name, cat = cell_final(c)
+        if c["flag"] == POSSIBLE_BLAST and not c["operator_label"]:
+            name = POSSIBLE_BLAST  # a suspected blast is never hidden among the other uncertain cells
         g = groups.setdefault(name, {"label": name, "category": cat, "cells": [], "left": 0})
         g["cells"].append(c)
         g["left"] += c["operator_label"] is None
@@ -165,15 +183,16 @@ def review_groups(cells) -> list[dict]:
         # "accept all" only where the model was confident: never for undecided uncertain cells (nor for a label
         # the vocabulary no longer has, which counts as uncertain)
         g["acceptable"] = g["category"] != vocab.UNCERTAIN and any(c["operator_label"] is None for c in g["cells"])
-    return sorted(groups.values(), key=lambda g: (GROUP_ORDER.index(g["category"]), -len(g["cells"]), g["label"]))
+    return sorted(groups.values(), key=lambda g: (g["label"] != POSSIBLE_BLAST, GROUP_ORDER.index(g["category"]),
+                                                  -len(g["cells"]), g["label"]))
 
 
 def report_order(cells) -> list:
     """The order of the report's gallery: blasts and malignant, reclassified, uncertain, then the rest."""
     def rank(c):
         name, cat = cell_final(c)
-        if cat == "malignant" or category_of(c["label"]) == "malignant":  # the final class or the model's
-            return 0
+        if cat == "malignant" or category_of(c["label"]) == "malignant" or c["flag"] == POSSIBLE_BLAST:
+            return 0  # the final class, the model's, or the model's suspicion (even when a reviewer decided it)
         if cell_reclassified(c):
             return 1
         if cat == vocab.UNCERTAIN:
@@ -190,8 +209,8 @@ def summary_of(store: Store, sample_id: int, rules, target: int | None = None, c
     sample = conn.execute("SELECT target FROM samples WHERE id = ?", (sample_id,)).fetchone()
     if sample is None:
         raise RecordError(f"no sample {sample_id}")
-    rows = conn.execute("SELECT label, category, flag, operator_label FROM cells WHERE sample_id = ? ORDER BY id",
-                        (sample_id,)).fetchall()
+    rows = conn.execute("SELECT label, category, flag, operator_label FROM cells WHERE sample_id = ? "
+                        f"AND field_id NOT IN ({HELD_FIELDS}) ORDER BY id", (sample_id, sample_id)).fetchall()
     counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in rows]
     return summarize(counted, target if target is not None else sample["target"], rules)
 
@@ -209,7 +228,7 @@ def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_i
                 confirm: bool = False) -> None:
     """Confirm the model's label (``confirm``: only for a cell the model called with confidence) or choose the
     cell's class. A label outside the vocabulary is refused."""
-    if label is not None:
+    if label is not None and label != NOT_A_CELL:
         vocab.label(label)
     with store.transaction() as tx:
         row = tx.execute("SELECT c.*, s.status FROM cells c JOIN samples s ON s.id = c.sample_id WHERE c.id = ?",
@@ -222,7 +241,8 @@ def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_i
             raise RecordError("the model was not confident about this cell: choose its class instead of confirming")
         tx.execute("UPDATE cells SET operator_label = ?, reviewer_id = ?, reviewed_at = ? WHERE id = ?",
                    (label, user_id, now(), cell_id))
-        action = "confirm-cell" if label == row["label"] else "reclassify-cell"
+        action = ("confirm-cell" if label == row["label"] else "not-a-cell" if label == NOT_A_CELL
+                  else "reclassify-cell")
         store.audit(user, action, f"cell:{cell_id}",
                     {"sample": row["sample_id"], "model": row["label"], "from": row["operator_label"], "to": label},
                     conn=tx)
@@ -241,6 +261,74 @@ def accept_class(store: Store, sample_id: int, label: str, user: str, user_id: i
                          "AND label = ? AND flag IS NULL AND operator_label IS NULL", (user_id, now(), sample_id, label))
         store.audit(user, "accept-class", f"sample:{sample_id}", {"label": label, "cells": cur.rowcount}, conn=tx)
         return cur.rowcount
+
+
+def accept_confident(store: Store, sample_id: int, min_probability: float, user: str, user_id: int | None) -> int:
+    """Confirm every unreviewed cell the model called a NORMAL class with at least ``min_probability``: an
+    explicit, audited choice of the reviewer. Never a flagged cell (uncertain, possible blast, unfamiliar), never
+    a blast or an atypical cell: those are looked at one by one."""
+    if not 0.5 <= min_probability <= 1.0:
+        raise RecordError("choose a probability between 50 and 100 %")
+    with store.transaction() as tx:
+        status = tx.execute("SELECT status FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        if status is None:
+            raise RecordError(f"no sample {sample_id}")
+        if status[0] != "open":
+            raise RecordError("this sample is finished; its cells can no longer be changed")
+        rows = tx.execute("SELECT id, label FROM cells WHERE sample_id = ? AND flag IS NULL AND operator_label IS NULL "
+                          f"AND probability >= ? AND field_id NOT IN ({HELD_FIELDS})",
+                          (sample_id, float(min_probability), sample_id)).fetchall()
+        ids = [r["id"] for r in rows if category_of(r["label"]) == "normal"]
+        t = now()
+        tx.executemany("UPDATE cells SET operator_label = label, reviewer_id = ?, reviewed_at = ? WHERE id = ?",
+                       [(user_id, t, i) for i in ids])
+        store.audit(user, "accept-above", f"sample:{sample_id}",
+                    {"min_probability": float(min_probability), "cells": len(ids), "classes": "normal only"}, conn=tx)
+    return len(ids)
+
+
+def held_fields(store: Store, sample_id: int) -> list[sqlite3.Row]:
+    """Fields held out of the counts as a repeated view, waiting for a decision."""
+    return store.connect().execute(f"SELECT * FROM fields WHERE id IN ({HELD_FIELDS}) ORDER BY id",
+                                   (sample_id,)).fetchall()
+
+
+def count_repeated_field(store: Store, sample_id: int, field_id: int, user: str) -> None:
+    """The operator says a field held as a repeat is a new view: its cells are counted from now on."""
+    with store.transaction() as tx:
+        row = tx.execute("SELECT f.qc_json, s.status FROM fields f JOIN samples s ON s.id = f.sample_id "
+                         "WHERE f.id = ? AND f.sample_id = ?", (field_id, sample_id)).fetchone()
+        if row is None:
+            raise RecordError(f"no field {field_id}")
+        if row["status"] != "open":
+            raise RecordError("this sample is finished; its cells can no longer be changed")
+        data = json.loads(row["qc_json"] or "{}")
+        if not data.get("held"):
+            raise RecordError("this field is already counted")
+        data["held"] = False
+        tx.execute("UPDATE fields SET qc_json = ? WHERE id = ?", (json.dumps(data), field_id))
+        store.audit(user, "count-repeated-field", f"sample:{sample_id}",
+                    {"field": field_id, "repeat_of": data.get("repeat_of")}, conn=tx)
+
+
+def discard_repeated_field(store: Store, sample_id: int, field_id: int, user: str) -> None:
+    """Remove a field held as a repeated view (its cells were never counted), with its images."""
+    with store.transaction() as tx:
+        row = tx.execute("SELECT f.qc_json, f.image_path, s.status FROM fields f JOIN samples s ON s.id = f.sample_id "
+                         "WHERE f.id = ? AND f.sample_id = ?", (field_id, sample_id)).fetchone()
+        if row is None:
+            raise RecordError(f"no field {field_id}")
+        if row["status"] != "open":
+            raise RecordError("this sample is finished; its cells can no longer be changed")
+        if not json.loads(row["qc_json"] or "{}").get("held"):
+            raise RecordError("this field is counted: only a repeated view can be discarded")
+        files = [row["image_path"]] + [r[0] for r in tx.execute("SELECT crop_path FROM cells WHERE field_id = ?",
+                                                                (field_id,))]
+        tx.execute("DELETE FROM cells WHERE field_id = ?", (field_id,))
+        tx.execute("DELETE FROM fields WHERE id = ?", (field_id,))
+        store.audit(user, "discard-repeated-field", f"sample:{sample_id}", {"field": field_id, "files": len(files)},
+                    conn=tx)
+    store.remove_files(files)
 
 
 def finish_sample(store: Store, sample_id: int, user: str, rules, verified_by: str = "") -> SampleSummary:
@@ -344,5 +432,37 @@ def cell_of(store: Store, cell_id: int) -> sqlite3.Row | None:
     return store.connect().execute("SELECT * FROM cells WHERE id = ?", (cell_id,)).fetchone()
 
 
-def recent_audit(store: Store, limit: int = 300) -> list[sqlite3.Row]:
-    return store.connect().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+def recent_audit(store: Store, limit: int = 300, before: int | None = None, text: str = "") -> list[sqlite3.Row]:
+    """The latest audit entries (older than entry ``before``), optionally those whose action, user, target or
+    detail contain ``text``."""
+    sql, args = "SELECT * FROM audit WHERE 1=1", []
+    if before is not None:
+        sql += " AND id < ?"
+        args.append(int(before))
+    if text:
+        pat = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        sql += (" AND (action LIKE ? ESCAPE '\\' OR username LIKE ? ESCAPE '\\' OR target LIKE ? ESCAPE '\\' "
+                "OR detail LIKE ? ESCAPE '\\')")
+        args += [pat] * 4
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(int(limit))
+    return store.connect().execute(sql, args).fetchall()
+
+
+def last_backup(store: Store) -> sqlite3.Row | None:
+    """The latest backup made from the page (audited), for the administrator's reminder."""
+    return store.connect().execute("SELECT at, username FROM audit WHERE action IN ('backup-downloaded', 'backup') "
+                                   "ORDER BY id DESC LIMIT 1").fetchone()
+
+
+def last_camera_scale(store: Store, limit: int = 50) -> dict | None:
+    """The pixel size last measured from the red cells of a field taken by this box's own camera (never an
+    uploaded picture), with its confidence and field: the only reading worth keeping as the configured scale."""
+    for row in store.connect().execute("SELECT id, source, captured_at, qc_json FROM fields ORDER BY id DESC LIMIT ?",
+                                       (int(limit),)):
+        if (row["source"] or "").startswith("upload:"):
+            continue
+        scale = (json.loads(row["qc_json"] or "{}") or {}).get("scale") or {}
+        if scale.get("source") == "red cells" and scale.get("um_per_px"):
+            return {**scale, "field_id": row["id"], "captured_at": row["captured_at"]}
+    return None

@@ -44,12 +44,20 @@ DEFAULT_RULES = (
 )
 
 
+# A reviewer's decision that a detected object is not a white cell (a fragment cut by the field edge, debris, a
+# smudge the finder took for a nucleus): it leaves every white-cell count, the target and the blast fraction.
+NOT_A_CELL = "not-a-cell"
+POSSIBLE_BLAST = "possible-blast"  # the model's flag for a cell whose blast probability is near the operating point
+
+
 def category_of(name: str) -> str:
     """The category a (final) label counts in: the vocabulary's. "uncertain" for the uncertain label and for a
     label the vocabulary does not know (stored by a bundle since removed): such a cell keeps its stored name and
     is counted and flagged as uncertain, never dropped and never an error."""
     if name == vocab.UNCERTAIN:
         return vocab.UNCERTAIN
+    if name == NOT_A_CELL:
+        return "non-leukocyte"
     try:
         return vocab.category_of(name)
     except KeyError:
@@ -115,6 +123,9 @@ class SampleSummary:
         for name, n in self.by_label.items():
             if name == vocab.UNCERTAIN:
                 out.append({"label": name, "display": "Uncertain (awaiting review)", "category": vocab.UNCERTAIN,
+                            "count": n})
+            elif name == NOT_A_CELL:
+                out.append({"label": name, "display": "Not a white cell / fragment", "category": "non-leukocyte",
                             "count": n})
             else:
                 known = vocab.label(name) if category_of(name) != vocab.UNCERTAIN else None

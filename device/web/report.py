@@ -97,56 +97,137 @@ class _Report(FPDF):
         self.set_font("noto", "", 10)
 
 
-def sample_pdf(store, s, cfg, bundle) -> bytes:
+KEY_W = 48  # mm: the key column of the report's key/value lines
+
+
+def _latin(text: str) -> bool:
+    """Text written in a left-to-right script (a model card's English, an id): laid out left to right even on an
+    Arabic page, so the bidi algorithm does not scramble it."""
+    return not any("\u0590" <= ch <= "\u08ff" for ch in str(text))
+
+
+def _wrap(pdf, text: str, width: float) -> list[str]:
+    """Whole words per line, each line narrower than ``width`` (mm) in the current font."""
+    lines: list[str] = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in para.split():
+            trial = f"{line} {word}".strip()
+            if line and pdf.get_string_width(trial) > width - 1:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
+    """``models_info``: each model that classified the sample with its limits (``web.views.sample_models``);
+    by default the one ``bundle``."""
     _ = words.gettext
     summary = records.summary_of(store, s["id"], cfg.sample.flags)
     pdf = _Report(cfg.web.clinic_name, rtl=words.lang() in words.RTL)
     pdf.alias_nb_pages()
     pdf.add_page()
+    if models_info is None:
+        models_info = [{"used": None, "bundle": bundle, "limits": words.model_limits(bundle),
+                        "lead": words.limits_lead(bundle), "warnings": words.sample_warnings(bundle, s),
+                        "screens": words.has_blasts(bundle) if bundle is not None else True}]
+    screens = any(m["screens"] for m in models_info)
+
+    def para(text, style="", size=10, h=5.5):
+        """A paragraph in its own direction: Arabic right to left, Latin text (card figures) left to right."""
+        pdf.set_font("noto", style, size)
+        ltr = _latin(text)
+        if pdf.rtl:
+            pdf.set_text_shaping(True, direction="ltr" if ltr else "rtl")
+        pdf.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="R" if pdf.rtl else "L")
+        if pdf.rtl:
+            pdf.set_text_shaping(True)
 
     def kv(key, value, bold=False):
+        value = str(value or "-")
         pdf.set_font("noto", "B", 10)
-        if pdf.rtl:
-            pdf.multi_cell(0, 6, f"{key}: {value or '-'}", new_x="LMARGIN", new_y="NEXT", align="R")
+        if pdf.rtl or pdf.get_string_width(key) > KEY_W - 2:
+            # a long key (or a right-to-left page) gets its own line: never printed over its value
+            para(key, "B")
+            if pdf.rtl:
+                para(value, "B" if bold else "")
+            else:
+                pdf.set_x(pdf.l_margin + KEY_W)
+                pdf.set_font("noto", "B" if bold else "", 10)
+                pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
             return
-        pdf.cell(48, 6, key)
+        pdf.cell(KEY_W, 6, key)
         pdf.set_font("noto", "B" if bold else "", 10)
-        pdf.multi_cell(0, 6, str(value or "-"), new_x="LMARGIN", new_y="NEXT", align="L")
+        pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
 
+    if not screens:  # said first: this report has no blast fraction
+        pdf.set_text_color(160, 20, 20)
+        for line in models_info[0]["lead"]:
+            para(line, "B", 11, 6)
+        pdf.set_text_color(0, 0, 0)
+        pdf.ln(1)
     sex_word = s["patient_sex"]
     sex = _(sex_word) if sex_word else "-"
+    age = _("%(age)s years", age=s["patient_age"]) if s["patient_age"] else "-"
     kv(_("Sample id"), s["sample_code"])
     kv(_("Patient"), s["patient_name"])
-    kv(_("Age / sex"), f"{s['patient_age'] or '-'} / {sex}")
+    kv(_("Age / sex"), f"{age} / {sex}")
     kv(_("Clinic note"), s["note"])
     kv(_("Operator"), s["operator"])
     kv(_("Started"), words.local_time(s["created_at"], True))
     kv(_("Finished"), words.local_time(s["finished_at"], True) if s["finished_at"] else _("not finished"))
     if s["reopened_at"]:
+        when = words.local_time(s["reopened_at"])
         kv(_("Amended"), _("re-opened by %(who)s on %(when)s (%(why)s), finished again by %(by)s",
-                           who=s["reopened_by"], when=words.local_time(s["reopened_at"]), why=s["reopen_reason"],
+                           who=s["reopened_by"], when=f"\u2066{when}\u2069" if pdf.rtl else when,
+                           why=s["reopen_reason"],
                            by=s["finished_by"] or "-"))
     kv(_("Printed"), words.local_time(datetime.now(timezone.utc).isoformat(), True))
     pdf.ln(2)
 
     pdf.heading(_("Result"))
     for f in summary.flags or [{"level": "-", "message": _("No flag raised.")}]:
-        level = words.level_name(f["level"]) if f["level"] != "-" else "-"
-        pdf.set_font("noto", "B", 10)
-        pdf.multi_cell(0, 6, f"[{level}] {words.flag_text(f) if f['level'] != '-' else f['message']}",
-                       new_x="LMARGIN", new_y="NEXT", align=pdf.align)
+        if f["level"] == "-":
+            para(f["message"], "B", 10, 6)
+            continue
+        level = words.level_name(f["level"])
+        para(f"{level[:1].upper()}{level[1:]}: {words.flag_text(f)}", "B", 10, 6)
     pdf.set_font("noto", "", 10)
     kv(_("White cells counted"), _("%(n)d of target %(target)d", n=summary.leukocytes, target=summary.target)
        + ("" if summary.target_reached else " - " + _("insufficient")), bold=not summary.target_reached)
-    if summary.leukocytes:
+    if not screens:
+        if summary.malignant:
+            kv(_("Blasts"), _("Cells a reviewer classified as blasts: %(n)d (this model does not look for them).",
+                              n=summary.malignant))
+    elif summary.leukocytes:
         lo, hi = summary.malignant_ci
-        kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(lo)s-%(hi)s %%), %(cells)s",
-                                  p=f"{100 * summary.malignant_fraction:.1f}", lo=f"{100 * lo:.1f}",
-                                  hi=f"{100 * hi:.1f}", cells=words.cells(summary.malignant)))
+        # an interval reads low to high in every language: on a right-to-left page the range is its own
+        # left-to-right run ("1.0 - 8.1"), never reordered into "8.1-1.0"
+        rng = f"{100 * lo:.1f}-{100 * hi:.1f}"
+        if pdf.rtl:
+            rng = f"\u2066{rng}\u2069"
+        kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(range)s %%), %(cells)s",
+                                  p=f"{100 * summary.malignant_fraction:.1f}", range=rng,
+                                  cells=words.cells(summary.malignant)))
     else:
         kv(_("Blast fraction"), _("not computable: no white cell counted"))
-    for title, text, _from_card in words.model_limits(bundle):
-        kv("   " + title, text)
+    suspected = [c for c in records.cells_of(store, s["id"]) if c["flag"] == records.POSSIBLE_BLAST]
+    if suspected:
+        from collections import Counter
+
+        decided = Counter(words.display(c["operator_label"]) for c in suspected if c["operator_label"])
+        text = words.ngettext("%(num)d cell suspected by the model", "%(num)d cells suspected by the model",
+                              len(suspected))
+        sep = "؛ " if pdf.rtl else "; "  # the Arabic semicolon on a right-to-left page
+        if decided:
+            text += sep + _("Decided by a reviewer:") + " " + ", ".join(f"{k} {v}" for k, v in decided.most_common())
+        undecided = sum(1 for c in suspected if not c["operator_label"])
+        if undecided:
+            text += sep + _("Not decided: %(n)d (not counted).", n=undecided)
+        kv(_("Possible blasts"), text, bold=True)
     kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),
         bold=bool(summary.uncertain))
@@ -155,7 +236,8 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
 
     pdf.heading(_("Counts"))
     total = max(summary.leukocytes, 1)
-    with pdf.table(col_widths=(70, 40, 25, 25), text_align=("LEFT", "LEFT", "RIGHT", "RIGHT")) as table:
+    side = "RIGHT" if pdf.rtl else "LEFT"
+    with pdf.table(col_widths=(70, 40, 25, 25), text_align=(side, side, "RIGHT", "RIGHT")) as table:
         table.row((_("Cell type"), _("Category"), _("Count"), _("WBC share")))
         for row in summary.rows():
             cat = row["category"]
@@ -185,29 +267,54 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
                 pdf.image(str(store.path(c["crop_path"])), x=x, y=y, w=size, h=size)
             except (OSError, ValueError):
                 pass
-            pdf.set_xy(x, y + size)
             pdf.set_font("noto", "", 6)
             final, _cat = records.cell_final(c)
             text = words.display(final)
+            if c["flag"] == records.POSSIBLE_BLAST:
+                text = _("Possible blast") + ": " + text
+            lines = _wrap(pdf, text, size)
             if records.cell_reclassified(c):
-                text += "\n" + _("model: %(label)s", label=words.display(c["label"]))
-            pdf.multi_cell(size, 3, text, align=pdf.align)
+                lines += _wrap(pdf, _("model: %(label)s", label=words.display(c["label"])), size)
+            for k, line in enumerate(lines[:3]):
+                # one shaped line per cell: fpdf2's own wrapping of a right-to-left caption splits words and
+                # garbles the shaping (issue 21)
+                pdf.set_xy(x, y + size + 3 * k)
+                # an Arabic caption in the Arabic font itself: drawn through the fallback font at this size,
+                # fpdf2 2.8 put another subset's glyph in place of a letter ("المراجعة" with a "4" inside)
+                pdf.set_font("noto" if _latin(line) else "noto-arabic", "", 6)
+                if pdf.rtl:
+                    pdf.set_text_shaping(True, direction="ltr" if _latin(line) else "rtl")
+                pdf.cell(size, 3, line, align=pdf.align)
+            if pdf.rtl:
+                pdf.set_text_shaping(True)
         pdf.set_y(y + size + 11)
 
     pdf.ln(2)
     pdf.heading(_("Model"))
-    used = records.models_of(store, s["id"])  # the models that classified it, not the one in use now
-    for u in used:
-        kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"], version=u["version"],
-                         sha=u["sha256"][:16] or "-", fields=words.ngettext("%(num)d field", "%(num)d fields",
-                                                                              u["fields"])))
-    if not used:
-        kv(_("Model"), _("no field captured"))
+    # the models that classified it, not the one in use now: each with what it can and cannot tell
+    for m in models_info:
+        u = m["used"]
+        if u:
+            kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"],
+                             version=u["version"], sha=u["sha256"][:16] or "-",
+                             fields=words.ngettext("%(num)d field", "%(num)d fields", u["fields"])))
+        else:
+            kv(_("Model"), _("no field captured"))
+        for line in m["lead"]:
+            para(line, "", 9.5, 5)
+        pdf.set_text_color(160, 20, 20)
+        for w in m["warnings"]:
+            para(w, "B", 9.5, 5)
+        pdf.set_text_color(0, 0, 0)
+        for title, text, _from_card in m["limits"]:
+            if pdf.get_y() + 14 > pdf.h - 22:
+                pdf.add_page()  # never a title alone at the foot of a page
+            para(title, "B", 8.5, 4.5)
+            para(text, "", 8.5, 4.2)
+        pdf.ln(1)
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
     kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
-    pdf.ln(3)
-    pdf.set_font("noto", "B", 10)
-    pdf.multi_cell(0, 5, words.disclaimer(), align=pdf.align)
+    # the disclaimer is in every page's footer: no page of its own for it
     return bytes(pdf.output())

@@ -68,8 +68,8 @@ def new_sample():
         flash(_("A sample id is required."), "error")
         return redirect(url_for("views.index"))
     age = _text("patient_age", 8)
-    if age and not re.fullmatch(r"\d{1,3}", age):
-        flash(_("Age must be a whole number of years."), "error")
+    if age and not (re.fullmatch(r"\d{1,3}", age) and int(age) <= 120):
+        flash(_("Age must be a whole number of years, from 0 to 120."), "error")
         return redirect(url_for("views.index"))
     sex = _text("patient_sex", 16)
     if sex not in ("", "female", "male", "other"):
@@ -93,22 +93,61 @@ def sample(sample_id: int):
         cells = records.cells_of(r.store, sample_id)
         highlighted = [c for c in records.report_order(cells)
                        if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
-                       or records.cell_reclassified(c)]
-        from device.model import installed as models
-
+                       or records.cell_reclassified(c) or c["flag"] == records.POSSIBLE_BLAST]
         used = records.models_of(r.store, sample_id)
-        # the limits of the model that produced this result, not of the one in use now
-        limits = words.model_limits(models.bundle_of_sample(r.config.data_dir, used, r.bundle))
+        models_info = sample_models(r, s, used)
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
-                               n_highlighted=len(highlighted), model=r.bundle, limits=limits,
-                               result=json.loads(s["result_json"] or "{}"), reviewers=records.reviewers_of(r.store, sample_id),
-                               models_used=used)
+                               n_highlighted=len(highlighted), model=r.bundle, models_info=models_info,
+                               screens=any(m["screens"] for m in models_info),
+                               suspected=possible_blasts(cells), result=json.loads(s["result_json"] or "{}"),
+                               reviewers=records.reviewers_of(r.store, sample_id), models_used=used)
     last = fields[-1] if fields else None
     last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
-    last_scale = (json.loads(last["qc_json"] or "{}").get("scale") if last else None) or None
+    last_qc = json.loads(last["qc_json"] or "{}") if last else {}
+    used = records.models_of(r.store, sample_id)
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
-                           last_scale=last_scale,
+                           last_scale=last_qc.get("scale") or None, repeat=_repeat_info(fields, last, last_qc),
+                           held=len(records.held_fields(r.store, sample_id)),
+                           other_models=[m | {"label": f"{m['name']} {m['version']}".strip()} for m in used
+                                         if m["sha256"] != r.bundle.sha256],
+                           # the push-button's controls only where one is set up (or has been used)
+                           has_button=(r.button is not None or bool(r.config.gpio.button_pin)
+                                       or r.button_target is not None or bool(r.button_message)),
                            state=r.loop.state(), button_target=r.button_target, button_message=r.button_message)
+
+
+def _repeat_info(fields, field, qc: dict) -> dict | None:
+    """A field held as a repeated view: its id and the number (1, 2, ...) of the field it repeats."""
+    if field is None or not qc.get("held"):
+        return None
+    ids = [f["id"] for f in fields]
+    same = qc.get("repeat_of")
+    return {"field_id": field["id"], "same_as": ids.index(same) + 1 if same in ids else 0}
+
+
+def sample_models(r, s, used: list[dict]) -> list[dict]:
+    """Each model that classified the sample (else the one in use), with its limits: a sample classified by two
+    models shows both, never only the one in use now."""
+    from device.model import installed as models
+
+    out = []
+    for u in used or [None]:
+        bundle = models.bundle_of_sample(r.config.data_dir, [u] if u else [], r.bundle)
+        out.append({"used": u, "bundle": bundle, "limits": words.model_limits(bundle),
+                    "lead": words.limits_lead(bundle), "warnings": words.sample_warnings(bundle, s),
+                    "screens": words.has_blasts(bundle) if bundle is not None else True})
+    return out
+
+
+def possible_blasts(cells) -> dict:
+    """The cells the model suspected of being blasts, and how they were decided: they stay visible on the result
+    and the report whatever a reviewer chose."""
+    from collections import Counter
+
+    suspected = [c for c in cells if c["flag"] == records.POSSIBLE_BLAST]
+    decided = Counter(c["operator_label"] for c in suspected if c["operator_label"])
+    return {"n": len(suspected), "decided": sorted(decided.items(), key=lambda kv: -kv[1]),
+            "undecided": sum(1 for c in suspected if not c["operator_label"])}
 
 
 @bp.route("/samples/<int:sample_id>/button", methods=["POST"])
@@ -123,7 +162,8 @@ def use_button(sample_id: int):
 
 
 def _count_panel(s, summary, n_fields: int) -> str:
-    return render_template("_count.html", s=s, summary=summary, n_fields=n_fields)
+    return render_template("_count.html", s=s, summary=summary, n_fields=n_fields,
+                           held=len(records.held_fields(rt().store, s["id"])))
 
 
 @bp.route("/samples/<int:sample_id>/capture", methods=["POST"])
@@ -150,9 +190,13 @@ def _capture_json(s, result: dict) -> dict:
     sid = s["id"]
     result["image_url"] = url_for("views.field_image", sample_id=sid, field_id=result["field_id"])
     summary = records.summary_of(r.store, sid, r.config.sample.flags)
-    result["count_html"] = _count_panel(s, summary, len(records.fields_of(r.store, sid)))
+    fields = records.fields_of(r.store, sid)
+    result["count_html"] = _count_panel(s, summary, len(fields))
+    row = next((f for f in fields if f["id"] == result["field_id"]), None)
+    repeat = _repeat_info(fields, row, json.loads(row["qc_json"] or "{}") if row is not None else {})
+    result["repeat"] = repeat
     result["qc_html"] = render_template("_qc.html", ok=result["qc_ok"], message=result["qc_message"],
-                                        n=len(result["cells"]))
+                                        n=len(result["cells"]), repeat=repeat, s=s, uploaded=result.get("uploaded"))
     sc = result.get("scale")
     result["scale_text"] = _scale_text(sc) if sc else ""
     return result
@@ -177,15 +221,32 @@ def upload_field(sample_id: int):
     try:
         image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0, fit=ANALYSIS_MAX_PIXELS)
     except DecoderBusy as exc:
-        return error_page(503, str(exc))
+        return error_page(503, words.image_error(str(exc)))
     except ImageError as exc:
-        return error_page(415, str(exc))
+        return error_page(415, words.image_error(str(exc)))
     try:
         result = rt().loop.capture(sample_id, g.user["username"], image=image, source=f"upload:{name}")
     except CaptureError as exc:
         return error_page(503, str(exc))
     if request.accept_mimetypes.best == "application/json":
-        return jsonify(_capture_json(s, result))
+        return jsonify(_capture_json(s, result | {"uploaded": True}))
+    return redirect(url_for("views.sample", sample_id=sample_id))
+
+
+@bp.route("/samples/<int:sample_id>/fields/<int:field_id>/repeat", methods=["POST"])
+def repeated_field(sample_id: int, field_id: int):
+    """A field held as a repeated view: count it after all (it is a new view) or discard it."""
+    r = rt()
+    _sample_or_404(sample_id)
+    try:
+        if request.form.get("action") == "count":
+            records.count_repeated_field(r.store, sample_id, field_id, g.user["username"])
+            flash(_("The field is counted as a new view."))
+        else:
+            records.discard_repeated_field(r.store, sample_id, field_id, g.user["username"])
+            flash(_("The repeated view was discarded; nothing of it was counted."))
+    except records.RecordError as exc:
+        return error_page(409, _(str(exc)))
     return redirect(url_for("views.sample", sample_id=sample_id))
 
 
@@ -257,23 +318,60 @@ def status():
                    button_sample=r.button_target[0] if r.button_target else None, button_message=r.button_message)
 
 
+REVIEW_PAGE = 24  # cells per review page: a page the 800x480 screen can scroll in a few swipes
+
+
+def review_labels(bundle) -> list[str]:
+    extra = [n for n in ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell") if n not in bundle.labels]
+    return sorted(list(bundle.labels) + extra, key=lambda n: (records.GROUP_ORDER.index(vocab.category_of(n)),
+                                                              words.display(n)))
+
+
+def quick_labels(cell, keyed: list[str], n: int = 3) -> list[str]:
+    """The one-tap buttons of a card: the model's most probable classes, then a blast, if not among them."""
+    try:
+        probs = json.loads(cell["probabilities_json"] or "{}")
+    except ValueError:
+        probs = {}
+    top = [k for k, _v in sorted(probs.items(), key=lambda kv: -kv[1]) if k in keyed][:n]
+    blast = next((k for k in keyed if vocab.category_of(k) == "malignant"), None)
+    if blast and not any(vocab.category_of(k) == "malignant" for k in top):
+        top.append(blast)
+    return top
+
+
 @bp.route("/samples/<int:sample_id>/review")
 def review(sample_id: int):
     r = rt()
     s = _sample_or_404(sample_id)
     cells = records.cells_of(r.store, sample_id)
-    extra = [n for n in ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell") if n not in r.bundle.labels]
-    labels = sorted(list(r.bundle.labels) + extra, key=lambda n: (records.GROUP_ORDER.index(vocab.category_of(n)),
-                                                                  words.display(n)))
-    return render_template("review.html", s=s, groups=records.review_groups(cells), labels=labels,
-                           left=sum(c["operator_label"] is None for c in cells),
-                           summary=records.summary_of(r.store, sample_id, r.config.sample.flags))
+    groups = records.review_groups(cells)
+    flat = [(g, c) for g in groups for c in g["cells"]]
+    pages = max(1, -(-len(flat) // REVIEW_PAGE))
+    page = min(max(1, request.args.get("page", 1, type=int)), pages)
+    shown = flat[(page - 1) * REVIEW_PAGE: page * REVIEW_PAGE]
+    page_groups: list[dict] = []
+    for g, c in shown:
+        if not page_groups or page_groups[-1]["group"] is not g:
+            page_groups.append({"group": g, "cells": []})
+        page_groups[-1]["cells"].append(c)
+    starts, i = {}, 0
+    for g in groups:  # the page each group starts on, for the index
+        starts[g["label"]] = i // REVIEW_PAGE + 1
+        i += len(g["cells"])
+    labels = review_labels(r.bundle)
+    keyed = [n for n in labels if n in r.bundle.labels][:9]  # keys 1-9: the model's own classes
+    summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
+    return render_template("review.html", s=s, groups=groups, page_groups=page_groups, page=page, pages=pages,
+                           starts=starts, labels=labels, keyed=keyed, quick=lambda c: quick_labels(c, labels),
+                           left=sum(c["operator_label"] is None for c in cells), summary=summary,
+                           screens=words.has_blasts(r.bundle))
 
 
 @bp.route("/cells/<int:cell_id>/review", methods=["POST"])
 def review_cell(cell_id: int):
     r = rt()
-    label = request.form.get("label", "")
+    label = request.form.get("label", "") or request.form.get("label_other", "")
     row = records.cell_of(r.store, cell_id)
     if row is None:
         abort(404)
@@ -291,8 +389,14 @@ def review_cell(cell_id: int):
         msg = _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label.")
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     if wants_json:
-        return jsonify(ok=True, summary=records.summary_of(r.store, row["sample_id"], r.config.sample.flags).to_dict())
-    return redirect(url_for("views.review", sample_id=row["sample_id"]) + f"#cell-{cell_id}")
+        summary = records.summary_of(r.store, row["sample_id"], r.config.sample.flags)
+        s = records.get_sample(r.store, row["sample_id"])
+        final = label if not confirm else row["label"]
+        return jsonify(ok=True, summary=summary.to_dict(), label=final, display=words.display(final),
+                       category=records.category_of(final),
+                       live_html=render_template("_live.html", summary=summary, s=s))
+    page = request.form.get("page", type=int) or 1
+    return redirect(url_for("views.review", sample_id=row["sample_id"], page=page) + f"#cell-{cell_id}")
 
 
 @bp.route("/samples/<int:sample_id>/accept", methods=["POST"])
@@ -306,6 +410,23 @@ def accept_class(sample_id: int):
     except (records.RecordError, KeyError) as exc:
         return error_page(400, _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label."))
     flash(_("%(cells)s accepted as %(label)s.", cells=words.cells(n), label=words.display(label)))
+    return redirect(url_for("views.review", sample_id=sample_id))
+
+
+@bp.route("/samples/<int:sample_id>/accept-above", methods=["POST"])
+def accept_above(sample_id: int):
+    """The reviewer's explicit choice: accept the model's guess for every normal cell called with at least P %."""
+    r = rt()
+    _sample_or_404(sample_id)
+    p = request.form.get("min_percent", type=float)
+    if p is None:
+        return error_page(400, _("Give the lowest model probability to accept, in per cent."))
+    try:
+        n = records.accept_confident(r.store, sample_id, p / 100.0, g.user["username"], g.user["id"])
+    except records.RecordError as exc:
+        return error_page(400, _(str(exc)))
+    flash(_("%(cells)s of normal classes accepted as the model called them (model %(p)s %% or more).",
+            cells=words.cells(n), p="%g" % p))
     return redirect(url_for("views.review", sample_id=sample_id))
 
 
@@ -369,8 +490,9 @@ def report_pdf(sample_id: int):
     s = _sample_or_404(sample_id)
     from device.model import installed as models
 
-    pdf = sample_pdf(r.store, s, r.config,
-                     models.bundle_of_sample(r.config.data_dir, records.models_of(r.store, s["id"]), r.bundle))
+    used = records.models_of(r.store, s["id"])
+    pdf = sample_pdf(r.store, s, r.config, models.bundle_of_sample(r.config.data_dir, used, r.bundle),
+                     models_info=sample_models(r, s, used))
     r.store.audit(g.user["username"], "export-pdf", f"sample:{sample_id}")
     return send_file(io.BytesIO(pdf), mimetype="application/pdf", as_attachment=True,
                      download_name=_download_name(s, "pdf"))
@@ -399,11 +521,51 @@ def delete(sample_id: int):
     return redirect(url_for("views.history"))
 
 
+AUDIT_PAGE = 100
+
+
 @bp.route("/audit")
 @admin_required
 def audit():
-    rows = records.recent_audit(rt().store)
-    return render_template("audit.html", rows=rows)
+    """The audit log, newest first, a page at a time (``before``: older than that entry), searchable."""
+    q = request.args.get("q", "")[:100]
+    before = request.args.get("before", type=int)
+    rows = records.recent_audit(rt().store, AUDIT_PAGE + 1, before, q)
+    more = len(rows) > AUDIT_PAGE
+    rows = rows[:AUDIT_PAGE]
+    return render_template("audit.html", rows=rows, q=q, before=before,
+                           older=rows[-1]["id"] if more and rows else None,
+                           last_backup=records.last_backup(rt().store))
+
+
+@bp.route("/backup.tar.gz", methods=["POST"])
+@admin_required
+def backup_download():
+    """An online snapshot of the records and images (the same as ``leukoscope backup``), as one download."""
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from device.records.backup import BackupError, backup
+
+    r = rt()
+    with tempfile.TemporaryDirectory(prefix="leukoscope-backup-") as tmp:
+        dest = Path(tmp) / "snapshot"
+        try:
+            manifest = backup(Path(r.config.data_dir), dest)
+        except BackupError as exc:
+            return error_page(409, str(exc))
+        out = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for path in sorted(dest.rglob("*")):
+                if path.is_file() and path.name != "secret_key":  # the session key never leaves the box
+                    tar.add(path, arcname=str(Path("leukoscope-backup") / path.relative_to(dest)))
+        out.seek(0)
+    r.store.audit(g.user["username"], "backup-downloaded", detail={"counts": manifest["counts"],
+                                                                   "files": manifest["files"]})
+    stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
+    return send_file(out, mimetype="application/gzip", as_attachment=True,
+                     download_name=f"leukoscope-backup-{stamp}.tar.gz")
 
 
 @bp.route("/settings", methods=["GET", "POST"])
@@ -421,6 +583,9 @@ def settings():
         except ConfigError as exc:
             error = words.config_error(exc)
         else:
+            if new == r.config:
+                flash(_("Nothing changed: the settings are as they were."))
+                return redirect(url_for("views.settings"))
             applied = r.apply_config(new)
             r.store.audit(g.user["username"], "settings-changed", detail=changes)
             flash(_("Settings saved: %(what)s.", what=", ".join(_(a) for a in applied)))
@@ -429,7 +594,12 @@ def settings():
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
                            model=r.bundle, problems=r.model_problems, error=error, shipped=_shipped(r),
-                           measured=r.analyzer.locator.last_measured), 400 if error else 200
+                           measured=records.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
+                           last_backup=records.last_backup(r.store)), \
+        400 if error else 200
+
+
+LANGUAGE_NAMES = {"en": "English", "fr": "Français", "ar": "العربية"}  # each in its own language
 
 
 def _shipped(r) -> list[dict]:
@@ -449,17 +619,20 @@ def keep_scale():
     from device.config import ConfigError
 
     r = rt()
-    measured = r.analyzer.locator.last_measured
+    # only a reading from this box's own camera: an uploaded photograph was taken through another optic
+    measured = records.last_camera_scale(r.store)
     if measured is None:
         return error_page(409, _("No field has been measured yet: capture a field with red cells first."))
-    value = round(measured.um_per_px, 5)
+    value = round(measured["um_per_px"], 5)
     try:
         new = st.save_overrides(r.config, {"camera": {"um_per_pixel": value}})
     except ConfigError as exc:
         return error_page(400, words.config_error(exc))
     r.apply_config(new)
     r.store.audit(g.user["username"], "settings-changed", detail={"camera": {"um_per_pixel": value},
-                                                                 "from": "last measured scale"})
+                                                                 "from": "last measured scale",
+                                                                 "field": measured["field_id"],
+                                                                 "confidence": measured.get("confidence")})
     flash(_("Pixel size set to %(um)s um per pixel, as measured.", um=value))
     return redirect(url_for("views.settings"))
 
@@ -477,8 +650,13 @@ def use_builtin_model():
         return error_page(400, _("Model refused, the current model stays in use: %(why)s", why=str(exc)))
     r.store.audit(g.user["username"], "model-installed", detail={"name": bundle.name, "sha256": bundle.sha256,
                                                                   "shipped": stem})
-    flash(_("Model %(name)s installed; it is used after the appliance restarts.", name=bundle.name))
+    flash(_(MODEL_SWITCHED, name=bundle.name))
     return redirect(url_for("views.settings"))
+
+
+MODEL_SWITCHED = ("Model %(name)s installed: it classifies every field captured from now on (within a few seconds, "
+                  "no restart). Fields already captured keep the model that classified them; a sample classified "
+                  "by two models shows the limits of both.")
 
 
 @bp.route("/settings/model", methods=["POST"])
@@ -496,5 +674,5 @@ def upload_model():
         r.store.audit(g.user["username"], "model-refused", detail={"file": f.filename[:100], "reason": str(exc)})
         return error_page(400, _("Model refused, the current model stays in use: %(why)s", why=str(exc)))
     r.store.audit(g.user["username"], "model-installed", detail={"name": bundle.name, "sha256": bundle.sha256})
-    flash(_("Model %(name)s installed; it is used after the appliance restarts.", name=bundle.name))
+    flash(_(MODEL_SWITCHED, name=bundle.name))
     return redirect(url_for("views.settings"))

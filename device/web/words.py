@@ -13,7 +13,7 @@ from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
 from device.model import labels as vocab
-from device.records.sample import DISCLAIMER, INSUFFICIENT
+from device.records.sample import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
 from device.records.sample import category_of as sample_category_of
 
 LANGUAGES = ("en", "fr", "ar")
@@ -53,7 +53,12 @@ DATA_STRINGS = (
     _l("this sample is finished; its cells can no longer be changed"),
     _l("the model was not confident about this cell: choose its class instead of confirming"),
     _l("give a reason for re-opening the sample"), _l("this sample is not finished"),
-    _l("this sample is already finished"),
+    _l("this sample is already finished"), _l("this field is already counted"),
+    _l("this field is counted: only a repeated view can be discarded"),
+    _l("choose a probability between 50 and 100 %"),
+    _l("Model %(name)s installed: it classifies every field captured from now on (within a few seconds, no restart). "
+       "Fields already captured keep the model that classified them; a sample classified by two models shows the "
+       "limits of both."),
     _l("ok"), _l("starting"), _l("disconnected"), _l("closed"), _l("error"),
     _l("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person reviewing the smear."),
 )
@@ -87,6 +92,10 @@ def display(name: str | None) -> str:
         return "–"
     if name == vocab.UNCERTAIN:
         return gettext("Uncertain (awaiting review)")
+    if name == NOT_A_CELL:
+        return gettext("Not a white cell / fragment")
+    if name == POSSIBLE_BLAST:
+        return gettext("Possible blast")
     try:
         return gettext(vocab.label(name).display)
     except KeyError:
@@ -112,9 +121,22 @@ def level_name(level: str) -> str:
     return str(LEVEL_NAMES.get(level, level))
 
 
-def qc_text(message: str) -> str:
-    """A QC message ("a; b") with each part translated, first letter capitalised."""
-    parts = [gettext(p.strip()) for p in (message or "").split(";") if p.strip()]
+# An uploaded picture cannot be refocused or relit: the advice is to take the picture again.
+CAMERA_ONLY = ("Out of focus", "Too dark", "Too bright", "Over- or under-exposed cells")
+UPLOAD_ADVICE = _l("photograph the field again and upload the new picture")
+UPLOAD_WORDS = (_l("Out of focus"), _l("Too dark"), _l("Too bright"), _l("Over- or under-exposed cells"))
+
+
+def qc_text(message: str, uploaded: bool = False) -> str:
+    """A QC message ("a; b") with each part translated, first letter capitalised. For an uploaded picture,
+    advice about the microscope (focus, lamp) becomes: photograph it again."""
+    def part(p: str) -> str:
+        head = p.split(":", 1)[0].strip()
+        if uploaded and head in CAMERA_ONLY:
+            return f"{gettext(head)}: {UPLOAD_ADVICE}"
+        return gettext(p)
+
+    parts = [part(p.strip()) for p in (message or "").split(";") if p.strip()]
     text = "; ".join(parts)
     return text[:1].upper() + text[1:]
 
@@ -203,6 +225,112 @@ def model_limits(bundle) -> list[tuple[str, str]]:
     return [(titles[k], found[k], k not in ours) for k in order if k in found]
 
 
+# The decoder's refusals (device.imageio), in the page's language: each English form and its catalogue entry.
+IMAGE_ERRORS = (
+    (r"the file is empty", "the file is empty"),
+    (r"not an image file this appliance accepts \(JPEG, PNG, TIFF or BMP expected\)",
+     "not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)"),
+    (r"the appliance is busy decoding other images; try again in a moment",
+     "the appliance is busy decoding other images; try again in a moment"),
+    (r"(?P<w>\d+)x(?P<h>\d+) pixels is larger than the (?P<limit>[\d,]+)-pixel limit for an image here",
+     "%(w)sx%(h)s pixels is larger than the %(limit)s-pixel limit for an image here"),
+    (r"(?P<w>\d+)x(?P<h>\d+) pixels is too small to hold a blood-smear image",
+     "%(w)sx%(h)s pixels is too small to hold a blood-smear image"),
+    (r"image dimensions are implausibly large", "image dimensions are implausibly large"),
+    (r"not an image file \(JPEG, PNG, BMP or TIFF expected\)", "not an image file (JPEG, PNG, BMP or TIFF expected)"),
+    (r"the image is damaged or truncated \((?P<why>.*)\)", "the image is damaged or truncated (%(why)s)"),
+)
+_CONFIG_CATALOGUE = (_l("unknown time zone %(name)s (use a name such as 'Africa/Nairobi' or 'UTC')"),)
+_IMAGE_ERROR_CATALOGUE = (  # for the catalogue tool: the same texts as above
+    _l("the file is empty"), _l("not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)"),
+    _l("the appliance is busy decoding other images; try again in a moment"),
+    _l("%(w)sx%(h)s pixels is larger than the %(limit)s-pixel limit for an image here"),
+    _l("%(w)sx%(h)s pixels is too small to hold a blood-smear image"), _l("image dimensions are implausibly large"),
+    _l("not an image file (JPEG, PNG, BMP or TIFF expected)"), _l("the image is damaged or truncated (%(why)s)"),
+)
+
+
+def image_error(message: str) -> str:
+    """An upload's refusal ("name: reason") with the reason translated; an unknown reason is shown as it is."""
+    name, sep, reason = str(message).partition(": ")
+    if not sep:
+        name, reason = "", str(message)
+    for pattern, text in IMAGE_ERRORS:
+        m = re.fullmatch(pattern, reason, re.S)
+        if m:
+            translated = gettext(text, **m.groupdict()) if m.groupdict() else gettext(text)
+            return f"{name}: {translated}" if name else translated
+    return str(message)
+
+
+def blast_probability(cell) -> float | None:
+    """The model's blast probability of a stored cell: the sum over its malignant labels (None when the model that
+    classified it has no blast class)."""
+    import json
+
+    try:
+        probs = json.loads(cell["probabilities_json"] or "{}")
+    except (ValueError, TypeError):
+        return None
+    mal = [v for k, v in probs.items() if sample_category_of(k) == "malignant"]
+    return float(sum(mal)) if mal else None
+
+
+def operating_point(bundle) -> float | None:
+    t = bundle.thresholds.get("malignant") if bundle is not None else None
+    return float(t) if t is not None else None
+
+
+def blast_suspicion(cell, bundle) -> str:
+    """A suspected blast in words: its blast probability against the point where the model calls a blast."""
+    p = blast_probability(cell)
+    if p is None:
+        return gettext("Possible blast")
+    point = operating_point(bundle)
+    if point is None:
+        return gettext("Possible blast: blast probability %(p)d %%", p=round(100 * p))
+    return gettext("Possible blast: blast probability %(p)d %%; the model counts a blast from %(point)d %%",
+                   p=round(100 * p), point=round(100 * point))
+
+
+def has_blasts(bundle) -> bool:
+    return bundle is not None and "malignant" in bundle.categories
+
+
+def limits_lead(bundle) -> list[str]:
+    """Two plain sentences before the figures: what the result can tell, and what it cannot."""
+    if bundle is None:
+        return [gettext("The model that classified this sample is no longer on this appliance: its limits cannot "
+                        "be shown.")]
+    if not has_blasts(bundle):
+        return [gettext("This model does not screen for blasts: it sorts normal white cells only, and a blast would "
+                        "be counted as one of them."),
+                gettext("Use it for a differential count only; a smear suspected of leukaemia needs a qualified "
+                        "person or a blast-screening model.")]
+    return [gettext("This result says whether the model finds blast-like cells in this smear, as a reason to have it "
+                    "examined by a qualified person."),
+            gettext("It cannot rule out leukaemia: on smears unlike those it was trained on (listed below) it misses "
+                    "blasts and calls normal cells blasts more often.")]
+
+
+def sample_warnings(bundle, s) -> list[str]:
+    """Where this sample falls in what the model was never validated on (from its card): a child's age, a
+    marrow smear named in the clinic note."""
+    if bundle is None:
+        return []
+    never = " ".join(t for title, t, _ in model_limits(bundle) if title == gettext("Never validated on")).lower()
+    out = []
+    age = (s["patient_age"] or "").strip()
+    if age.isdigit() and int(age) < 18 and ("child" in never or "paediatric" in never or "pediatric" in never):
+        out.append(gettext("This patient is %(age)s years old: the model was never validated on children's samples. "
+                           "Read this result with extra care.", age=age))
+    note = (s["note"] or "").lower()
+    if ("marrow" in note or "moelle" in note) and "marrow" in never:
+        out.append(gettext("The clinic note mentions bone marrow: the model was never validated on bone marrow from "
+                           "other laboratories."))
+    return out
+
+
 def template_helpers(runtime) -> dict:
     from device.records import cell_final, cell_undecided
 
@@ -211,6 +339,8 @@ def template_helpers(runtime) -> dict:
             "final_category_of": lambda c: cell_final(c)[1], "undecided_of": cell_undecided,
             "display": display, "cells_text": cells, "flag_text": flag_text, "level_name": level_name,
             "category_name": category_name, "qc_text": qc_text, "local_time": local_time, "lang": lang(),
+            "blast_suspicion": lambda c: blast_suspicion(c, runtime.bundle), "POSSIBLE_BLAST": POSSIBLE_BLAST,
+            "NOT_A_CELL": NOT_A_CELL,
             "rtl": lang() in RTL}
 
 
@@ -219,9 +349,18 @@ def config_error(exc) -> str:
     labels it (else "[section] key"), then the schema's rule."""
     from device.settings import EDITABLE
 
-    if not getattr(exc, "template", ""):
-        return str(exc)  # a message without a catalogue entry (a time zone name, a flag rule): shown as is
     labels = {(s, k): label for s, k, label, _ in EDITABLE}
+    if not getattr(exc, "template", ""):
+        # a message without a catalogue entry ("[web]: time_zone: unknown time zone 'X' (...)"): the setting named
+        # as the page labels it, never as "[web]: time_zone"
+        m = re.fullmatch(r"\[(\w+)\]:? (\w+): (.*)", str(exc), re.S)
+        if not m or (m[1], m[2]) not in labels:
+            return str(exc)  # a flag rule's message: shown as is
+        rest = m[3]
+        tz = re.fullmatch(r"unknown time zone ('.*?') \(use a name such as 'Africa/Nairobi' or 'UTC'\)", rest)
+        if tz:
+            rest = gettext("unknown time zone %(name)s (use a name such as 'Africa/Nairobi' or 'UTC')", name=tz[1])
+        return f"{gettext(labels[(m[1], m[2])])}: {rest}"
 
     def name(key: str) -> str:
         label = labels.get((exc.section, key))

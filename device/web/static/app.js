@@ -18,7 +18,7 @@
       const rects = r.cells.map((c) => `<rect class="${catClass(c.category)}" x="${c.box[0]}" y="${c.box[1]}" width="${c.box[2] - c.box[0]}" height="${c.box[3] - c.box[1]}"></rect>`).join("");
       // boxes are in the camera frame's pixels; the stored image may be a smaller copy of it
       const w = r.width || img.naturalWidth, h = r.height || img.naturalHeight;
-      box.innerHTML = `<img src="${esc(r.image_url)}" alt="Last field"><svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">${rects}</svg>`;
+      box.innerHTML = `<img src="${esc(r.image_url)}" alt="Last field"><svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="xMidYMid meet">${rects}</svg>`;
     };
     img.src = r.image_url;
     qc.innerHTML = r.qc_html; // rendered by the server (escaped there)
@@ -28,12 +28,19 @@
     if (panel) panel.innerHTML = r.count_html;
   }
 
+  // One press, one field: a held key (auto-repeat), a double or triple click, or a press just after a capture
+  // would photograph the same unmoved view again. Presses while a capture runs and for a moment after are ignored.
+  const SETTLE_MS = 700;
+  let capturing = false, settledAt = 0;
+
   async function capture(ev) {
     if (ev) ev.preventDefault();
+    if (ev && ev.repeat) return;
     const root = document.querySelector(".capture");
     const btn = document.getElementById("capture");
     const err = document.getElementById("capture-error");
-    if (!root || btn.disabled) return;
+    if (!root || btn.disabled || capturing || Date.now() < settledAt) return;
+    capturing = true;
     btn.disabled = true;
     err.hidden = true;
     btn.dataset.label = btn.dataset.label || btn.innerHTML;
@@ -48,46 +55,89 @@
       err.textContent = e.message;
       err.hidden = false;
     } finally {
-      btn.disabled = false;
+      settledAt = Date.now() + SETTLE_MS;
       btn.innerHTML = btn.dataset.label;
+      setTimeout(() => { btn.disabled = false; capturing = false; }, SETTLE_MS);
     }
   }
 
-  async function review(ev) {
+  async function review(ev, forced) {
     const form = ev.target.closest("form.review");
     if (!form) return;
     ev.preventDefault();
     const submitter = ev.submitter;
     const data = new FormData();
-    const confirm = submitter && submitter.name === "confirm";
-    const label = confirm ? "" : form.querySelector("select").value;
+    const confirm = !forced && submitter && submitter.name === "confirm";
+    const label = forced || (confirm ? "" : (submitter && submitter.name === "label" ? submitter.value : form.querySelector("select").value));
     if (!confirm && !label) { alert(msg("msgChoose")); return; }
     data.append("label", label);
     if (confirm) data.append("confirm", "1");
     const resp = await fetch(form.action, { method: "POST", body: data, headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
-    if (resp.ok) {
-      const card = form.closest(".cell");
-      const wasOpen = !card.classList.contains("reviewed"); // the counters below drop once per cell
-      const opt = label ? form.querySelector(`option[value="${CSS.escape(label)}"]`) : null;
-      if (opt) card.querySelector(".label").textContent = opt.textContent;
-      card.classList.add("reviewed");
-      card.dataset.reviewed = label || "confirmed";
-      const confirmBtn = form.querySelector("button.confirm");
-      if (confirmBtn) confirmBtn.remove();
-      const decrement = (el) => {
-        const n = Number((el.textContent.match(/\d+/) || ["0"])[0]);
-        if (n > 0) el.textContent = el.textContent.replace(String(n), String(n - 1));
-        return n - 1;
-      };
-      const left = document.getElementById("left");
-      if (wasOpen && left) decrement(left);
-      // the group's "accept all N" no longer includes this cell
-      const group = card.closest("section.group");
-      const accept = group && group.querySelector("form.accept button");
-      if (wasOpen && accept && decrement(accept) <= 0) accept.closest("form").remove();
-    } else {
-      const body = await resp.json().catch(() => ({}));
-      alert(body.error || msg("msgReviewFailed"));
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) { alert(body.error || msg("msgReviewFailed")); return; }
+    const card = form.closest(".cell");
+    const wasOpen = !card.classList.contains("reviewed"); // the counters below drop once per cell
+    card.querySelector(".label").textContent = body.display;
+    card.classList.add("reviewed");
+    card.classList.remove("cat-normal", "cat-malignant", "cat-atypical", "cat-uncertain", "cat-non-leukocyte");
+    card.classList.add(catClass(body.category));
+    card.dataset.reviewed = body.label;
+    const sel = form.querySelector("select");
+    if (sel) sel.value = "";
+    const confirmBtn = form.querySelector("button.confirm");
+    if (confirmBtn) confirmBtn.remove();
+    const live = document.getElementById("live-counts");
+    if (live && body.live_html) live.innerHTML = body.live_html; // rendered by the server (escaped there)
+    const decrement = (el) => {
+      const n = Number((el.textContent.match(/\d+/) || ["0"])[0]);
+      if (n > 0) el.textContent = el.textContent.replace(String(n), String(n - 1));
+      return n - 1;
+    };
+    const left = document.getElementById("left");
+    if (wasOpen && left) decrement(left);
+    const group = card.closest("section.group");
+    const gleft = group && group.querySelector(".group-left");
+    if (wasOpen && gleft) decrement(gleft);
+    // the group's "accept all N" no longer includes this cell
+    const accept = group && group.querySelector("form.accept button");
+    if (wasOpen && accept && decrement(accept) <= 0) accept.closest("form").remove();
+    if (wasOpen) focusNext(card);
+  }
+
+  // keyboard review: arrows move, Enter confirms, 1-9 the model's classes, 0 not a white cell
+  const cards = () => Array.from(document.querySelectorAll("article.cell"));
+  function focusNext(card) {
+    const all = cards();
+    const i = all.indexOf(card);
+    const next = all.slice(i + 1).find((c) => !c.classList.contains("reviewed")) || all[i + 1];
+    if (next) next.focus();
+  }
+  function reviewKey(ev) {
+    const card = document.activeElement && document.activeElement.closest && document.activeElement.closest("article.cell");
+    const tag = (ev.target.tagName || "").toLowerCase();
+    if (["input", "textarea", "select"].includes(tag) || ev.repeat || ev.ctrlKey || ev.altKey || ev.metaKey) return;
+    const all = cards();
+    if (!all.length) return;
+    if (["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"].includes(ev.key)) {
+      ev.preventDefault();
+      const i = card ? all.indexOf(card) : -1;
+      const rtl = document.documentElement.dir === "rtl";
+      const fwd = ev.key === "ArrowDown" || ev.key === (rtl ? "ArrowLeft" : "ArrowRight");
+      const j = Math.max(0, Math.min(all.length - 1, i + (fwd ? 1 : -1)));
+      all[j].focus();
+      return;
+    }
+    if (!card) return;
+    const form = card.querySelector("form.review");
+    if (!form) return;
+    const keyed = ((document.getElementById("keys") || { dataset: {} }).dataset.keyed || "").split(" ").filter(Boolean);
+    let label = null;
+    if (ev.key === "0") label = "not-a-cell";
+    else if (/^[1-9]$/.test(ev.key) && keyed[Number(ev.key) - 1]) label = keyed[Number(ev.key) - 1];
+    if (label) { ev.preventDefault(); review({ target: form, preventDefault() {} }, label); return; }
+    if (ev.key === "Enter" && ev.target === card) {
+      const c = form.querySelector("button.confirm");
+      if (c) { ev.preventDefault(); c.click(); }
     }
   }
 
@@ -98,7 +148,13 @@
       const tag = (ev.target.tagName || "").toLowerCase();
       if (ev.code === "Space" && form && !["input", "textarea", "select", "button"].includes(tag)) capture(ev);
     });
-    document.querySelectorAll("form.review").forEach((f) => f.addEventListener("submit", review));
+    document.querySelectorAll("form.review").forEach((f) => {
+      f.addEventListener("submit", review);
+      // choosing another class is one tap too: the choice is the decision
+      const sel = f.querySelector("select");
+      if (sel) sel.addEventListener("change", () => { if (sel.value) review({ target: f, preventDefault() {} }, sel.value); });
+    });
+    if (document.querySelector("form.review")) document.addEventListener("keydown", reviewKey);
     const preview = document.getElementById("preview");
     if (preview) {
       preview.addEventListener("error", () => setTimeout(() => { preview.src = preview.src.split("?")[0] + "?t=" + Date.now(); }, 2000));
