@@ -9,6 +9,7 @@ never saved later. A supervisor restarts the worker (with back-off) if it dies.
 from __future__ import annotations
 
 import logging
+import itertools
 import queue
 import threading
 import time
@@ -66,7 +67,9 @@ class CaptureLoop:
                  preview_interval: float = 0.2):
         self.camera, self.analyzer, self.store, self.rules = camera, analyzer, store, rules
         self.preview_interval = preview_interval
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=8)
+        # (priority, order, job): the operator's camera captures go before queued uploads (priority 1)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue(maxsize=8)
+        self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._preview_jpeg: bytes | None = None
@@ -91,7 +94,7 @@ class CaptureLoop:
         """Finish the capture in progress (never half-written), then stop."""
         self._stop.set()
         try:
-            self._jobs.put_nowait(None)
+            self._jobs.put_nowait((-1, next(self._order), None))
         except queue.Full:
             pass
         if self._thread is not None:
@@ -129,7 +132,8 @@ class CaptureLoop:
         if self._stop.is_set():
             raise CaptureError("the appliance is shutting down")
         try:
-            self._jobs.put(job, timeout=wait) if wait else self._jobs.put_nowait(job)
+            item = (0 if job.image is None else 1, next(self._order), job)
+            self._jobs.put(item, timeout=wait) if wait else self._jobs.put_nowait(item)
         except queue.Full:
             raise CaptureError("the appliance is busy with earlier captures; try again in a moment") from None
         return job
@@ -181,7 +185,7 @@ class CaptureLoop:
         # drain: refuse what is still queued rather than leave pages waiting
         while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self._jobs.get_nowait()[2]
             except queue.Empty:
                 break
             if job is not None and job.future.set_running_or_notify_cancel():
@@ -194,7 +198,7 @@ class CaptureLoop:
                 old, self.camera, self._pending_camera = self.camera, self._pending_camera, None
                 old.close()
             try:
-                job = self._jobs.get(timeout=self.preview_interval)
+                job = self._jobs.get(timeout=self.preview_interval)[2]
             except queue.Empty:
                 job = None
                 self._idle()

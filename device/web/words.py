@@ -221,7 +221,7 @@ def config_error(exc) -> str:
 
     if not getattr(exc, "template", ""):
         return str(exc)  # a message without a catalogue entry (a time zone name, a flag rule): shown as is
-    labels = {(s, k): label for s, k, label, _ in EDITABLE}
+    labels = {(s, k): label for s, k, label, _ in EDITABLE} | {("sample", "flags"): "Flag rules"}
 
     def name(key: str) -> str:
         label = labels.get((exc.section, key))
