@@ -553,3 +553,101 @@ def test_item8_10_start_sh_says_what_it_does_and_a_busy_port_stops_it_cleanly(tm
     assert "start.sh: Starting Leukoscope" in out.stdout, out.stdout
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and f"port {port}" in out.stderr, out.stderr
     assert not data.exists()
+
+
+# -- 5: the operator's capture before the crowd -----------------------------------------------------
+
+def _slow_analysis(rt, seconds: float):
+    real = rt.analyzer.analyze
+
+    def analyze(*a, **kw):
+        time.sleep(seconds)
+        return real(*a, **kw)
+
+    rt.analyzer.analyze = analyze
+
+
+def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app):
+    """A page view or export asked for while the operator's capture runs starts after it (the capture gets
+    the CPU); /health and the status poll do not wait."""
+    import threading
+
+    import requests
+
+    from device import records
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    sid = records.create_sample(rt.store, "OPERATOR", "admin")
+    token = csrf_of(s.get(base + f"/samples/{sid}").text)
+    rt.loop.capture(sid, "admin")
+    _slow_analysis(rt, 1.0)
+    done = {}
+
+    def operator():
+        r = s.post(base + f"/samples/{sid}/capture", headers={"X-CSRFToken": token, "Accept": "application/json"})
+        done["capture"] = (r.status_code, time.monotonic())
+
+    t = threading.Thread(target=operator)
+    t.start()
+    while not rt.loop.busy:
+        time.sleep(0.01)
+    viewer = requests.Session()
+    viewer.cookies.update(s.cookies)
+    t0 = time.monotonic()
+    assert requests.get(base + "/health").ok and time.monotonic() - t0 < 0.5  # the box's pulse never waits
+    page = viewer.get(base + f"/samples/{sid}/cells.csv")
+    page_done = time.monotonic()
+    t.join()
+    assert page.ok and done["capture"][0] == 200
+    assert page_done >= done["capture"][1] - 0.05, "the export ran alongside the operator's capture"
+
+
+def test_item5_the_operators_capture_goes_before_queued_uploads(live_app):
+    import threading
+
+    from device import records
+    from device.imageio import decode_image
+
+    base, app, rt, _ = live_app
+    signed_in(base)
+    sid = records.create_sample(rt.store, "ORDER", "admin")
+    field = decode_image((REPO / "device/assets/fields/BloodImage_00000.jpg").read_bytes())
+    _slow_analysis(rt, 0.4)
+    finished = []
+
+    def job(kind):
+        rt.loop.capture(sid, "admin", image=field if kind.startswith("upload") else None, source=kind)
+        finished.append(kind)
+
+    threads = [threading.Thread(target=job, args=(f"upload-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    time.sleep(0.1)  # the first upload is running, two are queued
+    cam = threading.Thread(target=job, args=("camera",))
+    cam.start()
+    for t in threads + [cam]:
+        t.join()
+    assert finished.index("camera") <= 1, finished  # before: last, behind every queued upload
+
+
+def test_item5_operator_mix_bench_fast_mode():
+    from tests.test_bench import run_bench
+
+    r = run_bench("bench.load", "--operator", "--clients", "4", "--seconds", "8")
+    assert r["mix"] == "operator" and r["errors"] == 0, r.get("error_codes")
+    op = r["operator_capture"]
+    assert op["requests"] >= 3 and op["p95_ms"] >= op["p50_ms"] > 0
+    assert "capture" not in r and {"page", "export", "status"} <= set(r)  # the viewers only browse and export
+    assert r["target"]["operator_capture_p95_ms"] == 1000
+
+
+# -- 6: a 12 MP frame ---------------------------------------------------------------------------
+
+def test_item6_a_12mp_frame_peaks_at_most_250_mb():
+    from tests.test_bench import run_bench
+
+    r = run_bench("bench.pipeline", "--size", "4056x3040", "--fields", "4", "--no-ready")
+    assert r["size"] == "4056x3040" and r["fields"] == 4
+    assert r["peak_rss_mb"] <= 250, r["peak_rss_mb"]  # before: 472 MB

@@ -70,6 +70,8 @@ class CaptureLoop:
         # (priority, order, job): the operator's camera captures go before queued uploads (priority 1)
         self._jobs: queue.PriorityQueue = queue.PriorityQueue(maxsize=8)
         self._order = itertools.count()
+        self._settled = threading.Condition()  # notified when a job ends: pages waiting for the operator
+        self._jobs_done = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._preview_jpeg: bytes | None = None
@@ -123,6 +125,21 @@ class CaptureLoop:
             raise CaptureError("the capture took too long and was cancelled; nothing was saved. "
                                "Check the camera and try again") from None
         return job.future.result(30.0)  # its rows are being committed right now: report what was saved
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the capture in progress (or about to start) is done, at most ``timeout`` s: page views and
+        exports call this first, so the operator's capture gets the CPU instead of sharing it with the crowd."""
+        deadline = time.monotonic() + timeout
+        with self._settled:
+            seen = self._jobs_done
+            # at most the job in progress (or about to start): under a steady stream of captures a page
+            # waits for one of them, not for the whole queue
+            while (self.busy or not self._jobs.empty()) and self._jobs_done == seen:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._settled.wait(min(left, 0.05))
+        return True
 
     def submit(self, sample_id: int, user: str) -> Future:
         """Queue a capture without waiting for it (the push-button); the Future says how it went."""
@@ -220,6 +237,9 @@ class CaptureLoop:
             finally:
                 self.busy, self.busy_since = False, None
                 self.heartbeat = time.monotonic()
+                with self._settled:
+                    self._jobs_done += 1
+                    self._settled.notify_all()
 
     def _idle(self) -> None:
         for fn in self.on_idle:
