@@ -84,7 +84,7 @@ def save_overrides(cfg: AppConfig, changes: dict) -> AppConfig:
     new_cfg = config_from_dict(_merge(cfg.to_dict(), changes))
     # data_dir must not move under a running appliance
     new_cfg.storage.data_dir = cfg.storage.data_dir
-    check_box(new_cfg)
+    check_box(new_cfg, cfg)
     write_atomic(path, tomli_w.dumps(merged_over).encode(), mode=0o640)
     return new_cfg
 
@@ -92,9 +92,10 @@ def save_overrides(cfg: AppConfig, changes: dict) -> AppConfig:
 MAX_FLAGS_TEXT = 64 * 1024  # the flag-rule box: a few hundred rules at most
 
 
-def check_box(cfg: AppConfig) -> None:
+def check_box(cfg: AppConfig, old: AppConfig | None = None) -> None:
     """What the schema cannot know: values this box can actually run with. A free-space margin larger
-    than the disk, or a replay folder that is missing or holds no images, would make every capture fail."""
+    than the disk, or a replay folder that is missing or holds no images, would make every capture fail.
+    Only values that change are checked (a small test disk below the default margin can still be edited)."""
     import shutil
 
     from device.imageio import IMAGE_SUFFIXES
@@ -103,12 +104,13 @@ def check_box(cfg: AppConfig) -> None:
     while not where.exists() and where != where.parent:  # not created yet: the disk it will be on
         where = where.parent
     total_mb = shutil.disk_usage(where).total // (1024 * 1024)
-    if cfg.storage.min_free_mb >= total_mb:
+    if (old is None or cfg.storage.min_free_mb != old.storage.min_free_mb) and cfg.storage.min_free_mb >= total_mb:
         raise ConfigError(f"[storage] min_free_mb: must be below the disk's size ({total_mb} MB) "
                           f"(got {cfg.storage.min_free_mb})", "storage", "min_free_mb",
                           N_("must be below the size of the disk (%(mb)d MB)"), {"mb": total_mb})
     cam = cfg.camera
-    if cam.backend == "replay" and cam.folder:
+    changed = old is None or (cam.backend, cam.folder) != (old.camera.backend, old.camera.folder)
+    if changed and cam.backend == "replay" and cam.folder:
         folder = Path(cam.folder)
         if not folder.is_dir():
             raise ConfigError(f"[camera] folder: {cam.folder} is not a folder on this box", "camera", "folder",
