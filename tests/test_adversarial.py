@@ -3,6 +3,7 @@ each failed on the code before its fix."""
 from __future__ import annotations
 
 import io
+import json
 import struct
 import time
 import zipfile
@@ -118,8 +119,13 @@ def test_item1_the_same_lie_inside_ood_npz_is_refused():
     """ood.npz is itself a zip: the bounded reader reads it too (np.load would inflate it)."""
     from device.model.bundle import BundleError, load_bundle, pack
 
+    import numpy as np
+
     files = _members()
-    with zipfile.ZipFile(io.BytesIO(files["ood.npz"])) as inner:
+    k = len(json.loads(files["metadata.json"])["labels"])
+    buf = io.BytesIO()  # built here, so the test does not depend on the shipped model's statistics
+    np.savez(buf, means=np.zeros((k, 256), np.float32), precision=np.eye(256, dtype=np.float32))
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as inner:
         arrays = {i.filename: inner.read(i) for i in inner.infolist()}
     name = max(arrays, key=lambda k: len(arrays[k]))  # the precision matrix: its compressed lie fits
     entries = _stored({k: v for k, v in arrays.items() if k != name})
@@ -567,15 +573,17 @@ def _slow_analysis(rt, seconds: float):
     rt.analyzer.analyze = analyze
 
 
-def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app):
-    """A page view or export asked for while the operator's capture runs starts after it (the capture gets
-    the CPU); /health and the status poll do not wait."""
+def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app, monkeypatch):
+    """An export asked for while the operator's capture runs starts after it (the capture gets the CPU);
+    /health does not wait."""
     import threading
 
     import requests
 
+    import device.web
     from device import records
 
+    monkeypatch.setattr(device.web, "CAPTURE_FIRST_WAIT_S", 10.0, raising=False)  # the bound is not tested here
     base, app, rt, _ = live_app
     s = signed_in(base)
     sid = records.create_sample(rt.store, "OPERATOR", "admin")

@@ -34,6 +34,7 @@ MAX_UPLOAD_BYTES = 40 * 1024 * 1024
 CAPTURE_FIRST_EXEMPT = {"health", "static", "views.capture", "views.upload_field", "views.status",
                         "views.preview_still", "views.preview", "views.use_button"}
 CAPTURE_FIRST_WAIT_S = 1.0
+PAGE_WAIT_S = 0.3  # pages are light: they wait for a capture in progress only briefly
 EXPORT_ENDPOINTS = {"views.report_pdf", "views.export_cells"}
 EXPORT_WAIT_S = 30.0
 _exporting = threading.BoundedSemaphore(1)
@@ -115,7 +116,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
         _below_capture()
         if request.endpoint in CAPTURE_FIRST_EXEMPT or request.endpoint is None:
             return None
-        runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S)
+        runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S if request.endpoint in EXPORT_ENDPOINTS else PAGE_WAIT_S)
         if request.endpoint in EXPORT_ENDPOINTS:
             if not _exporting.acquire(timeout=EXPORT_WAIT_S):
                 body, code = views.error_page(503, _("Other exports are being prepared; try again in a moment."))
