@@ -88,7 +88,7 @@ def _load_config(path, data_dir: str | None = None):
 def _serve(args) -> int:
     import logging
 
-    from device.box.serve import serve
+    from device.box.serve import PortBusy, bind_listener, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load_config(args.config, args.data_dir)
@@ -96,7 +96,14 @@ def _serve(args) -> int:
         cfg.server.port = args.port
     if args.host:
         cfg.server.host = args.host
-    return serve(cfg)
+    try:
+        sock = bind_listener(cfg.server.host, cfg.server.port)  # before the data folder is created
+    except PortBusy as exc:
+        print(f"leukoscope: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"Leukoscope: data folder {cfg.data_dir}; starting on http://{cfg.server.host}:{cfg.server.port}/ "
+          "(loading the model)", flush=True)
+    return serve(cfg, sock)
 
 
 def _analyze(args) -> int:

@@ -323,9 +323,15 @@ def build_section(cls, raw: dict, where: str):
         raise ConfigError(f"[{where}]: {exc}") from None
 
 
+MAX_FLAG_RULES = 100
+
+
 def _flag_rules(rules) -> list[FlagRule]:
     if not isinstance(rules, list):
         raise ConfigError("[[sample.flags]] must be a list of tables", "sample", "flags")
+    if len(rules) > MAX_FLAG_RULES:  # each capture checks every rule and the page lists them all
+        raise ConfigError(f"[sample] flags: at most {MAX_FLAG_RULES} rules (got {len(rules)})", "sample", "flags",
+                          N_("at most %(n)d rules (got %(got)d)"), {"n": MAX_FLAG_RULES, "got": len(rules)})
     out = []
     for i, rule in enumerate(rules, 1):
         where = f"sample.flags #{i}"

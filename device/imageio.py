@@ -10,10 +10,12 @@ turns every mode (grey, RGBA, palette, 16-bit) into 8-bit RGB.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,62 @@ MAX_FIELD_PIXELS = 16_000_000
 # grows with the field, which made one 16 MP field take 30 s instead of under one.
 ANALYSIS_MAX_PIXELS = 2_100_000
 MIN_SIDE = 8
-DECODE_SLOTS = 2
+# What one decode of a MAX_FIELD_PIXELS image costs at its peak (Pillow's 4 bytes a pixel, the RGB
+# array, the fitted copy): concurrent decodes are sized so together they use at most a quarter of the
+# memory available at start, and never more than there are cores.
+DECODE_PEAK_BYTES = 160 * 1024 * 1024
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def decode_slots(mem_available: int | None = None, cores: int | None = None) -> int:
+    mem = _mem_available() if mem_available is None else mem_available
+    return max(1, min(cores or os.cpu_count() or 1, 4, mem // 4 // DECODE_PEAK_BYTES))
+
+
+DECODE_SLOTS = decode_slots()
 _decoding = threading.BoundedSemaphore(DECODE_SLOTS)
+# Uploads in flight (decode and analysis): beyond these an upload is answered 503 at once instead
+# of holding a web-server thread, so /health and the operator's pages keep their threads.
+_uploads = threading.BoundedSemaphore(DECODE_SLOTS)
+RETRY_AFTER_S = 5
+
+
+@contextmanager
+def upload_slot(name: str = "image", wait: float = 0.5):
+    """One of the ``DECODE_SLOTS`` upload slots for the duration of the block, or DecoderBusy."""
+    if not _uploads.acquire(timeout=wait):
+        raise DecoderBusy(f"{name}: the appliance is busy with other uploads; try again in "
+                          f"{RETRY_AFTER_S} seconds")
+    try:
+        yield
+    finally:
+        _uploads.release()
+        give_back_memory()
+
+
+def give_back_memory() -> None:
+    """Return freed heap to the system (glibc keeps large freed blocks in its arenas otherwise)."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6")
 
 # Decided from content, never from the name: each format's signature and Pillow's name for it.
 SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"),
@@ -70,16 +126,18 @@ def fit_pixels(rgb: np.ndarray, max_pixels: int = ANALYSIS_MAX_PIXELS) -> np.nda
 
 
 def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS, wait: float = 30.0,
-                 fit: int | None = None) -> np.ndarray:
+                 fit: int | None = None, gate: bool = True) -> np.ndarray:
     """Decode bytes to an RGB uint8 array of shape (H, W, 3), or raise ImageError. ``fit``: scale down to
-    at most that many pixels; a JPEG is then decoded at reduced scale (less memory, less time)."""
+    at most that many pixels; a JPEG is then decoded at reduced scale (less memory, less time).
+    ``gate=False``: the camera's own frame (one at a time, on the capture thread), never queued behind uploads."""
     if not data:
         raise ImageError(f"{name}: the file is empty")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError(f"{name}: not an image file this appliance accepts (JPEG, PNG, TIFF or BMP expected)")
-    if not _decoding.acquire(timeout=wait):
-        raise DecoderBusy(f"{name}: the appliance is busy decoding other images; try again in a moment")
+    if gate and not _decoding.acquire(timeout=wait):
+        raise DecoderBusy(f"{name}: the appliance is busy decoding other images; try again in "
+                          f"{RETRY_AFTER_S} seconds")
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             w, h = img.size
@@ -91,7 +149,10 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
             if fit and w * h > fit and fmt == "JPEG":
                 img.draft("RGB", fitted_size(w, h, fit))  # DCT scaling: never smaller than asked
             img.load()
-            rgb = _to_rgb8(img)
+            if fit and img.width * img.height > fit and img.mode in ("RGB", "L", "P", "RGBA", "LA", "PA", "CMYK"):
+                # scale the decoded image before any full-size array is made: one full-size copy, not three
+                img = _to_rgb_image(img).resize(fitted_size(img.width, img.height, fit), Image.Resampling.BOX)
+            rgb = _to_rgb8(img, name)
             return fit_pixels(rgb, fit) if fit else rgb
     except ImageError:
         raise
@@ -102,19 +163,27 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise ImageError(f"{name}: the image is damaged or truncated ({exc})") from None
     finally:
-        _decoding.release()
+        if gate:
+            _decoding.release()
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, gate: bool = True) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path.name}: cannot read the file ({exc.strerror or exc})") from None
-    return decode_image(data, name=path.name, max_pixels=max_pixels)
+    return decode_image(data, name=path.name, max_pixels=max_pixels, gate=gate)
 
 
-def _to_rgb8(img: Image.Image) -> np.ndarray:
+def _to_rgb_image(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _to_rgb8(img: Image.Image, name: str = "image") -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
@@ -122,7 +191,11 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        finite = np.isfinite(arr)
+        if not finite.any():
+            raise ImageError(f"{name}: the image is unreadable (every pixel value is NaN or infinite)")
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+        arr = np.where(finite, arr, lo)  # a few bad pixels read as the darkest value, without warnings
         grey = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) / (hi - lo) * 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -84,8 +84,44 @@ def save_overrides(cfg: AppConfig, changes: dict) -> AppConfig:
     new_cfg = config_from_dict(_merge(cfg.to_dict(), changes))
     # data_dir must not move under a running appliance
     new_cfg.storage.data_dir = cfg.storage.data_dir
+    check_box(new_cfg, cfg)
     write_atomic(path, tomli_w.dumps(merged_over).encode(), mode=0o640)
     return new_cfg
+
+
+MAX_FLAGS_TEXT = 64 * 1024  # the flag-rule box: a few hundred rules at most
+
+
+def check_box(cfg: AppConfig, old: AppConfig | None = None) -> None:
+    """What the schema cannot know: values this box can actually run with. A free-space margin larger
+    than the disk, or a replay folder that is missing or holds no images, would make every capture fail.
+    Only values that change are checked (a small test disk below the default margin can still be edited)."""
+    import shutil
+
+    from device.imageio import IMAGE_SUFFIXES
+
+    where = Path(cfg.data_dir)
+    while not where.exists() and where != where.parent:  # not created yet: the disk it will be on
+        where = where.parent
+    total_mb = shutil.disk_usage(where).total // (1024 * 1024)
+    if (old is None or cfg.storage.min_free_mb != old.storage.min_free_mb) and cfg.storage.min_free_mb >= total_mb:
+        raise ConfigError(f"[storage] min_free_mb: must be below the disk's size ({total_mb} MB) "
+                          f"(got {cfg.storage.min_free_mb})", "storage", "min_free_mb",
+                          N_("must be below the size of the disk (%(mb)d MB)"), {"mb": total_mb})
+    cam = cfg.camera
+    changed = old is None or (cam.backend, cam.folder) != (old.camera.backend, old.camera.folder)
+    if changed and cam.backend == "replay" and cam.folder:
+        folder = Path(cam.folder)
+        if not folder.is_dir():
+            raise ConfigError(f"[camera] folder: {cam.folder} is not a folder on this box", "camera", "folder",
+                              N_("%(path)s is not a folder on this box"), {"path": cam.folder})
+        try:
+            has_image = any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+        except OSError:
+            has_image = False
+        if not has_image:
+            raise ConfigError(f"[camera] folder: {cam.folder} holds no images", "camera", "folder",
+                              N_("%(path)s holds no images (.jpg, .png, .tif, .bmp)"), {"path": cam.folder})
 
 
 def _number(text: str):
@@ -130,6 +166,9 @@ def parse_form(form, cfg: AppConfig) -> dict:
                               N_("%(value)s is not a valid value"), {"value": repr(raw[:40])}) from None
         changes.setdefault(section, {})[key] = value
     flags = form.get("flags_toml")
+    if flags is not None and len(flags) > MAX_FLAGS_TEXT:
+        raise ConfigError(f"[sample] flags: {len(flags):,} characters; at most {MAX_FLAGS_TEXT:,}", "sample", "flags",
+                          N_("at most %(n)d characters"), {"n": MAX_FLAGS_TEXT})
     if flags is not None and flags.strip():
         try:
             parsed = tomllib.loads(flags)

@@ -9,6 +9,7 @@ never saved later. A supervisor restarts the worker (with back-off) if it dies.
 from __future__ import annotations
 
 import logging
+import itertools
 import queue
 import threading
 import time
@@ -66,7 +67,11 @@ class CaptureLoop:
                  preview_interval: float = 0.2):
         self.camera, self.analyzer, self.store, self.rules = camera, analyzer, store, rules
         self.preview_interval = preview_interval
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=8)
+        # (priority, order, job): the operator's camera captures go before queued uploads (priority 1)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue(maxsize=8)
+        self._order = itertools.count()
+        self._settled = threading.Condition()  # notified when a job ends: pages waiting for the operator
+        self._jobs_done = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._preview_jpeg: bytes | None = None
@@ -91,7 +96,7 @@ class CaptureLoop:
         """Finish the capture in progress (never half-written), then stop."""
         self._stop.set()
         try:
-            self._jobs.put_nowait(None)
+            self._jobs.put_nowait((-1, next(self._order), None))
         except queue.Full:
             pass
         if self._thread is not None:
@@ -121,6 +126,21 @@ class CaptureLoop:
                                "Check the camera and try again") from None
         return job.future.result(30.0)  # its rows are being committed right now: report what was saved
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the capture in progress (or about to start) is done, at most ``timeout`` s: page views and
+        exports call this first, so the operator's capture gets the CPU instead of sharing it with the crowd."""
+        deadline = time.monotonic() + timeout
+        with self._settled:
+            seen = self._jobs_done
+            # at most the job in progress (or about to start): under a steady stream of captures a page
+            # waits for one of them, not for the whole queue
+            while (self.busy or not self._jobs.empty()) and self._jobs_done == seen:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._settled.wait(min(left, 0.05))
+        return True
+
     def submit(self, sample_id: int, user: str) -> Future:
         """Queue a capture without waiting for it (the push-button); the Future says how it went."""
         return self._queue(_Job(sample_id, user), wait=0).future
@@ -129,7 +149,8 @@ class CaptureLoop:
         if self._stop.is_set():
             raise CaptureError("the appliance is shutting down")
         try:
-            self._jobs.put(job, timeout=wait) if wait else self._jobs.put_nowait(job)
+            item = (0 if job.image is None else 1, next(self._order), job)
+            self._jobs.put(item, timeout=wait) if wait else self._jobs.put_nowait(item)
         except queue.Full:
             raise CaptureError("the appliance is busy with earlier captures; try again in a moment") from None
         return job
@@ -181,7 +202,7 @@ class CaptureLoop:
         # drain: refuse what is still queued rather than leave pages waiting
         while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self._jobs.get_nowait()[2]
             except queue.Empty:
                 break
             if job is not None and job.future.set_running_or_notify_cancel():
@@ -194,7 +215,7 @@ class CaptureLoop:
                 old, self.camera, self._pending_camera = self.camera, self._pending_camera, None
                 old.close()
             try:
-                job = self._jobs.get(timeout=self.preview_interval)
+                job = self._jobs.get(timeout=self.preview_interval)[2]
             except queue.Empty:
                 job = None
                 self._idle()
@@ -216,6 +237,9 @@ class CaptureLoop:
             finally:
                 self.busy, self.busy_since = False, None
                 self.heartbeat = time.monotonic()
+                with self._settled:
+                    self._jobs_done += 1
+                    self._settled.notify_all()
 
     def _idle(self) -> None:
         for fn in self.on_idle:

@@ -115,6 +115,9 @@ class Runtime:
         ok = not problems
         if state["error"]:
             problems.append(state["error"])
+        # a missing reserve is reported but does not fail the watchdog: a restart would not free space
+        if self.store.reserve_problem:
+            problems.append(self.store.reserve_problem)
         cam = state["camera"]
         # the camera's name and its last error say why a box shows no live view, without signing in
         return ok, {"ok": ok, "camera": cam["status"], "camera_name": cam["name"], "camera_error": cam["error"],

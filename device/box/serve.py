@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from device.box import sdnotify
@@ -16,6 +17,78 @@ log = logging.getLogger("leukoscope")
 CONNECTION_LIMIT = 1000
 CHANNEL_TIMEOUT = 30  # seconds a connection may stay silent (the MJPEG stream is written to, so it stays)
 CLEANUP_INTERVAL = 5
+SWITCH_INTERVAL_S = 0.001
+
+
+class QueueDepthOnce(logging.Filter):
+    """waitress logs "Task queue depth is N" for every request that waits for a thread: under load that was
+    5,350 of 5,398 log lines. Pass the first of a backlog, drop the rest until requests have stopped queueing
+    for ``quiet`` seconds (the next backlog is a new change of state and is logged again)."""
+
+    def __init__(self, quiet: float = 10.0, clock=None):
+        super().__init__()
+        import time
+
+        self.quiet, self.clock = quiet, clock or time.monotonic
+        self.last: float | None = None
+        self.deepest = 0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Task queue depth"):
+            return True
+        now, depth = self.clock(), int(record.args[0]) if record.args else 0
+        new = self.last is None or now - self.last > self.quiet
+        self.last = now
+        if not new:
+            self.deepest, self.suppressed = max(self.deepest, depth), self.suppressed + 1
+            return False
+        before = f" (the previous backlog reached depth {self.deepest}, {self.suppressed} lines not repeated)" \
+            if self.suppressed else ""
+        record.msg, record.args = ("requests are waiting for a free server thread (queue depth %d); logged once "
+                                   "until they stop queueing" + before), (depth,)
+        self.deepest, self.suppressed = depth, 0
+        return True
+
+
+def quiet_waitress_queue() -> QueueDepthOnce:
+    qlog = logging.getLogger("waitress.queue")
+    for f in qlog.filters:
+        if isinstance(f, QueueDepthOnce):
+            return f
+    f = QueueDepthOnce()
+    qlog.addFilter(f)
+    return f
+
+
+class PortBusy(OSError):
+    """The address the page should listen on is taken; the message is the operator's one line."""
+
+
+def bind_listener(host: str, port: int):
+    """Bind the page's socket before anything else happens (no data folder, no database, no model yet),
+    so a busy port ends in one line and nothing is created."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise PortBusy(errno.EADDRNOTAVAIL, f"cannot listen on host {host!r} ({exc.strerror}); "
+                                            "choose another with --host") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does: a restart may reuse the port
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortBusy(exc.errno, f"port {port} on {host} is already in use (is Leukoscope already "
+                                      f"running?); start with --port N to use another port") from None
+        raise PortBusy(exc.errno, f"cannot listen on {host} port {port} ({exc.strerror}); "
+                                  "choose another with --port N or --host") from None
+    return sock
 
 
 def raise_fd_limit(want: int = CONNECTION_LIMIT + 200) -> None:
@@ -40,16 +113,26 @@ def process_age() -> float:
         return float("nan")
 
 
-def serve(cfg: AppConfig) -> int:
-    """Serve until SIGTERM/SIGINT. ``cfg`` already includes the page's saved settings."""
+def serve(cfg: AppConfig, sock=None) -> int:
+    """Serve until SIGTERM/SIGINT. ``cfg`` already includes the page's saved settings; ``sock``: the page's
+    socket, already bound by ``bind_listener`` (bound here otherwise, still before the data folder is touched)."""
     import waitress
 
     from device.web import create_app
 
-    runtime = build_runtime(cfg)
+    sock = sock if sock is not None else bind_listener(cfg.server.host, cfg.server.port)
+    try:
+        runtime = build_runtime(cfg)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(runtime)
     raise_fd_limit()
-    server = waitress.create_server(app, host=cfg.server.host, port=cfg.server.port, threads=cfg.server.threads,
+    quiet_waitress_queue()
+    # The analysis is many short numpy/OpenCV calls, each taking the GIL back on return; with page threads
+    # busy in Python it waited up to the 5 ms default for every one of them. 1 ms hands it back sooner.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    server = waitress.create_server(app, sockets=[sock], threads=cfg.server.threads,
                                     ident="leukoscope", clear_untrusted_proxy_headers=True,
                                     connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT,
                                     cleanup_interval=CLEANUP_INTERVAL, asyncore_use_poll=True)

@@ -45,7 +45,7 @@ class ReplayCamera:
         path = self._files[self._i]
         self._i += 1
         try:
-            return path, read_image(path)
+            return path, read_image(path, gate=False)  # the camera: never queued behind uploads
         except ImageError as exc:
             raise CameraError(f"replay image unreadable: {exc}") from None
 
@@ -61,7 +61,7 @@ class ReplayCamera:
             # show what the next capture will be, without advancing
             path = self._files[self._i % len(self._files)]
             try:
-                self._last = read_image(path)
+                self._last = read_image(path, gate=False)
             except ImageError as exc:
                 raise CameraError(f"replay image unreadable: {exc}") from None
         return _shrink(self._last)

@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import math
+import struct
 import zipfile
+import zlib
 from zlib import error as zlib_error
 from dataclasses import dataclass
 from importlib import resources
@@ -85,14 +87,20 @@ def pack(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-# Every member is bounded by the size the zip directory declares, checked before anything is read
-# (zipfile then never returns more than that and checks the CRC). A 4 GiB member in a small
-# compressed file is refused in milliseconds instead of being inflated.
+# Every member is bounded by the size the zip directory declares, checked before anything is read,
+# and then read by a bounded stream: the inflater is never asked for more than the declared size plus
+# one byte, so a member that declares 1,000 bytes and really inflates to 2 GiB is refused after at most
+# 1,001 bytes (zipfile's own read() asks the inflater for up to 2 GiB and only then truncates).
 MEMBER_LIMITS = {"model.tflite": 48 * 1024 * 1024, "ood.npz": 16 * 1024 * 1024,
-                 "test_files.csv": 8 * 1024 * 1024, "samples.npz": 8 * 1024 * 1024}
+                 "test_files.csv": 8 * 1024 * 1024, "samples.npz": 8 * 1024 * 1024,
+                 "metadata.json": 1024 * 1024, "MODEL_CARD.md": 1024 * 1024}
 OTHER_MEMBER_LIMIT = 1024 * 1024
 MAX_MEMBERS = 32
 MAX_UNPACKED_BYTES = 80 * 1024 * 1024
+# arrays inside ood.npz / samples.npz, read by the same bounded reader
+NPZ_MEMBER_LIMITS = {"means.npy": 4 * 1024 * 1024, "precision.npy": 16 * 1024 * 1024,
+                     "class_threshold.npy": 64 * 1024, "crops.npy": 32 * 1024 * 1024}
+_CHUNK = 64 * 1024
 
 
 def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bundle:
@@ -133,46 +141,126 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
     return Bundle(Path(path) if path is not None else None, meta, model, ood, files)
 
 
-def _read_members(data: bytes, where: str) -> dict[str, bytes]:
+def _read_members(data: bytes, where: str, limits: dict[str, int] = MEMBER_LIMITS,
+                  max_total: int = MAX_UNPACKED_BYTES) -> dict[str, bytes]:
+    """Only members named in ``limits``, each read by a bounded stream and checked against its CRC."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
-            if len(infos) > MAX_MEMBERS:
-                raise BundleError(f"{where}: {len(infos)} archive members; a bundle has at most {MAX_MEMBERS}")
-            total = 0
-            for info in infos:
-                limit = MEMBER_LIMITS.get(info.filename, OTHER_MEMBER_LIMIT)
-                if info.file_size > limit:
-                    raise BundleError(f"{where}: member {info.filename} unpacks to {info.file_size:,} bytes "
-                                      f"(at most {limit:,} allowed)")
-                total += info.file_size
-            if total > MAX_UNPACKED_BYTES:
-                raise BundleError(f"{where}: members unpack to {total:,} bytes (at most {MAX_UNPACKED_BYTES:,})")
-            # zf.read stops at the declared size and verifies each member's CRC
-            return {info.filename: zf.read(info) for info in infos if not info.is_dir()}
-    except BundleError:
-        raise
-    except zipfile.BadZipFile as exc:
-        if "CRC" in str(exc) or "Bad magic" in str(exc):
-            raise BundleError(f"{where}: an archive member is corrupt (checksum mismatch: {exc})") from None
+    except zipfile.BadZipFile:
         raise BundleError(f"{where}: not a Leukoscope model bundle (not a valid archive; "
                           "the file may be truncated or corrupt)") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError, zlib_error) as exc:
         raise BundleError(f"{where}: the archive cannot be read ({exc})") from None
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(f"{where}: {len(infos)} archive members; a bundle has at most {MAX_MEMBERS}")
+    total = 0
+    for info in infos:
+        limit = limits.get(info.filename, OTHER_MEMBER_LIMIT)
+        if info.file_size > limit:
+            raise BundleError(f"{where}: member {info.filename} unpacks to {info.file_size:,} bytes "
+                              f"(at most {limit:,} allowed)")
+        total += info.file_size
+    if total > max_total:
+        raise BundleError(f"{where}: members unpack to {total:,} bytes (at most {max_total:,})")
+    unknown = sorted(i.filename for i in infos if i.filename not in limits)
+    if unknown:
+        raise BundleError(f"{where}: unknown archive member {unknown[0]!r}; a bundle holds only "
+                          f"{', '.join(sorted(limits))}")
+    out: dict[str, bytes] = {}
+    for info in infos:
+        if info.filename in out:
+            raise BundleError(f"{where}: member {info.filename} appears twice")
+        out[info.filename] = _read_member(data, info, where)
+    return out
+
+
+def _deflate_bound(n: int) -> int:
+    """The most a deflate stream of ``n`` bytes can take (stored blocks: 5 bytes per 64 KiB, plus framing)."""
+    return n + 5 * (n // 65535 + 1) + 16
+
+
+def _read_member(data: bytes, info: zipfile.ZipInfo, where: str) -> bytes:
+    name, declared, packed = info.filename, info.file_size, info.compress_size
+    if info.flag_bits & 0x1:
+        raise BundleError(f"{where}: member {name} is encrypted")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if packed != declared:
+            raise BundleError(f"{where}: member {name} is stored as {packed:,} bytes but declares {declared:,}")
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if packed > _deflate_bound(declared):
+            raise BundleError(f"{where}: member {name} is {packed:,} bytes compressed, more than its declared "
+                              f"size of {declared:,}: the archive lies about its contents")
+    else:
+        raise BundleError(f"{where}: member {name} uses compression method {info.compress_type}; "
+                          "a bundle is stored or deflated")
+    off = info.header_offset
+    header = data[off:off + zipfile.sizeFileHeader]
+    if len(header) != zipfile.sizeFileHeader or header[:4] != zipfile.stringFileHeader:
+        raise BundleError(f"{where}: member {name} is corrupt (no local header; truncated or corrupt archive)")
+    fields = struct.unpack(zipfile.structFileHeader, header)
+    n_name, n_extra = fields[zipfile._FH_FILENAME_LENGTH], fields[zipfile._FH_EXTRA_FIELD_LENGTH]
+    start = off + zipfile.sizeFileHeader
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if data[start:start + n_name] != info.orig_filename.encode(encoding, "replace"):
+        raise BundleError(f"{where}: member {name} is corrupt (its local name differs from the directory's)")
+    start += n_name + n_extra
+    raw = memoryview(data)[start:start + packed]
+    if len(raw) != packed:
+        raise BundleError(f"{where}: member {name} is cut short (the file may be truncated or corrupt)")
+    if info.compress_type == zipfile.ZIP_STORED:
+        body = bytes(raw)
+    else:
+        body = _inflate_bounded(raw, declared, name, where)
+    if zlib.crc32(body) != info.CRC:
+        raise BundleError(f"{where}: an archive member is corrupt (checksum mismatch in {name})")
+    return body
+
+
+def _inflate_bounded(raw: memoryview, declared: int, name: str, where: str) -> bytes:
+    """Inflate at most ``declared + 1`` bytes; a stream that goes on past its declared size is refused."""
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    got = 0
+    try:
+        for i in range(0, len(raw), _CHUNK):
+            chunk = bytes(raw[i:i + _CHUNK])
+            while chunk and not d.eof:
+                piece = d.decompress(chunk, declared + 1 - got)  # never 0 (0 would mean "no limit")
+                got += len(piece)
+                if got > declared:
+                    raise BundleError(f"{where}: member {name} inflates past its declared size of "
+                                      f"{declared:,} bytes: the archive lies about its contents")
+                parts.append(piece)
+                chunk = d.unconsumed_tail
+            if d.eof:
+                break
+    except zlib_error as exc:
+        raise BundleError(f"{where}: an archive member is corrupt ({name}: {exc})") from None
+    if not d.eof or got != declared:
+        raise BundleError(f"{where}: member {name} ends after {got:,} of its declared {declared:,} bytes "
+                          "(truncated or corrupt)")
+    return b"".join(parts)
+
+
+def read_npz(raw: bytes, where: str) -> dict[str, np.ndarray]:
+    """An .npz member (itself a zip) through the same bounded reader; arrays only, no pickles."""
+    members = _read_members(raw, where, NPZ_MEMBER_LIMITS, MEMBER_LIMITS["ood.npz"] * 2)
+    out = {}
+    for name, body in members.items():
+        try:
+            out[name[:-4]] = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged member
+            raise BundleError(f"{where}: {name} is damaged ({exc})") from None
+    return out
 
 
 def _read_ood(raw: bytes, n_labels: int, where: str) -> dict[str, np.ndarray]:
     """Class means (labels x d) and a shared precision matrix (d x d), finite floats, no pickles."""
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as inner:  # an .npz is itself a zip: bound it the same way
-            if sum(i.file_size for i in inner.infolist()) > MEMBER_LIMITS["ood.npz"] * 4:
-                raise BundleError(f"{where}: ood.npz unpacks to more than a bundle may hold")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            ood = {k: z[k] for k in z.files}
-    except BundleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged member
-        raise BundleError(f"{where}: ood.npz is damaged ({exc})") from None
+        ood = read_npz(raw, f"{where}: ood.npz")
+    except BundleError as exc:
+        raise BundleError(f"{exc} (ood.npz is damaged)") from None
     means, precision = ood.get("means"), ood.get("precision")
     if means is None or precision is None:
         raise BundleError(f"{where}: ood.npz must hold 'means' and 'precision'")

@@ -6,7 +6,10 @@ model's tensors against the bundle metadata before it is used.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +70,47 @@ class CellPrediction:
         return vocab.UNCERTAIN if self.uncertain else self.label
 
 
+_NOTICE = b"Created TensorFlow Lite XNNPACK delegate for CPU."
+_stderr_lock = threading.Lock()
+
+
+@contextmanager
+def _without_xnnpack_notice():
+    """LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on the first model load,
+    with no Python switch: hold file descriptor 2 in a temporary file meanwhile and pass on everything else."""
+    import tempfile
+
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        if saved is None:
+            yield
+            return
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                rest = b"".join(line for line in held.read().splitlines(keepends=True) if _NOTICE not in line)
+                if rest:
+                    os.write(2, rest)
+
+
 class Classifier:
     def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None):
         self.bundle = bundle
         self.pp = bundle.preprocessing
         Interpreter, self.runtime = _interpreter_class(runtime)
         try:
-            self._interp = Interpreter(model_content=bundle.model_bytes, num_threads=max(1, int(threads)))
-            self._interp.allocate_tensors()
+            with _without_xnnpack_notice():
+                self._interp = Interpreter(model_content=bundle.model_bytes, num_threads=max(1, int(threads)))
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{bundle.metadata.get('name', 'bundle')}: the model cannot be loaded ({exc})") from None
         self._lock = threading.Lock()  # an interpreter is not safe to share between threads

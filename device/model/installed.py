@@ -42,13 +42,11 @@ def trial_crops(bundle: Bundle, n: int = 6) -> np.ndarray:
 
     s = bundle.preprocessing.input_size
     if "samples.npz" in bundle.files:
-        import io
+        from device.model.bundle import read_npz
 
-        try:
-            with np.load(io.BytesIO(bundle.files["samples.npz"]), allow_pickle=False) as z:
-                crops = z["crops"]
-        except Exception as exc:  # noqa: BLE001 - a damaged member
-            raise BundleError(f"samples.npz is damaged ({exc})") from None
+        crops = read_npz(bundle.files["samples.npz"], "samples.npz").get("crops")
+        if crops is None:
+            raise BundleError("samples.npz is damaged (it holds no 'crops')")
         if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8 or not len(crops):
             raise BundleError(f"samples.npz crops have shape {crops.shape} {crops.dtype}; expected (n, {s}, {s}, 3) uint8")
         return crops[:64]

@@ -10,7 +10,7 @@ from device.imageio import encode_jpeg
 from device.analysis.pipeline import FieldAnalysis, stored_copy
 from device.records.sample import (NOT_A_CELL, POSSIBLE_BLAST, CountedCell, SampleSummary, category_of, final_label,
                                    needs_decision, summarize)
-from device.records.store import Store, now
+from device.records.store import Store, StorageFull, now
 from device.records.repeats import HELD_FIELDS, repeat_of, view_hash
 
 
@@ -404,10 +404,19 @@ def delete_sample(store: Store, sample_id: int, user: str, reason: str = "") -> 
     conn = store.connect()
     files = [r[0] for r in conn.execute("SELECT image_path FROM fields WHERE sample_id = ? UNION "
                                         "SELECT crop_path FROM cells WHERE sample_id = ?", (sample_id, sample_id))]
-    with store.transaction() as tx:
-        tx.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
-        store.audit(user, "delete-sample", f"sample:{sample_id}",
-                    {"sample_code": sample["sample_code"], "reason": reason, "files": len(files)}, conn=tx)
+    def forget() -> None:
+        with store.transaction() as tx:
+            tx.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
+            store.audit(user, "delete-sample", f"sample:{sample_id}",
+                        {"sample_code": sample["sample_code"], "reason": reason, "files": len(files)}, conn=tx)
+
+    try:
+        forget()
+    except StorageFull:
+        # a full disk: free the images the administrator asked to delete, then record the deletion
+        # (their rows go in the same step; a crash in between leaves rows the start-up check reports)
+        store.remove_files(files)
+        forget()
     # rows first, files after: a crash in between leaves orphans that the start-up check removes
     store.remove_files(files)
 

@@ -12,6 +12,8 @@ from device.records.store import Store, now
 
 # Repeated failures for one key are aggregated into one audit row per interval (no row per guess).
 AUDIT_INTERVAL = timedelta(minutes=10)
+# Sessions one user may hold at once (a kiosk, a few phones and laptops); a new sign-in beyond it ends the oldest.
+MAX_SESSIONS = 20
 
 
 def _t(dt: datetime) -> str:
@@ -33,6 +35,9 @@ def add_session(store: Store, token_id: str, user_id: int, hours: int, client: s
         tx.execute("DELETE FROM sessions WHERE expires_at < ?", (_t(t),))  # housekeeping, bounded by sign-ins
         tx.execute("INSERT INTO sessions (id, user_id, created_at, expires_at, client) VALUES (?, ?, ?, ?, ?)",
                    (token_id, user_id, _t(t), _t(t + timedelta(hours=hours)), client[:64]))
+        # at most MAX_SESSIONS per user: the oldest sign-ins are signed out
+        tx.execute("DELETE FROM sessions WHERE user_id = ? AND rowid NOT IN (SELECT rowid FROM sessions "
+                   "WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)", (user_id, user_id, MAX_SESSIONS))
 
 
 def end_session(store: Store, token_id: str) -> None:

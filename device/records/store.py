@@ -31,6 +31,8 @@ from device.imageio import write_atomic
 log = logging.getLogger("leukoscope.store")
 LOCK_NAME = "leukoscope.lock"
 RESERVE_NAME = "reserve.bin"
+# Below this much free space the reserve is released: room for a few sign-ins and deletions.
+RESERVE_ROOM = 1024 * 1024
 QUARANTINE = "quarantine"
 QUARANTINE_MAX_BYTES = 512 * 1024 * 1024
 
@@ -250,6 +252,8 @@ class Store:
         self.db_path = self.data_dir / "leukoscope.db"
         self.min_free_mb = min_free_mb
         self.reserve_bytes = reserve_mb * 1024 * 1024
+        self.reserve_problem: str | None = None  # set while the reserve is missing or short
+        self._reserve_lock = threading.Lock()
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self.lock = DataDirLock(self.data_dir) if exclusive else None
@@ -315,6 +319,7 @@ class Store:
     @contextmanager
     def transaction(self):
         conn = self.connect()
+        self.keep_reserve()  # one statvfs: a disk filled by another writer releases the reserve before we write
         with self._write_lock:
             self.verify()
             conn.execute("BEGIN IMMEDIATE")
@@ -373,24 +378,58 @@ class Store:
 
     def keep_reserve(self) -> int:
         """Release the reserve file when the disk is nearly full (so sign-in, which writes, and
-        deleting samples still work), put it back once there is room again. Returns free bytes."""
+        deleting samples still work), put it back once there is room again -- as much of it as fits
+        when there is little room (a box restarted on a nearly full disk still gets some). Returns
+        free bytes. A missing or short reserve is reported (``reserve_problem``, /health, the log)."""
         free = shutil.disk_usage(self.data_dir).free
         if not self.reserve_bytes:
             return free
         path = self.data_dir / RESERVE_NAME
-        try:
-            if path.exists():
-                if free < self.reserve_bytes:
+        with self._reserve_lock:
+            try:
+                try:
+                    have = path.stat().st_size
+                except FileNotFoundError:
+                    have = -1
+                if have >= 0 and free < RESERVE_ROOM:
                     path.unlink()
+                    have = -1
                     log.warning("disk nearly full (%d bytes free): reserve released for sign-in and deletion", free)
                     free = shutil.disk_usage(self.data_dir).free
-            elif free > 2 * self.reserve_bytes:
-                with open(path, "wb") as fh:
-                    os.posix_fallocate(fh.fileno(), 0, self.reserve_bytes)  # real blocks, not a sparse file
-                free = shutil.disk_usage(self.data_dir).free
-        except OSError as exc:
-            log.warning("reserve file %s: %s", path, exc)
+                elif have < self.reserve_bytes and free >= 2 * RESERVE_ROOM:
+                    want = min(self.reserve_bytes, (free + max(have, 0)) // 2)
+                    if want > max(have, 0) and free - (want - max(have, 0)) >= RESERVE_ROOM:
+                        with open(path, "ab") as fh:
+                            os.posix_fallocate(fh.fileno(), 0, want)  # real blocks, not a sparse file
+                        have = want
+                        free = shutil.disk_usage(self.data_dir).free
+            except OSError as exc:
+                log.warning("reserve file %s: %s", path, exc)
+                try:
+                    have = path.stat().st_size
+                except OSError:
+                    have = -1
+            self._note_reserve(have, free)
         return free
+
+    def _note_reserve(self, have: int, free: int) -> None:
+        mb = self.reserve_bytes / (1024 * 1024)
+        if have >= self.reserve_bytes:
+            problem = None
+        elif have <= 0:
+            problem = (f"storage reserve missing: the {mb:.0f} MB kept free for sign-in and deleting samples on a "
+                       f"full disk could not be set aside ({free / (1024 * 1024):.1f} MB free in {self.data_dir}); "
+                       "export and delete old samples")
+        else:
+            problem = (f"storage reserve short: {have / (1024 * 1024):.1f} of {mb:.0f} MB kept free for sign-in and "
+                       f"deleting samples ({free / (1024 * 1024):.1f} MB free in {self.data_dir}); "
+                       "export and delete old samples")
+        if (problem is None) != (self.reserve_problem is None):  # log each change of state once
+            if problem:
+                log.warning("%s", problem)
+            else:
+                log.info("storage reserve of %.0f MB in place again", mb)
+        self.reserve_problem = problem
 
     def write_file(self, rel: str, data: bytes) -> str:
         try:

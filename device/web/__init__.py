@@ -30,6 +30,29 @@ def _is_disk_full(exc: BaseException) -> bool:
 # Reachable without signing in: everything else redirects to the login page.
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024
+# What never waits for a capture in progress: the capture itself and what the operator watches it by.
+CAPTURE_FIRST_EXEMPT = {"health", "static", "views.capture", "views.upload_field", "views.status",
+                        "views.preview_still", "views.preview", "views.use_button"}
+CAPTURE_FIRST_WAIT_S = 1.0
+PAGE_WAIT_S = 0.3  # pages are light: they wait for a capture in progress only briefly
+EXPORT_ENDPOINTS = {"views.report_pdf", "views.export_cells"}
+EXPORT_WAIT_S = 30.0
+_exporting = threading.BoundedSemaphore(1)
+REQUEST_NICE = 5  # web-server threads: this much nicer than the capture thread (Linux threads each have one)
+_niced = threading.local()
+
+
+def _below_capture() -> None:
+    """Lower this web-server thread's CPU priority once (a thread may raise its nice value, never lower it
+    back unprivileged: the pool's threads stay below the capture loop's for good, which is the point)."""
+    if getattr(_niced, "done", False):
+        return
+    _niced.done = True
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + REQUEST_NICE))
+    except (OSError, AttributeError):
+        pass
 MAX_LIVE_VIEWS = 3  # concurrent MJPEG streams; each holds one of the server's threads
 
 
@@ -84,6 +107,28 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
         if request.method == "POST":
             runtime.store.keep_reserve()  # nearly full: release the reserve before this request writes
         return None
+
+    @app.before_request
+    def operator_first():
+        # One operator and a few viewers: a capture in progress gets the CPU first (page views and exports
+        # wait for it, briefly; the web server's threads run below the capture thread's priority), and
+        # exports -- the heaviest pages -- run one at a time.
+        _below_capture()
+        if request.endpoint in CAPTURE_FIRST_EXEMPT or request.endpoint is None:
+            return None
+        runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S if request.endpoint in EXPORT_ENDPOINTS else PAGE_WAIT_S)
+        if request.endpoint in EXPORT_ENDPOINTS:
+            if not _exporting.acquire(timeout=EXPORT_WAIT_S):
+                body, code = views.error_page(503, _("Other exports are being prepared; try again in a moment."))
+                return body, code, {"Retry-After": "5"}
+            g.export_slot = True
+            runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S)
+        return None
+
+    @app.teardown_request
+    def export_done(exc):
+        if g.pop("export_slot", False):
+            _exporting.release()
 
     @app.before_request
     def require_login():

@@ -9,10 +9,12 @@ device/records/accounts.py; this module hashes passwords, keeps the cookie and s
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import string
-from datetime import timedelta
+import threading
+from datetime import datetime, timedelta
 from functools import wraps
 from urllib.parse import urlsplit
 
@@ -21,7 +23,9 @@ from flask_babel import gettext as _
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from device.records import accounts
-from device.records.store import Store
+from device.records.store import StorageFull, Store
+
+log = logging.getLogger("leukoscope.auth")
 
 bp = Blueprint("auth", __name__)
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,40}$")
@@ -46,10 +50,49 @@ def _token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# -- a full disk ------------------------------------------------------------
+class _FullDisk:
+    """Sign-in state held in memory while the database cannot be written (the disk is full and the
+    reserve is spent): attempts are still counted before the password check, sessions still end at
+    logout, password change, reset and deactivation. Forgotten at restart, like the full disk's gap."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.attempts: dict[str, tuple[int, datetime, datetime | None]] = {}
+        self.sessions: dict[str, tuple[int, datetime, str]] = {}  # token id -> user, expiry, password hash
+        self.revoked: set[str] = set()  # sessions ended while their database row could not be deleted
+
+    def charge(self, key: str, limit: int, window: timedelta, t: datetime) -> bool:
+        with self.lock:
+            count, start, locked = self.attempts.get(key, (0, t, None))
+            if locked is not None and locked > t:
+                return False
+            if locked is not None or start + window < t:
+                count, start = 0, t
+            count += 1
+            self.attempts[key] = (count, start, t + window if count > limit else None)
+            return count <= limit
+
+    def forget_user(self, user_id: int) -> None:
+        with self.lock:
+            for tid in [k for k, v in self.sessions.items() if v[0] == user_id]:
+                del self.sessions[tid]
+
+
+_FULL = _FullDisk()
+
+
 # -- sessions ---------------------------------------------------------------
 def start_session(store: Store, user_id: int, hours: int, client: str = "") -> str:
     token = secrets.token_urlsafe(32)
-    accounts.add_session(store, _token_id(token), user_id, hours, client)
+    try:
+        accounts.add_session(store, _token_id(token), user_id, hours, client)
+    except StorageFull:
+        row = accounts.user_by_id(store, user_id)
+        log.warning("storage full: session of user %d kept in memory until the disk has room", user_id)
+        with _FULL.lock:
+            _FULL.sessions[_token_id(token)] = (user_id, accounts.utcnow() + timedelta(hours=hours),
+                                                row["password_hash"])
     session.clear()
     session["sid"] = token
     session.permanent = True
@@ -58,6 +101,7 @@ def start_session(store: Store, user_id: int, hours: int, client: str = "") -> s
 
 def end_sessions(store: Store, user_id: int, conn=None) -> int:
     """Revoke every session of a user (password changed or reset, account deactivated)."""
+    _FULL.forget_user(user_id)
     return accounts.end_sessions(store, user_id, conn=conn)
 
 
@@ -65,7 +109,13 @@ def current_user(store: Store):
     token = session.get("sid")
     if not token or not isinstance(token, str):
         return None
-    row = accounts.session_user(store, _token_id(token))
+    tid = _token_id(token)
+    row = None if tid in _FULL.revoked else accounts.session_user(store, tid)
+    if row is None and tid in _FULL.sessions:
+        user_id, expires, pw_hash = _FULL.sessions[tid]
+        user = accounts.user_by_id(store, user_id)
+        if user is not None and user["active"] and user["password_hash"] == pw_hash and expires > accounts.utcnow():
+            row = user
     if row is None:
         session.clear()
     return row
@@ -119,16 +169,31 @@ def authenticate(store: Store, username: str, password: str, client: str, max_fa
     The attempt is counted before the password is checked; the answer and its time never depend on whether
     the user name exists."""
     t = accounts.utcnow()
-    refused = accounts.charge_attempt(store, username, client, CLIENT_MAX_FAILURES, CLIENT_WINDOW, max_failures,
-                                      lockout_minutes, t)
+    try:
+        refused = accounts.charge_attempt(store, username, client, CLIENT_MAX_FAILURES, CLIENT_WINDOW, max_failures,
+                                          lockout_minutes, t)
+    except StorageFull:  # the disk is full: count in memory instead (a lock already written still holds)
+        window = timedelta(minutes=lockout_minutes)
+        refused = ("client-limit" if not _FULL.charge(accounts.client_key(client), CLIENT_MAX_FAILURES,
+                                                      CLIENT_WINDOW, t) else
+                   "locked" if accounts.lock_status(store, username) or not _FULL.charge(
+                       accounts.user_key(username), max_failures, window, t) else None)
     if refused:
         return None, refused
     row = accounts.user_by_name(store, username)
     ok = check_password_hash(row["password_hash"] if row is not None else _DUMMY_HASH, password)
     if ok and row is not None and row["active"]:
-        accounts.login_succeeded(store, row["username"], client)
+        with _FULL.lock:
+            _FULL.attempts.pop(accounts.user_key(username), None)
+        try:
+            accounts.login_succeeded(store, row["username"], client)
+        except StorageFull:
+            log.warning("storage full: sign-in of %s not written to the audit log", row["username"])
         return row, None
-    accounts.login_failed(store, username, t)
+    try:
+        accounts.login_failed(store, username, t)
+    except StorageFull:
+        log.warning("storage full: failed sign-in for %r not written to the audit log", username)
     return None, "wrong"
 
 
@@ -206,10 +271,16 @@ def login():
 def logout():
     store = runtime().store
     token = session.get("sid")
-    if token and isinstance(token, str):
-        accounts.end_session(store, _token_id(token))
-    if g.user is not None:
-        store.audit(g.user["username"], "logout")
+    try:
+        if token and isinstance(token, str):
+            with _FULL.lock:
+                _FULL.sessions.pop(_token_id(token), None)
+            accounts.end_session(store, _token_id(token))
+        if g.user is not None:
+            store.audit(g.user["username"], "logout")
+    except StorageFull:  # the row stays on the full disk: refuse the token from now on anyway
+        with _FULL.lock:
+            _FULL.revoked.add(_token_id(token))
     session.clear()
     return redirect(url_for("auth.login"))
 
@@ -279,6 +350,8 @@ def user_action(user_id: int, action: str):
     store = runtime().store
     row = _user_or_404(store, user_id)
     me = g.user["username"]
+    if action in ("deactivate", "reset-password", "sign-out") and user_id != g.user["id"]:
+        _FULL.forget_user(user_id)
     if action == "unlock":
         accounts.unlock_user(store, user_id, row["username"], me)
         flash(_("%(name)s is unlocked.", name=row["username"]))

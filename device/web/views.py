@@ -209,7 +209,8 @@ def _scale_text(sc: dict) -> str:
 @bp.route("/samples/<int:sample_id>/upload", methods=["POST"])
 def upload_field(sample_id: int):
     """A field photographed elsewhere (a phone on the eyepiece, a file): analysed like a capture."""
-    from device.imageio import ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS, DecoderBusy, ImageError, decode_image
+    from device.imageio import (ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS, RETRY_AFTER_S, DecoderBusy, ImageError,
+                                decode_image, upload_slot)
 
     s = _sample_or_404(sample_id)
     if s["status"] != "open":
@@ -219,15 +220,23 @@ def upload_field(sample_id: int):
         return error_page(400, _("Choose an image file to upload."))
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:80]
     try:
-        image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=10.0, fit=ANALYSIS_MAX_PIXELS)
+        with upload_slot(name):  # decode and analysis: beyond the slots, 503 at once (the thread is freed)
+            try:
+                image = decode_image(f.read(), name=name, max_pixels=MAX_FIELD_PIXELS, wait=2.0,
+                                     fit=ANALYSIS_MAX_PIXELS)
+            except DecoderBusy:
+                raise
+            except ImageError as exc:
+                return error_page(415, words.image_error(str(exc)))
+            try:
+                result = rt().loop.capture(sample_id, g.user["username"], image=image, source=f"upload:{name}")
+            except CaptureError as exc:
+                return error_page(503, str(exc))
+            finally:
+                del image
     except DecoderBusy as exc:
-        return error_page(503, words.image_error(str(exc)))
-    except ImageError as exc:
-        return error_page(415, words.image_error(str(exc)))
-    try:
-        result = rt().loop.capture(sample_id, g.user["username"], image=image, source=f"upload:{name}")
-    except CaptureError as exc:
-        return error_page(503, str(exc))
+        body, code = error_page(503, words.image_error(str(exc)))
+        return body, code, {"Retry-After": str(RETRY_AFTER_S)}
     if request.accept_mimetypes.best == "application/json":
         return jsonify(_capture_json(s, result | {"uploaded": True}))
     return redirect(url_for("views.sample", sample_id=sample_id))
@@ -593,7 +602,9 @@ def settings():
     values = st.form_values(r.config, request.form if error else None)
     return render_template("settings.html", fields=st.EDITABLE, values=values,
                            flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
-                           model=r.bundle, problems=r.model_problems, error=error, shipped=_shipped(r),
+                           model=r.bundle,
+                           problems=r.model_problems + ([r.store.reserve_problem] if r.store.reserve_problem else []),
+                           error=error, shipped=_shipped(r),
                            measured=records.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
                            last_backup=records.last_backup(r.store)), \
         400 if error else 200

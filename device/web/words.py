@@ -349,7 +349,7 @@ def config_error(exc) -> str:
     labels it (else "[section] key"), then the schema's rule."""
     from device.settings import EDITABLE
 
-    labels = {(s, k): label for s, k, label, _ in EDITABLE}
+    labels = {(s, k): label for s, k, label, _ in EDITABLE} | {("sample", "flags"): "Flag rules"}
     if not getattr(exc, "template", ""):
         # a message without a catalogue entry ("[web]: time_zone: unknown time zone 'X' (...)"): the setting named
         # as the page labels it, never as "[web]: time_zone"
