@@ -51,6 +51,15 @@ def test_detect_bccd_on_other_stains_fast():
     assert sum(look["recall"] >= 0.95 for look in r["looks"].values()) >= 4
 
 
+def test_detect_bccd_single_cell_drift_fast():
+    # today's finder against the B - G-only one it replaced, on the sets the model trains and tests on
+    r = run_bench("bench.detect_bccd", "--single-cell", "20")["single_cell"]
+    jx = r["jiangxi-tecom-wbc"]
+    assert jx["no_cell_after"] < jx["no_cell_before"] and jx["no_cell_after"] <= 1, jx
+    for name in ("pbc-normal-wbc", "bone-marrow-mll", "aml-cytomorphology-lmu"):
+        assert r[name]["central_moved_over_2um"] <= 1 and r[name]["no_cell_after"] <= r[name]["no_cell_before"], r
+
+
 def test_pipeline_short():
     r = run_bench("bench.pipeline", "--fields", "15")
     assert r["fields"] == 15 and r["frame_to_commit_median_ms"] > 0 and r["peak_rss_mb"] > 0
