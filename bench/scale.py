@@ -48,12 +48,16 @@ def jiangxi(files, est, s) -> dict:
 
     conf = [e for e in est if e.source == "red cells" and e.confidence >= s.min_scale_confidence]
     vals = np.array([e.um_per_px for e in conf])
-    found = 0
+    from device.analysis.pipeline import FieldLocator
+
+    found = in_run = 0
+    run = FieldLocator(s)  # as `leukoscope analyze` reads a list: an unread image takes the last confident reading
     for f in files:
         img = read_image(f)
         found += central_cell(locate(img, s, skip_qc=True).cells, img.shape) is not None
+        in_run += central_cell(run.locate(img, skip_qc=True).cells, img.shape) is not None
     entry = {"images": len(files), "confident": len(conf), "red_cells_median": float(np.median([e.red_cells for e in est])),
-             "central_cell_found_at_own_scale": found}
+             "central_cell_found_at_own_scale": found, "central_cell_found_in_a_run": in_run}
     if len(vals):
         entry.update({"um_per_px_median": round(float(np.median(vals)), 4),
                       "p10": round(float(np.percentile(vals, 10)), 4), "p90": round(float(np.percentile(vals, 90)), 4),
