@@ -15,7 +15,10 @@ operating-point rule, the per-sample flag rules), each with its counts and a 95 
 
     python -m bench.blast_screen [--bundle PATH] [--loso-bundle PATH] [--fast]
 
-The unit of every figure is the image (one cell per single-cell image). The bone-marrow set has no
+The unit of every figure is the image (one cell per single-cell image). An image in which the device
+finds no cell stays in every denominator, as what the device did with it: not called blast, not sent to
+review, not passed as normal, ranked lowest (``no_cell`` says how many); an image that cannot be read
+is counted (``unreadable``) and left out. The bone-marrow set has no
 patient ids: its split is by image, so cells of one patient can sit on both sides.
 """
 from __future__ import annotations
@@ -49,8 +52,17 @@ class Called:
     flagged: np.ndarray  # sent to review (any flag)
     blast_score: np.ndarray  # probability summed over malignant labels
     top: np.ndarray  # argmax label index
-    preds: list  # CellPrediction
+    preds: list  # CellPrediction, None where no cell was found
     image: np.ndarray  # index of each cell's record
+    unreadable: int = 0  # images that could not be read (not in the figures)
+
+    @property
+    def found(self) -> np.ndarray:
+        return np.array([p is not None for p in self.preds], bool)
+
+    def no_cell(self, keep=None) -> dict:
+        keep = np.ones(len(self.preds), bool) if keep is None else keep
+        return share((~self.found)[keep].sum(), keep.sum())
 
     @property
     def called_blast(self) -> np.ndarray:
@@ -65,6 +77,7 @@ def share(k: int, n: int) -> dict:
 
 
 def cells(records, bundle, clf, task_labels) -> Called:
+    """The device's call on each image's cell; an image without a cell found is one entry too."""
     from training.data import load_cells
 
     cs = load_cells(records, bundle.preprocessing, list(task_labels))
@@ -73,9 +86,15 @@ def cells(records, bundle, clf, task_labels) -> Called:
         preds += clf.classify(cs.x[i : i + 64])
     mal = [i for i, c in enumerate(bundle.categories) if c == "malignant"]
     probs = np.array([[p.probabilities[n] for n in bundle.labels] for p in preds]).reshape(len(preds), -1)
-    return Called([records[i].label for i in cs.image], np.array([p.category for p in preds]),
-                  np.array([p.flag is not None for p in preds]), probs[:, mal].sum(1) if mal else np.zeros(len(preds)),
-                  probs.argmax(1) if len(preds) else np.zeros(0, int), preds, cs.image)
+    where = {id(r): i for i, r in enumerate(records)}
+    missing = [where[id(r)] for r in cs.no_cell]
+    k = len(missing)
+    return Called([records[i].label for i in [*cs.image, *missing]],
+                  np.array([p.category for p in preds] + ["none"] * k),
+                  np.array([p.flag is not None for p in preds] + [False] * k, bool),
+                  np.concatenate([probs[:, mal].sum(1) if mal else np.zeros(len(preds)), np.zeros(k)]),
+                  np.concatenate([probs.argmax(1) if len(preds) else np.zeros(0, int), -np.ones(k, int)]).astype(int),
+                  preds + [None] * k, np.array([*cs.image, *missing], np.int64), len(cs.unreadable))
 
 
 def test_records(bundle, dataset: str, root: Path | None):
@@ -110,7 +129,8 @@ def in_lab(c: Called) -> dict:
             "sensitivity": share(called[pos].sum(), pos.sum()),
             "specificity": share((~called)[~pos].sum(), (~pos).sum()),
             "screening_sensitivity": share((called | c.flagged)[pos].sum(), pos.sum()),
-            "roc_auc": None if pos.all() or not pos.any() else round(float(roc_auc(pos, c.blast_score)), 4)}
+            "roc_auc": None if pos.all() or not pos.any() else round(float(roc_auc(pos, c.blast_score)), 4),
+            "no_cell": c.no_cell(), "unreadable": c.unreadable}
 
 
 def unseen_lab(c: Called, codes: list[str]) -> dict:
@@ -123,8 +143,9 @@ def unseen_lab(c: Called, codes: list[str]) -> dict:
             "specificity": share(normal_ok[~pos].sum(), (~pos).sum()),
             "normals_called_blast": share(called[~pos].sum(), (~pos).sum()),
             "normals_flagged": share(c.flagged[~pos].sum(), (~pos).sum()),
-            "normals_flag_reasons": dict(Counter(p.flag for p, q in zip(c.preds, pos) if not q and p.flag)),
-            "blasts_called": dict(Counter(p.flag or p.label for p, q in zip(c.preds, pos) if q))}
+            "normals_flag_reasons": dict(Counter(p.flag for p, q in zip(c.preds, pos) if not q and p and p.flag)),
+            "blasts_called": dict(Counter((p.flag or p.label) if p else "no cell found" for p, q in zip(c.preds, pos) if q)),
+            "no_cell": c.no_cell(), "blasts_no_cell": c.no_cell(pos), "unreadable": c.unreadable}
 
 
 def pbc_differential(c: Called, bundle) -> dict:
@@ -136,12 +157,13 @@ def pbc_differential(c: Called, bundle) -> dict:
                for n in PBC_CLASSES if (y == names.index(n)).any()}
     bal = float(np.mean([r["value"] for r in recalls.values()])) if recalls else None
     # the same with the device's rules: a cell counts as right only when shown with its own label, unflagged
-    shown = np.array([names.index(p.label) if p.flag is None else -1 for p in c.preds])
+    shown = np.array([names.index(p.label) if p is not None and p.flag is None else -1 for p in c.preds])
     dev = [float((shown[y == names.index(n)] == names.index(n)).mean()) for n in PBC_CLASSES if (y == names.index(n)).any()]
     return {"balanced_accuracy": None if bal is None else round(bal, 4),
             "balanced_accuracy_device_rules": round(float(np.mean(dev)), 4) if dev else None,
             "per_class_recall": recalls,
-            "called_blast": share(c.called_blast.sum(), len(c.labels)), "cells": len(c.labels)}
+            "called_blast": share(c.called_blast.sum(), len(c.labels)), "cells": len(c.labels),
+            "no_cell": c.no_cell(), "unreadable": c.unreadable}
 
 
 def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: int) -> list[dict]:
@@ -176,7 +198,8 @@ def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: i
 def counted(c: Called, keep) -> list:
     from device.records.sample import CountedCell
 
-    return [CountedCell(p.label, p.category, p.flag) for p, lab in zip(c.preds, c.labels) if keep(lab)]
+    # an image without a cell found adds nothing to a sample: the device counts the cells it finds
+    return [CountedCell(p.label, p.category, p.flag) for p, lab in zip(c.preds, c.labels) if p and keep(lab)]
 
 
 def main(argv=None) -> int:
@@ -244,7 +267,8 @@ def main(argv=None) -> int:
             "set": "PBC normal leukocytes (never seen by this bundle)",
             "called_blast": share(c_lo.called_blast.sum(), len(c_lo.labels)),
             "flagged": share(c_lo.flagged.sum(), len(c_lo.labels)),
-            "unfamiliar": share(sum(p.flag == "unfamiliar" for p in c_lo.preds), len(c_lo.labels))}
+            "unfamiliar": share(sum(p is not None and p.flag == "unfamiliar" for p in c_lo.preds), len(c_lo.labels)),
+            "no_cell": c_lo.no_cell(), "unreadable": c_lo.unreadable}
     else:
         out["other_lab_normals"] = {"not_measured": "give --loso-bundle (a bundle trained without PBC)"}
 

@@ -4,7 +4,10 @@
    complete, roughly square RBC boxes): the spread of the ratio field to field.
 2. Each single-cell dataset: the ruler's median and p10-p90 over a seeded sample (the
    per-source pixel sizes in training/datasets.py come from here), and how often the
-   device's finder finds a central cell at that scale.
+   device's finder finds a central cell at that scale. The Jiangxi set (120 x 120 frames,
+   a handful of red cells, no stated pixel size; test-only) is read image by image as the
+   device reads it: how many images the ruler reads with confidence, and a central cell
+   found at each image's own reading.
 3. Other magnifications and sensors (bench.views): the estimate against BCCD's scale.
 
     python -m bench.scale [--per-set 200] [--fast]
@@ -23,7 +26,7 @@ from testkit.bccd import BCCD_ROOT, bccd_fields, load_boxes, magnified, resample
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SETS = {"pbc-normal-wbc": ("pbc-normal-wbc", "*/*.jpg"), "aml-cytomorphology-lmu": ("aml-cytomorphology-lmu-subset", "*/*.png"),
-        "bone-marrow-mll": ("bone-marrow-mll-subset", "*/*.jpg")}
+        "bone-marrow-mll": ("bone-marrow-mll-subset", "*/*.jpg"), "jiangxi-tecom-wbc": ("jiangxi-tecom-wbc", "images/*.bmp")}
 
 
 def annotated_rbc_side(xml: Path) -> float | None:
@@ -35,6 +38,31 @@ def annotated_rbc_side(xml: Path) -> float | None:
              if b[0] > 2 and b[1] > 2 and b[2] < w - 2 and b[3] < h - 2 and b[3] > b[1]
              and 0.8 < (b[2] - b[0]) / (b[3] - b[1]) < 1.25]
     return float(np.median(sides)) if len(sides) >= 3 else None
+
+
+def jiangxi(files, est, s) -> dict:
+    """Small frames without a stated pixel size: each read on its own, as ``analyze`` reads a first image."""
+    from device.analysis.cells import central_cell
+    from device.analysis.pipeline import locate
+    from device.imageio import read_image
+
+    conf = [e for e in est if e.source == "red cells" and e.confidence >= s.min_scale_confidence]
+    vals = np.array([e.um_per_px for e in conf])
+    from device.analysis.pipeline import FieldLocator
+
+    found = in_run = 0
+    run = FieldLocator(s)  # as `leukoscope analyze` reads a list: an unread image takes the last confident reading
+    for f in files:
+        img = read_image(f)
+        found += central_cell(locate(img, s, skip_qc=True).cells, img.shape) is not None
+        in_run += central_cell(run.locate(img, skip_qc=True).cells, img.shape) is not None
+    entry = {"images": len(files), "confident": len(conf), "red_cells_median": float(np.median([e.red_cells for e in est])),
+             "central_cell_found_at_own_scale": found, "central_cell_found_in_a_run": in_run}
+    if len(vals):
+        entry.update({"um_per_px_median": round(float(np.median(vals)), 4),
+                      "p10": round(float(np.percentile(vals, 10)), 4), "p90": round(float(np.percentile(vals, 90)), 4),
+                      "confidence_median": round(float(np.median([e.confidence for e in conf])), 3)})
+    return entry
 
 
 def main(argv=None) -> int:
@@ -74,6 +102,9 @@ def main(argv=None) -> int:
         random.Random(0).shuffle(files)
         files = files[:n]
         est = [estimate_scale(read_image(f), 0.1) for f in files]
+        if name == "jiangxi-tecom-wbc":
+            out[name] = jiangxi(files, est, s)
+            continue
         vals = np.array([e.um_per_px for e in est if e.source == "red cells" and e.confidence >= s.min_scale_confidence])
         entry = {"images": len(files), "confident": int(len(vals))}
         if len(vals):

@@ -49,31 +49,66 @@ def _model_info(args) -> int:
     return 0
 
 
-def _classify(args) -> int:
-    from device.model.classifier import Classifier
-    from device.imageio import ImageError, read_image
-    from device.analysis.preprocess import prepare_cell
+def cell_json(cell) -> dict:
+    """One analysed cell as ``analyze`` and ``classify`` both print it: a flagged cell is "uncertain"
+    (label and category), never the model's raw category; the model's top label stays in ``predicted``."""
+    p = cell.prediction
+    return {"box": list(cell.found.box), "label": p.shown_label, "predicted": p.label,
+            "category": "uncertain" if p.flag else p.category, "probability": round(p.probability, 4),
+            "flag": p.flag, "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}}
 
-    bundle = _bundle(args.bundle)
-    clf = Classifier(bundle, threads=args.threads)
+
+def _device_analyzer(args):
+    """The device's own path: the configured (or given) bundle, the config's finder and scale settings."""
+    from device.model.installed import load_active
+    from device.analysis.pipeline import Analyzer
+
+    cfg = _load_config(args.config)
+    bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir,
+                                 getattr(args, "threads", None) or cfg.model.threads)
+    return bundle, Analyzer(clf, cfg.field_settings())
+
+
+def _read(path: str, as_json: bool):
+    from device.imageio import ImageError, read_image
+
+    try:
+        return read_image(path)
+    except ImageError as exc:
+        if as_json:
+            print(json.dumps({"path": path, "error": str(exc)}))
+        else:
+            print(f"{path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _classify(args) -> int:
+    """A single-cell image through the device's path: its scale (given or measured), the finder's central
+    cell, the bundle's physical crop and window, the device's words. Quality control is not applied:
+    a single-cell image is not a field."""
+    from device.analysis.cells import central_cell
+
+    bundle, analyzer = _device_analyzer(args)
     status = 0
     for path in args.images:
-        try:
-            crop = prepare_cell(read_image(path), bundle.preprocessing, from_dataset=True)
-        except ImageError as exc:
-            print(json.dumps({"path": path, "error": str(exc)}) if args.json else f"{path}: {exc}",
-                  file=sys.stdout if args.json else sys.stderr)
+        img = _read(path, args.json)
+        if img is None:
             status = 1
             continue
-        p = clf.classify(crop[None])[0]
+        res = analyzer.analyze(img, skip_qc=True, um_per_px=args.um_per_px)
+        found = central_cell([c.found for c in res.cells], img.shape)
+        cell = next((c for c in res.cells if c.found is found), None)
         if args.json:
-            print(json.dumps({"path": path, "label": p.shown_label, "predicted": p.label, "category": p.category,
-                              "probability": round(p.probability, 4), "flag": p.flag,
-                              "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}}))
+            print(json.dumps({"path": path, **(cell_json(cell) if cell else {"label": None, "category": None,
+                                                                             "note": "no white cell found"}),
+                              "scale": res.scale.to_dict(), "model": bundle.name}))
+        elif cell is None:
+            print(f"{path}: no white cell found (scale {res.scale.um_per_px:.4f} um/px, {res.scale.source})")
         else:
-            note = f"  [{p.flag}: left for review]" if p.flag else ""
-            top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
-            print(f"{path}: {p.label} ({p.category}) {p.probability:.3f}{note}  | "
+            c = cell_json(cell)
+            note = f"  [{c['flag']}: left for review]" if c["flag"] else ""
+            top = sorted(c["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+            print(f"{path}: {c['label']} ({c['category']}) {c['probability']:.3f}{note}  | "
                   + ", ".join(f"{k} {v:.3f}" for k, v in top))
     return status
 
@@ -107,28 +142,15 @@ def _serve(args) -> int:
 
 
 def _analyze(args) -> int:
-    from device.imageio import ImageError, read_image
-    from device.model.installed import load_active
-    from device.analysis.pipeline import Analyzer
-
-    cfg = _load_config(args.config)
-    bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir, cfg.model.threads)
-    analyzer = Analyzer(clf, cfg.field_settings())
+    bundle, analyzer = _device_analyzer(args)
     status = 0
     for path in args.images:
-        try:
-            img = read_image(path)
-        except ImageError as exc:
+        img = _read(path, args.json)
+        if img is None:
             status = 1
-            if args.json:
-                print(json.dumps({"path": path, "error": str(exc)}))
-            else:
-                print(f"{path}: {exc}", file=sys.stderr)
             continue
         res = analyzer.analyze(img, skip_qc=args.skip_qc, um_per_px=args.um_per_px)
-        cells = [{"box": list(c.found.box), "label": c.prediction.shown_label, "predicted": c.prediction.label,
-                  "category": "uncertain" if c.prediction.flag else c.prediction.category,
-                  "probability": round(c.prediction.probability, 4), "flag": c.prediction.flag} for c in res.cells]
+        cells = [cell_json(c) for c in res.cells]
         if args.json:
             print(json.dumps({"path": path, "width": img.shape[1], "height": img.shape[0], "qc": res.qc.figures(),
                               "scale": res.scale.to_dict(),
@@ -281,11 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir")
     q.set_defaults(func=_model_rollback)
 
-    p = sub.add_parser("classify", help="classify already-cropped single-cell images")
+    p = sub.add_parser("classify", help="classify the central cell of single-cell images, as analyze does")
     p.add_argument("images", nargs="+")
+    p.add_argument("--config")
     p.add_argument("--bundle")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--um-per-px", type=float, default=None,
+                   help="the images' known pixel size (micrometres); default: measured from each image's red cells")
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("serve", help="run the appliance: camera, analysis, storage and the local page")

@@ -13,6 +13,11 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 PBC = SHARED_DATA / "pbc-normal-wbc"
 AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
 BCCD = SHARED_DATA / "bccd"
+MLL = SHARED_DATA / "bone-marrow-mll-subset"
+# A rapid stain on yellow glass, a low-cost camera; no pixel size stated: its red cells say about 0.14
+# (python -m bench.scale). Test-only: never trained on.
+JIANGXI = SHARED_DATA / "jiangxi-tecom-wbc"
+JIANGXI_UM_PER_PX = 0.14
 
 
 def free_port() -> int:

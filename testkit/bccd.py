@@ -164,3 +164,31 @@ def views_for(magnification: float = 1.0, resolution: float = 1.0, names=None, l
         views = views[:limit]
     views = magnified(views, magnification)
     return [resampled(v, resolution) for v in views] if resolution != 1.0 else views
+
+
+# Stain looks for the finder's stain bench: each is a linear map in optical-density space (OD = -log of
+# the light passed), the space in which stains add up (Beer-Lambert). ``scale`` multiplies every stain's
+# density (fading, over-staining); ``mix`` moves density between the channels a stain absorbs (a bluer or a
+# redder nucleus: Giemsa-like, Wright/Leishman- or rapid-stain-like); ``glass`` is a density every pixel
+# gets (a yellow-brown rapid-stain background, a warm lamp). Rows of ``mix``: output R, G, B from input R, G, B.
+STAIN_LOOKS = {
+    "faded": {"scale": 0.55},
+    "overstained": {"scale": 1.5},
+    "giemsa-blue": {"mix": ((1.0, 0.35, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))},
+    "rapid-yellow": {"mix": ((0.7, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.25, 0.85)), "glass": (0.0, 0.08, 0.45)},
+    "warm-lamp": {"glass": (0.0, 0.1, 0.35)},
+    "faded-yellow": {"scale": 0.65, "mix": ((0.8, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.2, 0.9)), "glass": (0.0, 0.06, 0.35)},
+}
+
+
+def restained(rgb: np.ndarray, look: str) -> np.ndarray:
+    """``rgb`` as another stain (a ``STAIN_LOOKS`` entry) would show it."""
+    p = STAIN_LOOKS[look]
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    od = od @ np.asarray(p.get("mix", np.eye(3)), np.float32).T * p.get("scale", 1.0)
+    od = od + np.asarray(p.get("glass", (0.0, 0.0, 0.0)), np.float32)
+    return np.clip(256.0 * np.exp(-od) - 1.0, 0, 255).round().astype(np.uint8)
+
+
+def stain_shifted(views: list[View], look: str) -> list[View]:
+    return [View(f"{v.name}@{look}", restained(v.image, look), v.boxes, v.dont_care) for v in views]

@@ -45,6 +45,21 @@ def test_detect_bccd_test_split():
     assert r["fields"] == 72 and r["recall"] >= 0.98
 
 
+def test_detect_bccd_on_other_stains_fast():
+    r = run_bench("bench.detect_bccd", "--stain", "all", "--split", "test")
+    assert len(r["looks"]) >= 4 and r["worst_recall"] >= 0.9, r["looks"]
+    assert sum(look["recall"] >= 0.95 for look in r["looks"].values()) >= 4
+
+
+def test_detect_bccd_single_cell_drift_fast():
+    # today's finder against the B - G-only one it replaced, on the sets the model trains and tests on
+    r = run_bench("bench.detect_bccd", "--single-cell", "20")["single_cell"]
+    jx = r["jiangxi-tecom-wbc"]
+    assert jx["no_cell_after"] < jx["no_cell_before"] and jx["no_cell_after"] <= 1, jx
+    for name in ("pbc-normal-wbc", "bone-marrow-mll", "aml-cytomorphology-lmu"):
+        assert r[name]["central_moved_over_2um"] <= 1 and r[name]["no_cell_after"] <= r[name]["no_cell_before"], r
+
+
 def test_pipeline_short():
     r = run_bench("bench.pipeline", "--fields", "15")
     assert r["fields"] == 15 and r["frame_to_commit_median_ms"] > 0 and r["peak_rss_mb"] > 0
@@ -102,6 +117,8 @@ def test_scale_fast():
     r = run_bench("bench.scale", "--fast")
     assert r["bccd"]["deviation_p90"] < 0.25 and 0.07 < r["bccd"]["um_per_px_median"] < 0.1
     assert abs(r["pbc-normal-wbc"]["um_per_px_median"] / r["pbc-normal-wbc"]["stated_um_per_px"] - 1) < 0.1
+    jx = r["jiangxi-tecom-wbc"]  # 120 x 120 frames: read from a handful of red cells
+    assert jx["images"] == 12 and jx["confident"] >= 4 and 0.11 < jx["um_per_px_median"] < 0.18, jx
 
 
 def test_qc_fast():

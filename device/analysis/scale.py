@@ -6,7 +6,9 @@ finds the round outlines in the green channel (red cells absorb green), on a cop
 resampled until red cells are about 33 px across in it (the transform over-sizes tiny
 circles and under-sizes large ones); circles that are a red cell's pale centre are
 dropped; the median diameter is the red-cell size. With too few circles, or too wide a
-spread of sizes, the configured value (``[camera] um_per_pixel``) is used.
+spread of sizes, the configured value (``[camera] um_per_pixel``) is used. A small frame (a
+120 x 120 single-cell image) shows only a handful of red cells: it is read from as many as it
+can hold (at least 3), and its confidence counts them against that.
 
 Chosen by measurement against BCCD's annotated red cells (``python -m bench.scale``):
 isolated round objects are rare in crowded fields and distance-transform measures of
@@ -15,6 +17,7 @@ cell clumps have long error tails; the circle median deviates from field to fiel
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -68,6 +71,23 @@ def given(um_per_px: float) -> ScaleEstimate:
     return ScaleEstimate(float(um_per_px), 1.0, "given", 0, None)
 
 
+_hough_lock = threading.Lock()
+
+
+class _one_thread:
+    """OpenCV's parallel circle transform returns a different set of circles from run to run (one PBC
+    image read 0.0852 or 0.0879 um/px): the transform runs on one thread, so a field always reads the same."""
+
+    def __enter__(self):
+        _hough_lock.acquire()
+        self.threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+
+    def __exit__(self, *exc):
+        cv2.setNumThreads(self.threads)
+        _hough_lock.release()
+
+
 def circle_radii(grey: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Radii (pixels) of the round outlines of ``grey`` between ``lo`` and ``hi``."""
     h, w = grey.shape
@@ -75,8 +95,9 @@ def circle_radii(grey: np.ndarray, lo: int, hi: int) -> np.ndarray:
     if hi <= lo:
         return np.zeros(0)
     g = cv2.GaussianBlur(grey, (3, 3), 0)
-    found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, dp=1, minDist=max(4, lo), param1=60, param2=0.7,
-                             minRadius=lo, maxRadius=hi)
+    with _one_thread():
+        found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, dp=1, minDist=max(4, lo), param1=60, param2=0.7,
+                                 minRadius=lo, maxRadius=hi)
     if found is None:
         return np.zeros(0)
     circles = found[0].astype(np.float64)
@@ -134,8 +155,11 @@ def estimate_scale(rgb: np.ndarray, fallback_um_per_px: float, min_red_cells: in
         radii = circle_radii(_green(rgb, f, max_side=side), lo, hi) / f
         if len(radii) >= min_red_cells or f == 1.0:
             break
+    # A small frame (a 120 x 120 single-cell image) holds only a handful of red cells: it is read from
+    # as many as it can hold (at least 3), and its confidence counts them against that, not against 15.
+    need = max(3, min(min_red_cells, _room(h, w, radii)))
     for _ in range(3):
-        if len(radii) < min_red_cells:
+        if len(radii) < need:
             break
         d = 2.0 * float(np.median(radii))
         f_next = float(np.clip(_TARGET_DIAMETER / d, 100.0 / max(h, w), _MAX_COPY_SIDE / max(h, w)))
@@ -143,15 +167,25 @@ def estimate_scale(rgb: np.ndarray, fallback_um_per_px: float, min_red_cells: in
             break
         lo, hi = int(_TARGET_DIAMETER / 4), int(_TARGET_DIAMETER)
         again = circle_radii(_green(rgb, f_next), lo, hi) / f_next
-        if len(again) < min_red_cells:
+        if len(again) < need:
             break  # keep the last reading that had enough circles
         f, radii = f_next, again
-    if len(radii) < min_red_cells:
+    room = _room(h, w, radii)
+    if len(radii) < max(3, min(min_red_cells, room)):
         return ScaleEstimate(float(fallback_um_per_px), 0.0, "configured", int(len(radii)), None)
     d = 2.0 * float(np.median(radii))
     q1, q3 = np.percentile(radii, [25, 75])
     spread = float((q3 - q1) / np.median(radii))
-    confidence = min(1.0, len(radii) / 15.0) * max(0.0, 1.0 - spread)
+    confidence = min(1.0, len(radii) / min(15.0, max(room, 3))) * max(0.0, 1.0 - spread)
     if confidence < min_confidence:
         return ScaleEstimate(float(fallback_um_per_px), 0.0, "configured", int(len(radii)), d)
     return ScaleEstimate(RBC_DIAMETER_UM / d, round(confidence, 3), "red cells", int(len(radii)), d)
+
+
+def _room(h: int, w: int, radii: np.ndarray) -> int:
+    """About how many whole red cells of the measured size a frame of h x w shows (half its area
+    is taken by the white cell, glass and cells cut by the border); 15 or more for a field."""
+    if not len(radii):
+        return 15
+    d = 2.0 * float(np.median(radii))
+    return int(min(15, 0.5 * h * w / (d * d)))
