@@ -83,6 +83,12 @@ class Calibration:
     created_at: str
     figures: dict = field(default_factory=dict)
     fit_seconds: float = 0.0
+    record_id: int | None = None  # its row on the box (set by device.records.calibrations)
+
+    @property
+    def name(self) -> str:
+        """In plain words, for the result page and the PDF."""
+        return f"calibrated on {self.n_cells} cells reviewed on this box, {self.date}"
 
     @property
     def false_call_rate(self) -> float:
@@ -318,7 +324,8 @@ def fit_calibration(bundle, reference: Reference | None, site: SiteCells, min_ce
     alpha, W, b = fit_head(Z, L, y, w, k)
     final_probs = _predict(alpha, W, b, Z, L)
     ood = fit_ood(E, y, final_probs.argmax(1), k, bundle.ood)
-    normal_site = st & (np.array(cats)[y] == "normal")
+    # per non-blast white cell (normal or atypical): the denominator the refer rule counts in
+    normal_site = st & np.isin(np.array(cats)[y], ("normal", "atypical"))
     called = (np.array(cats)[oof_ood_top] == "malignant") & ~oof_flag
     return Calibration(bundle.sha256, list(bundle.labels), list(cats), mu, sd, alpha, W, b, thresholds, ood,
                        (int((called & normal_site).sum()), int(normal_site.sum())), int(len(site.y)), n_samples,
