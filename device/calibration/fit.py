@@ -14,9 +14,11 @@ fold is predicted by a head fitted without it, and the thresholds are chosen on 
 - review threshold: the lowest top probability at which the site's kept cells are right REVIEW_ACCURACY
   of the time;
 - "unfamiliar": per-class Mahalanobis statistics of reference + site cells (99.5th percentile per class).
-A calibration whose out-of-fold sensitivity on the reference blasts falls below the bundle's target, or
-whose screening sensitivity (called blast or sent to review) falls below the bundle's own on the same
-blasts, is refused with the reason, as is one fitted on fewer than MIN_CELLS cells from MIN_SAMPLES samples.
+A calibration whose out-of-fold sensitivity on the reference blasts falls below the bundle's target (the
+operating point is chosen to keep it, so this is the last check, not the usual reason), whose screening
+sensitivity (called blast or sent to review) falls below the bundle's own on the same blasts or on the site's
+confirmed blasts, or that calls more of the site's held-back normal cells blast than the bundle does, is
+refused with the reason, as is one fitted on fewer than MIN_CELLS cells from MIN_SAMPLES samples.
 """
 from __future__ import annotations
 
@@ -338,6 +340,10 @@ def _judge(figs: dict, target: float, name: str) -> None:
     if sens["n"] and sens["value"] < target:
         raise CalibrationRefused(f"refused: blast sensitivity on {name}'s reference blasts would fall to "
                                  f"{sens['value']:.3f} ({sens['k']} of {sens['n']}), below its target {target:.2f}")
+    before, after = figs["before"]["site"]["normal_called_blast"], figs["after"]["site"]["normal_called_blast"]
+    if after["k"] > before["k"]:
+        raise CalibrationRefused(f"refused: it would call more of this box's held-back normal cells blast "
+                                 f"({after['k']} of {after['n']} instead of {before['k']})")
     for where, label in (("reference", f"{name}'s reference blasts"), ("site", "this box's confirmed blasts")):
         before, after = figs["before"][where]["screen_sensitivity"], figs["after"][where]["screen_sensitivity"]
         if before["n"] and after["k"] < before["k"]:
