@@ -203,6 +203,13 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
                                                                               u["fields"])))
     if not used:
         kv(_("Model"), _("no field captured"))
+    from device.web.calibration import note, site_text
+
+    for line in note(store, s["id"]):
+        kv(_("Site calibration"), line)
+    summary_site = site_text(records.summary_of(store, s["id"], cfg.sample.flags))
+    if summary_site:
+        kv(_("Refer rule"), summary_site)
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
