@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-# Chosen by bench.site_calibration (see README): below 100 reviewed cells the measured false-call rate is
-# too uncertain for the site-aware refer rule, and cells of fewer than 4 samples are one or two patients.
+# Chosen with bench.site_calibration (see README): the refer rule's rate (k + 1) / (n + 2) cannot fall below
+# 1 / (n + 2), 1 % from 100 cells; 4 samples so that the 4 out-of-fold folds split the site's cells by sample.
 MIN_CELLS = 100
 MIN_SAMPLES = 4
 FOLDS = 4
