@@ -217,7 +217,8 @@ def _read_reference(raw: bytes, n_labels: int, ood: dict | None, where: str) -> 
         raise BundleError(f"{where}: {REFERENCE_MEMBER} must hold embeddings (n, d), labels (n,) and probabilities "
                           f"(n, {n_labels}); got {emb.shape}, {y.shape}, {p.shape}")
     if ood is not None and emb.shape[1] != ood["means"].shape[1]:
-        raise BundleError(f"{where}: {REFERENCE_MEMBER} embeddings are {emb.shape[1]} wide, ood.npz {ood['means'].shape[1]}")
+        raise BundleError(f"{where}: {REFERENCE_MEMBER} embedding width {emb.shape[1]} differs from ood.npz's "
+                          f"({ood['means'].shape[1]})")
     if (y < 0).any() or (y >= n_labels).any() or not (np.isfinite(emb).all() and np.isfinite(p).all()):
         raise BundleError(f"{where}: {REFERENCE_MEMBER} holds labels out of range or non-finite numbers")
     return {"embeddings": emb.astype(np.float32), "labels": y.astype(np.int64), "probabilities": p.astype(np.float32)}
