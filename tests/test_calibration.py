@@ -314,3 +314,20 @@ def test_site_calibration_bench_fast():
     for key in ("normal_called_blast", "normal_review", "screen_sensitivity", "referred_0", "referred_5", "referred_20"):
         assert key in row
     assert r["labs"]["jiangxi"]["k"]["0"]["screen_sensitivity"] is None  # no blasts in that lab
+
+
+def test_backup_and_restore_keep_the_calibration_in_use(pbc, tmp_path):
+    from device.calibration import fit_calibration
+    from device.records import calibrations
+    from device.records.backup import backup, restore
+    from device.records.store import Store
+
+    bundle, emb, y, probs = pbc
+    store, cid = _store_with(tmp_path, fit_calibration(bundle, _reference(bundle), _site(emb, y, probs,
+                                                                                        np.arange(len(y)))), bundle)
+    calibrations.decide(store, cid, True, "admin")
+    store.close()
+    backup(tmp_path / "data", tmp_path / "bk")
+    restore(tmp_path / "bk", tmp_path / "restored")
+    cal, problem = calibrations.load_active(Store(tmp_path / "restored"), bundle)
+    assert problem is None and cal.record_id == cid
