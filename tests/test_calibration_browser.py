@@ -107,6 +107,8 @@ def test_review_calibrate_accept_capture_and_the_result_names_it(live_app, tmp_p
         words = f"calibrated on {n_cells} cells reviewed on this box, {date}"
         expect(page.locator("#calibration-used")).to_contain_text(words)
         expect(page.locator("#site-refer")).to_contain_text("decided white cells; false calls alone would explain")
+        n = records.summary_of(rt.store, sid, rt.config.sample.flags).leukocytes
+        expect(page.locator("#fraction-of")).to_contain_text(f"A fraction of the {n} decided white cells.")
         shot(page, "800-calibration-result")
         pdf = download(page, "#export-pdf", tmp_path)
         assert words in pdf_text(pdf)

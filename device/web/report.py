@@ -145,6 +145,10 @@ def sample_pdf(store, s, cfg, bundle) -> bytes:
                                   hi=f"{100 * hi:.1f}", cells=words.cells(summary.malignant)))
     else:
         kv(_("Blast fraction"), _("not computable: no white cell counted"))
+    if summary.undecided:
+        kv(_("Undecided cells"), _("%(u)d cell(s) not yet decided: if they were decided, the fraction would lie between "
+                                   "%(lo)s %% and %(hi)s %%.", u=summary.undecided,
+                                   lo=f"{100 * summary.malignant_range[0]:.1f}", hi=f"{100 * summary.malignant_range[1]:.1f}"))
     for title, text, _from_card in words.model_limits(bundle):
         kv("   " + title, text)
     kv(_("Uncertain cells"), str(summary.uncertain) + (
