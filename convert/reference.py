@@ -75,18 +75,35 @@ def embed(bundle: Bundle, records, threads: int = 2) -> tuple[np.ndarray, np.nda
     return np.concatenate(embs), cs.y.astype(np.int16), np.concatenate(probs)
 
 
+def reference_member(emb: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str], categories: list[str],
+                     source: str, thin: bool = False, seed: int = 0) -> tuple[bytes, dict]:
+    """``reference.npz`` and its metadata entry. ``thin``: keep blasts up to MAX_BLASTS and other labels up to
+    2 x PER_LABEL each (``convert`` passes the whole validation split)."""
+    y = np.asarray(y)
+    if thin:
+        rng = np.random.default_rng(seed)
+        keep = []
+        for i, cat in enumerate(categories):
+            idx = np.nonzero(y == i)[0]
+            limit = MAX_BLASTS if cat == "malignant" else 2 * PER_LABEL
+            keep += sorted(rng.choice(idx, min(limit, len(idx)), replace=False).tolist())
+        keep = np.array(sorted(keep), int)
+        emb, y, probs = emb[keep], y[keep], probs[keep]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, embeddings=np.asarray(emb, np.float16), labels=y.astype(np.int16),
+                        probabilities=np.asarray(probs, np.float16))
+    counts = {n: int((y == i).sum()) for i, n in enumerate(labels) if (y == i).any()}
+    return buf.getvalue(), {"cells": int(len(y)), "per_label": counts, "source": source, "bytes": len(buf.getvalue())}
+
+
 def add_reference(src: str | Path, out: str | Path, roots: dict[str, str] | None = None, threads: int = 2) -> dict:
     """Write a copy of bundle ``src`` carrying its reference cells; returns what was added."""
     bundle = load_bundle(src)
     emb, y, probs = embed(bundle, reference_records(bundle, roots), threads)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, embeddings=emb.astype(np.float16), labels=y, probabilities=probs.astype(np.float16))
     files = dict(bundle.files)
-    files[REFERENCE_MEMBER] = buf.getvalue()
     meta = dict(bundle.metadata)
-    counts = {n: int((y == i).sum()) for i, n in enumerate(bundle.labels) if (y == i).any()}
-    meta["reference"] = {"cells": int(len(y)), "per_label": counts, "source": "test_files.csv, device path",
-                         "bytes": len(buf.getvalue())}
+    files[REFERENCE_MEMBER], meta["reference"] = reference_member(emb, y, probs, bundle.labels, bundle.categories,
+                                                                  "test_files.csv, device path")
     files["metadata.json"] = json.dumps(meta, indent=2).encode()
     write_atomic(Path(out), pack(files))
     load_bundle(out)  # what we wrote must load and validate
