@@ -19,6 +19,9 @@ which is how MIN_CELLS was chosen. Intervals: 95 % Wilson on the pooled counts o
 
     python -m bench.site_calibration [--bundle PATH] [--fast] [--draws N]
 
+Also without labels (``unlabelled_k100``): the "unfamiliar" statistics re-estimated from 100 unreviewed cells
+of the lab, the bundle's calls taken as their classes; kept out of the product unless it pays here.
+
 Ends with ``RESULT {"labs": {LAB: {"k": {"100": {...}}}}, "fit_seconds_2000": S, ...}``.
 """
 from __future__ import annotations
@@ -167,6 +170,33 @@ def simulate_lab(bundle, reference, emb, y, probs, ks, draws, samples, seed) -> 
     return out
 
 
+def unlabelled(bundle, reference, emb, y, probs, draws, seed, k=100) -> dict | None:
+    """Without labels: the per-class "unfamiliar" statistics re-estimated from k of the lab's unreviewed cells
+    (the bundle's own calls as their classes) with the reference cells; the rest of the lab is the test."""
+    from device.calibration.fit import decisions, fit_ood
+
+    if len(y) - k < MIN_TEST:
+        return None
+    cats = np.array(bundle.categories)
+    acc = {"bundle": np.zeros(5, int), "unlabelled": np.zeros(5, int)}
+    rng = np.random.default_rng([seed, 99])
+    for _ in range(draws):
+        order = rng.permutation(len(y))
+        un, test = order[:k], order[k:]
+        pseudo = probs[un].argmax(1)
+        ood = fit_ood(np.concatenate([reference.emb, emb[un]]), np.concatenate([reference.y, pseudo]),
+                      np.concatenate([reference.probs.argmax(1), pseudo]), len(cats), bundle.ood)
+        for name, stats in (("bundle", bundle.ood), ("unlabelled", ood)):
+            top, flagged = decisions(probs[test], emb[test], stats, bundle.thresholds, bundle.categories)
+            yt = y[test]
+            normal, blast = cats[yt] == "normal", cats[yt] == "malignant"
+            called = (cats[top] == "malignant") & ~flagged
+            acc[name] += [(called & normal).sum(), (flagged & normal).sum(), normal.sum(),
+                          ((called | flagged) & blast).sum(), blast.sum()]
+    return {name: {"normal_called_blast": share(a[0], a[2]), "normal_review": share(a[1], a[2]),
+                   "screen_sensitivity": share(a[3], a[4]) if a[4] else None} for name, a in acc.items()}
+
+
 def fit_time_2000(bundle, reference, emb, y, probs, seed) -> float:
     """One fit on 2,000 reviewed cells (the lab's cells redrawn, 80 samples of 25), one BLAS thread."""
     from device.calibration import SiteCells, fit_calibration
@@ -229,7 +259,8 @@ def main(argv=None) -> int:
         emb, y, probs = embed_lab(bundle, recs, args.threads)
         out["labs"][lab] = {"cells": int(len(y)), "records": len(recs),
                             "blasts": int((np.array(bundle.categories)[y] == "malignant").sum()),
-                            "k": simulate_lab(bundle, reference, emb, y, probs, ks, draws, samples, args.seed)}
+                            "k": simulate_lab(bundle, reference, emb, y, probs, ks, draws, samples, args.seed),
+                            "unlabelled_k100": unlabelled(bundle, reference, emb, y, probs, draws, args.seed)}
         if fit_data is None or len(y) > len(fit_data[1]):
             fit_data = (emb, y, probs)
     out["fit_seconds_2000"] = fit_time_2000(bundle, reference, *fit_data, args.seed)
@@ -246,6 +277,10 @@ def main(argv=None) -> int:
                   f"screen {_fmt(row['screen_sensitivity'])} refused {row['refused']}/{row['draws']}")
             print(f"        referred 0% {_fmt(row['referred_0'])} 5% {_fmt(row['referred_5'])} "
                   f"20% {_fmt(row['referred_20'])}")
+        u = d["unlabelled_k100"]
+        if u:
+            print(f"  without labels (100 unreviewed cells re-estimate the unfamiliar statistics): normal review "
+                  f"{_fmt(u['bundle']['normal_review'])} -> {_fmt(u['unlabelled']['normal_review'])}")
     print(f"fit on 2,000 reviewed cells: {out['fit_seconds_2000']} s (one BLAS thread)")
     result(out)
     return 0
