@@ -185,6 +185,12 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
         buf = io.BytesIO()
         np.savez(buf, **ood)
         files["ood.npz"] = buf.getvalue()
+        # the reference cells site calibration is checked against (device.calibration): validation cells
+        from convert.reference import reference_member
+        from device.model.bundle import REFERENCE_MEMBER
+
+        files[REFERENCE_MEMBER], meta["reference"] = reference_member(
+            e_va, y_va, q_va, names, [vocab.category_of(n) for n in names], "validation split, int8", thin=True)
     meta["thresholds"] = thresholds
     meta["thresholds_note"] = ("review: lowest top-probability at which validation accuracy on kept cells reaches "
                                f"{recipe.evaluate.review_accuracy}; ood: 1 = each class's 99.5th percentile of validation distances to its mean; "

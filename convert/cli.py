@@ -37,6 +37,15 @@ def _model_test(args) -> int:
     return 0
 
 
+def _add_reference(args) -> int:
+    from convert.reference import add_reference
+    from training.cli import data_roots
+
+    ref = add_reference(args.bundle, args.out, data_roots(args.data_root), threads=args.threads)
+    print(f"{args.out}: {ref['cells']} reference cells ({ref['bytes']:,} bytes): {ref['per_label']}")
+    return 0
+
+
 def register(commands) -> None:
     """``commands.top``: the ``leukoscope`` sub-command parsers; ``commands.model``: ``leukoscope model``'s."""
     p = commands.top.add_parser("convert", help="convert a trained run into a TFLite model bundle (needs 'train')")
@@ -58,3 +67,11 @@ def register(commands) -> None:
     q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_test)
+
+    q = commands.model.add_parser("add-reference", help="write a copy of a bundle carrying its reference cells "
+                                  "(its own test files through the device path), which site calibration needs")
+    q.add_argument("bundle")
+    q.add_argument("--out", required=True)
+    q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_add_reference)

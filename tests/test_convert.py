@@ -28,6 +28,10 @@ def test_int8_bundle_round_trips_with_metadata(tiny_bundle):
     assert meta["parity"]["top1_agreement"] >= meta["parity"]["floor"]
     assert set(meta["parity"]["delta"]) >= {"balanced_accuracy", "macro_f1", "accuracy"}
     assert meta["datasets"][0]["licence"] == "CC BY 4.0" and meta["datasets"][0]["split_unit"] == "image"
+    # the reference cells site calibration needs: validation cells, embeddings as wide as ood.npz's
+    assert b.reference is not None and meta["reference"]["source"] == "validation split, int8"
+    assert b.reference["embeddings"].shape == (meta["reference"]["cells"], b.ood["means"].shape[1])
+    assert b.reference["probabilities"].shape[1] == len(b.labels) == len(set(b.reference["labels"].tolist()))
     assert "screening aid, not a diagnosis" in meta["model_card"]
     assert "review" in meta["thresholds"] and "ood" in meta["thresholds"]
     rows = b.files["test_files.csv"].decode().splitlines()

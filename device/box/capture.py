@@ -272,8 +272,10 @@ class CaptureLoop:
         # copy) and cuts the classifier's crops from the full frame. Uploads were fitted at decoding.
         analysis = self.analyzer.analyze(image)
         model = getattr(self.analyzer.classifier, "bundle", None)
+        calibration = getattr(self.analyzer.classifier, "calibration", None)
         fid = records.save_field(self.store, job.sample_id, image, analysis, job.user, captured_at=captured_at,
-                                 source=source, may_commit=job.may_commit, model=model)
+                                 source=source, may_commit=job.may_commit, model=model,
+                                 calibration=calibration)
         self.captures += 1
         summary = records.summary_of(self.store, job.sample_id, self.rules)
         return {

@@ -37,6 +37,17 @@ class Runtime:
     _model_key: tuple | None = None
     _model_checked: float = 0.0
 
+    def use_calibration(self) -> None:
+        """Classify with the active site calibration of the bundle in use (checked: file checksum, bundle);
+        a refused one is reported and the box classifies without it."""
+        from device.records import calibrations
+
+        cal, problem = calibrations.load_active(self.store, self.bundle)
+        if problem:
+            self.model_problems.append(problem)
+            log.error("%s", problem)
+        self.classifier.calibration = cal
+
     def check_model(self, every: float = 2.0) -> None:
         """Switch to a newly installed (or rolled-back) bundle; keep the last good one if it is refused."""
         if self.config.model.bundle:
@@ -65,6 +76,7 @@ class Runtime:
             return
         previous = self.bundle.name
         self.bundle, self.classifier = bundle, classifier
+        self.use_calibration()  # a calibration belongs to one bundle: the new one's, if it has one
         self.analyzer.classifier = classifier
         self.store.audit("system", "model-switched", bundle.name, {"from": previous, "sha256": bundle.sha256})
         log.info("model switched from %s to %s", previous, bundle.name)
@@ -182,6 +194,7 @@ def _build(cfg: AppConfig, store: Store, start: bool) -> Runtime:
     camera = SupervisedCamera(camera_from_config(cfg))
     loop = CaptureLoop(camera, analyzer, store, cfg.sample.flags)
     runtime = Runtime(cfg, store, bundle, classifier, analyzer, camera, loop, repair, problems)
+    runtime.use_calibration()
     current = models_dir(cfg.data_dir) / "current.lkb"
     if current.exists():
         st = current.stat()

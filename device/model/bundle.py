@@ -27,6 +27,7 @@ from device.analysis.preprocess import Preprocessing
 FORMAT = "leukoscope-bundle/1"
 REQUIRED_MEMBERS = ("model.tflite", "metadata.json")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+REFERENCE_MEMBER = "reference.npz"
 
 
 class BundleError(ValueError):
@@ -40,6 +41,7 @@ class Bundle:
     model_bytes: bytes
     ood: dict[str, np.ndarray] | None
     files: dict[str, bytes]
+    reference: dict[str, np.ndarray] | None = None  # reference.npz: the bundle's own held-out cells (site calibration)
 
     @property
     def labels(self) -> list[str]:
@@ -92,7 +94,7 @@ def pack(files: dict[str, bytes]) -> bytes:
 # one byte, so a member that declares 1,000 bytes and really inflates to 2 GiB is refused after at most
 # 1,001 bytes (zipfile's own read() asks the inflater for up to 2 GiB and only then truncates).
 MEMBER_LIMITS = {"model.tflite": 48 * 1024 * 1024, "ood.npz": 16 * 1024 * 1024,
-                 "test_files.csv": 8 * 1024 * 1024, "samples.npz": 8 * 1024 * 1024,
+                 "test_files.csv": 8 * 1024 * 1024, "samples.npz": 8 * 1024 * 1024, REFERENCE_MEMBER: 8 * 1024 * 1024,
                  "metadata.json": 1024 * 1024, "MODEL_CARD.md": 1024 * 1024}
 OTHER_MEMBER_LIMIT = 1024 * 1024
 MAX_MEMBERS = 32
@@ -138,7 +140,9 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
     ood = _read_ood(files["ood.npz"], len(meta["labels"]), where) if "ood.npz" in files else None
     if "ood" in meta.get("thresholds", {}) and ood is None:
         raise BundleError(f"{where}: thresholds name 'ood' but the bundle has no ood.npz")
-    return Bundle(Path(path) if path is not None else None, meta, model, ood, files)
+    reference = (_read_reference(files[REFERENCE_MEMBER], len(meta["labels"]), ood, where)
+                 if REFERENCE_MEMBER in files else None)
+    return Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
 
 
 def _read_members(data: bytes, where: str, limits: dict[str, int] = MEMBER_LIMITS,
@@ -280,6 +284,32 @@ def _read_ood(raw: bytes, n_labels: int, where: str) -> dict[str, np.ndarray]:
             raise BundleError(f"{where}: ood.npz 'class_threshold' must be {n_labels} positive finite numbers")
         out["class_threshold"] = spread.astype(np.float32)
     return out
+
+
+def _read_reference(raw: bytes, n_labels: int, ood: dict | None, where: str) -> dict[str, np.ndarray]:
+    """The reference cells: embeddings (n, d) float16, label indices (n,), the bundle's probabilities (n, labels)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as inner:
+            if sum(i.file_size for i in inner.infolist()) > MEMBER_LIMITS[REFERENCE_MEMBER] * 4:
+                raise BundleError(f"{where}: {REFERENCE_MEMBER} unpacks to more than a bundle may hold")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            ref = {k: z[k] for k in ("embeddings", "labels", "probabilities")}
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decode failure (or a missing array) means a damaged member
+        raise BundleError(f"{where}: {REFERENCE_MEMBER} is damaged ({exc})") from None
+    emb, y, p = ref["embeddings"], ref["labels"], ref["probabilities"]
+    n = len(y)
+    if emb.ndim != 2 or emb.shape[0] != n or emb.dtype.kind != "f" or p.shape != (n, n_labels) or y.ndim != 1 \
+            or y.dtype.kind not in "iu" or not n:
+        raise BundleError(f"{where}: {REFERENCE_MEMBER} must hold embeddings (n, d), labels (n,) and probabilities "
+                          f"(n, {n_labels}); got {emb.shape}, {y.shape}, {p.shape}")
+    if ood is not None and emb.shape[1] != ood["means"].shape[1]:
+        raise BundleError(f"{where}: {REFERENCE_MEMBER} embedding width {emb.shape[1]} differs from ood.npz's "
+                          f"({ood['means'].shape[1]})")
+    if (y < 0).any() or (y >= n_labels).any() or not (np.isfinite(emb).all() and np.isfinite(p).all()):
+        raise BundleError(f"{where}: {REFERENCE_MEMBER} holds labels out of range or non-finite numbers")
+    return {"embeddings": emb.astype(np.float32), "labels": y.astype(np.int64), "probabilities": p.astype(np.float32)}
 
 
 def _is_number(v) -> bool:

@@ -60,6 +60,8 @@ class CellPrediction:
     probabilities: dict[str, float]
     flag: str | None  # None, "low-confidence", "unfamiliar" or "possible-blast"
     ood_score: float | None
+    embedding: np.ndarray | None = None  # the layer the unfamiliar check reads; stored for site calibration
+    model_probabilities: np.ndarray | None = None  # the bundle's own, before a site calibration (stored too)
 
     @property
     def uncertain(self) -> bool:
@@ -116,6 +118,8 @@ class Classifier:
         self._lock = threading.Lock()  # an interpreter is not safe to share between threads
         self._check_tensors()
         self._batch = 1
+        # a site calibration (device.calibration.Calibration) fitted for this bundle, or None
+        self.calibration = None
 
     def _check_tensors(self) -> None:
         meta = self.bundle.metadata
@@ -192,8 +196,11 @@ class Classifier:
 
     def classify(self, crops: np.ndarray) -> list[CellPrediction]:
         probs, emb = self.raw(crops)
-        scores = None if emb is None or self.bundle.ood is None else ood_scores(emb, self.bundle.ood, probs.argmax(1))
-        th = self.bundle.thresholds
+        ood, th = self.bundle.ood, self.bundle.thresholds
+        cal, raw = self.calibration, probs
+        if cal is not None and emb is not None:  # the site's head, thresholds and unfamiliar statistics
+            probs, ood, th = cal.adjust(probs, emb)
+        scores = None if emb is None or ood is None else ood_scores(emb, ood, probs.argmax(1))
         names, cats = self.bundle.labels, self.bundle.categories
         mal = [i for i, c in enumerate(cats) if c == "malignant"]
         out = []
@@ -201,7 +208,8 @@ class Classifier:
             score = None if scores is None else float(scores[i])
             top, flag = decide(p, mal, score, th)
             out.append(CellPrediction(names[top], cats[top], float(p[top]),
-                                      {n: float(v) for n, v in zip(names, p)}, flag, score))
+                                      {n: float(v) for n, v in zip(names, p)}, flag, score,
+                                      None if emb is None else emb[i], raw[i]))
         return out
 
 

@@ -12,6 +12,7 @@ from device.records.sample import (NOT_A_CELL, POSSIBLE_BLAST, CountedCell, Samp
                                    needs_decision, summarize)
 from device.records.store import Store, StorageFull, now
 from device.records.repeats import HELD_FIELDS, repeat_of, view_hash
+from device.records.calibrations import decision_role, encode_embedding
 
 
 class RecordError(ValueError):
@@ -52,11 +53,13 @@ def get_sample(store: Store, sample_id: int) -> sqlite3.Row:
 
 
 def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, user: str,
-               captured_at: str | None = None, source: str = "", may_commit=None, model=None) -> int:
+               captured_at: str | None = None, source: str = "", may_commit=None, model=None,
+               calibration=None) -> int:
     """Images first (atomically), then the rows in one transaction. The sample's status is checked
     again inside that transaction, so a field can never land in a sample finished meanwhile.
     ``may_commit()`` is asked there too (False: the caller gave up, nothing is saved); ``model``
-    (a Bundle) is recorded with the field, so a report names the model that really classified it."""
+    (a Bundle) is recorded with the field, so a report names the model that really classified it, and
+    ``calibration`` (the site calibration it used, or None) beside it."""
     sample = get_sample(store, sample_id)
     if sample["status"] != "open":  # early, before the encoding work; the rule itself is below
         raise RecordError(FINISHED)
@@ -92,20 +95,24 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
                     qc_data.update(repeat_of=same, held=True)
             cur = tx.execute(
                 "INSERT INTO fields (sample_id, image_path, captured_at, source, width, height, qc_ok, qc_message, "
-                "qc_json, analysis_ms, model_name, model_version, model_sha256) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "qc_json, analysis_ms, model_name, model_version, model_sha256, calibration_id, calibration_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
                  json.dumps(qc_data),
                  analysis.timings_ms.get("total"), str(meta.get("name", "")),
-                 str(meta.get("version", "")), model.sha256 if model is not None else ""))
+                 str(meta.get("version", "")), model.sha256 if model is not None else "",
+                 getattr(calibration, "record_id", None), calibration.name if calibration is not None else ""))
             fid = cur.lastrowid
             for c, rel in zip(analysis.cells, crop_rels):
                 p = c.prediction
                 tx.execute(
                     "INSERT INTO cells (field_id, sample_id, x1, y1, x2, y2, crop_path, label, category, probability, "
-                    "probabilities_json, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "probabilities_json, flag, embedding, model_probabilities) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (fid, sample_id, *c.found.box, rel, p.label, p.category, p.probability,
-                     json.dumps({k: round(v, 5) for k, v in p.probabilities.items()}), p.flag))
+                     json.dumps({k: round(v, 5) for k, v in p.probabilities.items()}), p.flag,
+                     encode_embedding(getattr(p, "embedding", None)),
+                     encode_embedding(getattr(p, "model_probabilities", None))))
             store.audit(user, "capture", f"sample:{sample_id}", {"field": fid, "cells": len(crop_rels),
                                                                   "qc": analysis.qc.message,
                                                                   "repeat_of": qc_data.get("repeat_of"),
@@ -212,7 +219,24 @@ def summary_of(store: Store, sample_id: int, rules, target: int | None = None, c
     rows = conn.execute("SELECT label, category, flag, operator_label FROM cells WHERE sample_id = ? "
                         f"AND field_id NOT IN ({HELD_FIELDS}) ORDER BY id", (sample_id, sample_id)).fetchall()
     counted = [CountedCell(r["label"], r["category"], r["flag"], r["operator_label"]) for r in rows]
-    return summarize(counted, target if target is not None else sample["target"], rules)
+    return summarize(counted, target if target is not None else sample["target"], rules,
+                     site=site_of(store, sample_id, conn))
+
+
+def site_of(store: Store, sample_id: int, conn=None) -> dict | None:
+    """The site calibration the sample's refer rule uses: only when every field was classified under one
+    calibration (a sample spanning a change, or fields without one, keeps the bundle's rule)."""
+    conn = conn or store.connect()
+    rows = conn.execute("SELECT DISTINCT f.calibration_id, c.figures_json, c.n_cells, c.created_at FROM fields f "
+                        "LEFT JOIN calibrations c ON c.id = f.calibration_id WHERE f.sample_id = ?",
+                        (sample_id,)).fetchall()
+    if len(rows) != 1 or rows[0]["calibration_id"] is None or rows[0]["figures_json"] is None:
+        return None
+    k, n = json.loads(rows[0]["figures_json"]).get("false_calls", [None, None])
+    if n is None:
+        return None
+    return {"false_call_rate": (k + 1) / (n + 2), "false_calls": [k, n], "calibration_id": rows[0]["calibration_id"],
+            "name": f"calibrated on {rows[0]['n_cells']} cells reviewed on this box, {rows[0]['created_at'][:10]}"}
 
 
 def models_of(store: Store, sample_id: int) -> list[dict]:
@@ -239,8 +263,8 @@ def review_cell(store: Store, cell_id: int, label: str | None, user: str, user_i
             raise RecordError("this sample is finished; its cells can no longer be changed")
         if confirm and (row["flag"] or label != row["label"]):
             raise RecordError("the model was not confident about this cell: choose its class instead of confirming")
-        tx.execute("UPDATE cells SET operator_label = ?, reviewer_id = ?, reviewed_at = ? WHERE id = ?",
-                   (label, user_id, now(), cell_id))
+        tx.execute("UPDATE cells SET operator_label = ?, reviewer_id = ?, reviewed_at = ?, reviewer_role = ? "
+                   "WHERE id = ?", (label, user_id, now(), decision_role(tx, user_id), cell_id))
         action = ("confirm-cell" if label == row["label"] else "not-a-cell" if label == NOT_A_CELL
                   else "reclassify-cell")
         store.audit(user, action, f"cell:{cell_id}",
@@ -257,8 +281,9 @@ def accept_class(store: Store, sample_id: int, label: str, user: str, user_id: i
             raise RecordError(f"no sample {sample_id}")
         if status[0] != "open":
             raise RecordError("this sample is finished; its cells can no longer be changed")
-        cur = tx.execute("UPDATE cells SET operator_label = label, reviewer_id = ?, reviewed_at = ? WHERE sample_id = ? "
-                         "AND label = ? AND flag IS NULL AND operator_label IS NULL", (user_id, now(), sample_id, label))
+        cur = tx.execute("UPDATE cells SET operator_label = label, reviewer_id = ?, reviewed_at = ?, reviewer_role = ? "
+                         "WHERE sample_id = ? AND label = ? AND flag IS NULL AND operator_label IS NULL",
+                         (user_id, now(), decision_role(tx, user_id), sample_id, label))
         store.audit(user, "accept-class", f"sample:{sample_id}", {"label": label, "cells": cur.rowcount}, conn=tx)
         return cur.rowcount
 

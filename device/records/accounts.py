@@ -70,7 +70,7 @@ def user_by_name(store: Store, username: str):
 
 
 def list_users(store: Store) -> list:
-    return store.connect().execute("SELECT id, username, role, active, created_at FROM users ORDER BY id").fetchall()
+    return store.connect().execute("SELECT id, username, role, active, created_at, qualified FROM users ORDER BY id").fetchall()
 
 
 def create_user(store: Store, username: str, pw_hash: str, role: str, by: str) -> int:

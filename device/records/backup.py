@@ -37,7 +37,8 @@ def backup(data_dir: Path, dest: Path) -> dict:
         src.backup(snap)  # online, consistent, does not block the daemon's writers for long
     finally:
         src.close()
-    rows = snap.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells").fetchall()
+    rows = snap.execute("SELECT image_path FROM fields UNION SELECT crop_path FROM cells "
+                        "UNION SELECT file_path FROM calibrations").fetchall()  # calibrations: their files too
     counts = {t: snap.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("samples", "fields", "cells", "audit", "users")}
     snap.close()
     copied, missing = 0, []

@@ -117,6 +117,10 @@ class SampleSummary:
     flags: list[dict] = field(default_factory=list)
     unreviewed: int = 0  # cells no reviewer has confirmed or decided yet (uncertain or not)
     disclaimer: str = DISCLAIMER
+    undecided: int = 0  # uncertain cells nobody has decided: outside the fraction's denominator until decided
+    # the blast fraction if every undecided cell were not a blast / were a blast (of decided + undecided cells)
+    malignant_range: tuple[float, float] = (0.0, 0.0)
+    site: dict | None = None  # with a site calibration: expected false calls, the test, the calibration's words
 
     def rows(self) -> list[dict]:
         out = []
@@ -146,13 +150,43 @@ class SampleSummary:
                 "leukocytes": self.leukocytes, "malignant": self.malignant,
                 "malignant_fraction": self.malignant_fraction, "malignant_ci": list(self.malignant_ci),
                 "seen": self.seen, "target": self.target, "progress": self.progress, "flags": self.flags,
-                "target_reached": self.target_reached, "unreviewed": self.unreviewed, "disclaimer": self.disclaimer}
+                "target_reached": self.target_reached, "unreviewed": self.unreviewed, "disclaimer": self.disclaimer,
+                "undecided_cells": self.undecided, "malignant_range": list(self.malignant_range),
+                "fraction_of": f"{self.malignant} blast(s) in {self.leukocytes} decided white cells"
+                               + (f"; {self.undecided} cell(s) not yet decided" if self.undecided else ""),
+                "site": self.site}
 
 
 INSUFFICIENT = "insufficient"  # the flag level of a count below its target: never read as "no flag"
 
 
-def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) -> SampleSummary:
+SITE_REFER = "More blast calls than this box's measured false calls explain: refer to a haematology service"
+SITE_UNDECIDED = "Undecided cells could make this a referral: decide them before finishing"
+
+
+def _site_flags(malignant: int, leukocytes: int, undecided: int, site: dict, rules) -> tuple[list[dict], dict]:
+    """The refer rule that knows the site: a one-sided binomial test of the blast calls among decided white cells
+    against the site calibration's measured false-call rate (``device.calibration.referral``). The 20 % message
+    only when the test also refers; undecided cells are never counted, but a review flag says when deciding them
+    could turn the result into a referral."""
+    from device.calibration.referral import excess
+
+    test = excess(malignant, leukocytes, float(site["false_call_rate"]))
+    flags = []
+    if test["refer"]:
+        flags.append({"level": "refer", "message": SITE_REFER, "category": "malignant", "count": malignant})
+        for rule in rules:
+            if rule.level == "refer" and rule.category == "malignant" and rule.min_fraction >= 0.2 and leukocytes \
+                    and malignant / leukocytes >= rule.min_fraction:
+                flags.append({"level": "refer", "message": rule.message, "category": "malignant", "count": malignant})
+    elif undecided and excess(malignant + undecided, leukocytes + undecided, float(site["false_call_rate"]))["refer"]:
+        flags.append({"level": "review", "message": SITE_UNDECIDED, "category": "malignant", "count": undecided})
+    return flags, {**site, **test}
+
+
+def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES, site: dict | None = None) -> SampleSummary:
+    """``site``: the sample's site calibration ({"false_call_rate", "name"}); its refer rule replaces the
+    fixed blast-fraction refer rules."""
     finals = [c.final for c in cells]
     by_label = dict(sorted(Counter(lbl for lbl, _ in finals).items()))
     by_category = {c: 0 for c in (*vocab.CATEGORIES, vocab.UNCERTAIN)}
@@ -162,7 +196,13 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) 
     malignant = by_category["malignant"]
     fraction = malignant / leukocytes if leukocytes else 0.0
     flags = []
+    undecided = sum(1 for c in cells if needs_decision(c.flag, c.operator_label))
+    site_result = None
+    if site is not None:
+        site_flags, site_result = _site_flags(malignant, leukocytes, undecided, site, rules)
     for rule in rules:
+        if site is not None and rule.level == "refer" and rule.category == "malignant":
+            continue  # replaced by the site's test
         count = by_category[rule.category]
         frac = count / leukocytes if leukocytes else 0.0
         if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
@@ -170,7 +210,12 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES) 
     if leukocytes < target:
         flags.insert(0, {"level": INSUFFICIENT, "message": f"Insufficient: {leukocytes} of {target} cells",
                          "category": INSUFFICIENT, "count": leukocytes, "target": target})
+    if site is not None:
+        flags[1 if flags and flags[0]["level"] == INSUFFICIENT else 0:0] = site_flags
     unreviewed = sum(1 for c in cells if not c.operator_label)
+    whole = leukocytes + undecided
+    frange = (malignant / whole, (malignant + undecided) / whole) if whole else (0.0, 0.0)
     return SampleSummary(by_label, by_category, by_category[vocab.UNCERTAIN], leukocytes, malignant, fraction,
                          wilson_interval(malignant, leukocytes), leukocytes, target,
-                         min(1.0, leukocytes / target) if target else 1.0, flags, unreviewed)
+                         min(1.0, leukocytes / target) if target else 1.0, flags, unreviewed,
+                         undecided=undecided, malignant_range=frange, site=site_result)

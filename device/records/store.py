@@ -142,6 +142,34 @@ MIGRATIONS = [
     ALTER TABLE fields ADD COLUMN model_version TEXT NOT NULL DEFAULT '';
     ALTER TABLE fields ADD COLUMN model_sha256 TEXT NOT NULL DEFAULT '';
     """,
+    # 4 (issue 23): site calibration. Each cell keeps its embedding (float16) so a calibration never needs the
+    # camera again; who decided a cell and in which role (only a qualified reviewer's blast may teach the box);
+    # the calibration that classified each field; the calibrations themselves (versioned, decided, rolled back)
+    """
+    ALTER TABLE users ADD COLUMN qualified INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cells ADD COLUMN embedding BLOB;
+    ALTER TABLE cells ADD COLUMN model_probabilities BLOB;
+    ALTER TABLE cells ADD COLUMN reviewer_role TEXT;
+    ALTER TABLE fields ADD COLUMN calibration_id INTEGER;
+    ALTER TABLE fields ADD COLUMN calibration_name TEXT NOT NULL DEFAULT '';
+    CREATE TABLE calibrations (
+        id INTEGER PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        bundle_name TEXT NOT NULL,
+        bundle_sha256 TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('proposed', 'active', 'rejected', 'retired')),
+        n_cells INTEGER NOT NULL,
+        n_samples INTEGER NOT NULL,
+        file_path TEXT NOT NULL,
+        file_sha256 TEXT NOT NULL,
+        figures_json TEXT NOT NULL,
+        previous_id INTEGER REFERENCES calibrations(id),
+        decided_by TEXT,
+        decided_at TEXT
+    );
+    CREATE INDEX calibrations_bundle ON calibrations(bundle_sha256, status)
+    """,
 ]
 
 

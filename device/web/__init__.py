@@ -89,10 +89,16 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     Babel(app, locale_selector=lambda: words.page_language(runtime),
           timezone_selector=lambda: runtime.config.web.time_zone)
 
-    from device.web import auth, views
+    from device.web import auth, calibration, views
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(calibration.bp)
+
+    @app.context_processor
+    def calibration_words():
+        return {"calibration_note": lambda sample_id: calibration.note(runtime.store, sample_id),
+                "site_text": calibration.site_text}
     app.add_url_rule("/health", "health", views.health)
 
     @app.before_request

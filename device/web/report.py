@@ -228,6 +228,10 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         if undecided:
             text += sep + _("Not decided: %(n)d (not counted).", n=undecided)
         kv(_("Possible blasts"), text, bold=True)
+    if summary.undecided:
+        kv(_("Undecided cells"), _("%(u)d cell(s) not yet decided: if they were decided, the fraction would lie between "
+                                   "%(lo)s %% and %(hi)s %%.", u=summary.undecided,
+                                   lo=f"{100 * summary.malignant_range[0]:.1f}", hi=f"{100 * summary.malignant_range[1]:.1f}"))
     kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),
         bold=bool(summary.uncertain))
@@ -312,6 +316,13 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
             para(title, "B", 8.5, 4.5)
             para(text, "", 8.5, 4.2)
         pdf.ln(1)
+    from device.web.calibration import note, site_text
+
+    for line in note(store, s["id"]):
+        kv(_("Site calibration"), line)
+    summary_site = site_text(records.summary_of(store, s["id"], cfg.sample.flags))
+    if summary_site:
+        kv(_("Refer rule"), summary_site)
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
