@@ -96,11 +96,15 @@ def score_bccd(bundle, clf, views) -> Scored:
     from testkit.bccd import iou
 
     locator = FieldLocator()
+    skip_edges = locator.settings.cells.skip_edge_cells
     crops, missed, total = [], 0, 0
     for v in views:
         loc = locator.locate(v.image, skip_qc=True)
         keep = []
+        h, w = v.image.shape[:2]
         for t in v.boxes:
+            if skip_edges and (t[0] <= EDGE_PX or t[1] <= EDGE_PX or t[2] >= w - EDGE_PX or t[3] >= h - EDGE_PX):
+                continue  # cut by the frame: the device leaves it for the next field, neither found nor missed
             total += 1
             best = max(loc.cells, key=lambda c: iou(c.box, t), default=None)
             if best is None or iou(best.box, t) < 0.3 or best in keep:
@@ -338,6 +342,7 @@ def run_bundle(path: str, labs: dict, views, marrow_per_label: int | None, sampl
     return out
 
 
+EDGE_PX = 8  # an annotated cell this close to the frame's edge is cut by it (BCCD's boxes are drawn loose)
 SOURCE_OF_LAB = {"aml-lmu": "aml", "jiangxi": "jiangxi", "pbc": "pbc"}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,6 +44,10 @@ def record_views(img: np.ndarray, record: Record, pp: Preprocessing,
                  settings: FieldSettings | None = None) -> list[np.ndarray]:
     """The classifier's views (not yet prepared) of one dataset image, as the device cuts them."""
     s = settings or FieldSettings()
+    if record.kind == "cell" and s.cells.skip_edge_cells:
+        # A single-cell image is framed on its cell: its border is not a field's edge, and a large cell
+        # touching it is still the whole cell.
+        s = replace(s, cells=replace(s.cells, skip_edge_cells=False))
     if not pp.crop_um:
         raise ValueError("training needs physical framing: set preprocessing.crop_um (micrometres)")
     loc = locate(img, s, um_per_px=record.um_per_px, skip_qc=True)
