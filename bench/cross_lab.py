@@ -477,6 +477,17 @@ def baseline(args, labs, views, samples: int, per_label: int, log) -> dict:
 
 # ---- the card ------------------------------------------------------------------------------------------
 
+def plain_figures(labs: dict) -> dict | None:
+    """The worst held-out lab's normal cells sent to review (per 100) and called blast (per 1,000): the typed
+    figures the result page turns into its plain, translated sentence."""
+    held = {k: d for k, d in labs.items() if k != "marrow" and d.get("normal_review") is not None}
+    if not held:
+        return None
+    return {"review_per_100": round(100 * max(d["normal_review"] for d in held.values())),
+            "blast_per_1000": round(1000 * max(d["normal_called_blast"] for d in held.values())),
+            "labs": sorted(held)}
+
+
 def plain_words(labs: dict) -> str:
     """The first sentence a clinic reads: what a lab the model never saw should expect."""
     worst_review = max((d["normal_review"] for k, d in labs.items() if k != "marrow" and d.get("normal_review") is not None),
@@ -512,6 +523,7 @@ def write_card(bundle_path: str, out: dict, dest: Path) -> Path:
         lines.append(text + ".")
     text = " ".join(lines[:1]) + " " + "; ".join(l.rstrip(".") for l in lines[1:]) + "."
     meta["cross_lab"] = {"text": text, "measured_by": "python -m bench.cross_lab", "labs": labs,
+                         "plain": plain_figures(labs),
                          "models": {k: {lab: v["summary"] for lab, v in m["labs"].items()}
                                     for k, m in out["models"].items()}}
     card = meta.get("model_card") if isinstance(meta.get("model_card"), str) else ""
