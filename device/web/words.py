@@ -310,10 +310,18 @@ def limits_lead(bundle) -> list[str]:
                         "be counted as one of them."),
                 gettext("Use it for a differential count only; a smear suspected of leukaemia needs a qualified "
                         "person or a blast-screening model.")]
-    return [gettext("This result says whether the model finds blast-like cells in this smear, as a reason to have it "
+    lead = [gettext("This result says whether the model finds blast-like cells in this smear, as a reason to have it "
                     "examined by a qualified person."),
             gettext("It cannot rule out leukaemia: on smears unlike those it was trained on (listed below) it misses "
                     "blasts and calls normal cells blasts more often.")]
+    plain = (bundle.metadata.get("cross_lab") or {}).get("plain")
+    if isinstance(plain, dict) and {"review_per_100", "blast_per_1000"} <= set(plain):
+        # the bundle's measured figures on labs it never saw (bench.cross_lab), the worst of them, in plain words
+        lead.append(gettext("On a lab it never saw, about %(review)d in 100 normal cells are sent to review and "
+                            "%(blast)d in 1,000 are called blast (the worst of the labs it was tested on: %(labs)s).",
+                            review=int(plain["review_per_100"]), blast=int(plain["blast_per_1000"]),
+                            labs=", ".join(str(x) for x in plain.get("labs", []))))
+    return lead
 
 
 def sample_warnings(bundle, s) -> list[str]:
