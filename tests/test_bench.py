@@ -164,3 +164,10 @@ def test_cross_lab_fast():
     base = r["models"]["prototype-baseline"]["labs"]
     assert {"aml-lmu", "jiangxi", "bccd", "marrow", "pbc"} <= set(base)
     assert base["pbc"]["summary"]["normal_called_blast"]["seeds"]
+
+
+def test_field_cells_short():
+    """A frame with about ten white cells through the device's analysis: cells found, a time per frame."""
+    r = run_bench("bench.field_cells", "--frames", "3")
+    assert r["frames"] == 3 and r["cells_per_frame_median"] >= 6
+    assert 0 < r["ms_per_frame_median"] <= r["ms_per_frame_p90"] and r["ms_per_10_cells_median"] > 0
