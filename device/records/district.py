@@ -16,6 +16,11 @@ from device.records.store import Store, now
 BOX_ID_KEY = "district.box_id"
 
 
+def now_ms() -> str:
+    """Retry times to the millisecond (a fast retry must not wait for the next whole second)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def box_identity(store: Store) -> str:
     """This box's identity for the district: created once (random), kept in its own database, so a restored
     backup keeps it and two boxes never share it."""
@@ -46,7 +51,7 @@ def due(store: Store, limit: int = 10, at: str | None = None) -> list[sqlite3.Ro
     return store.connect().execute(
         "SELECT o.*, s.sample_code FROM district_outbox o JOIN samples s ON s.id = o.sample_id "
         "WHERE o.state IN ('waiting', 'error') AND o.next_try_at <= ? ORDER BY o.id LIMIT ?",
-        (at or now(), int(limit))).fetchall()
+        (at or now_ms(), int(limit))).fetchall()
 
 
 def next_due_at(store: Store) -> str | None:
@@ -79,7 +84,7 @@ def retry_now(store: Store) -> int:
     """Every waiting or refused row is due now (after "Test the link" or a settings change)."""
     with store.transaction() as tx:
         return tx.execute("UPDATE district_outbox SET next_try_at = ? WHERE state IN ('waiting', 'error')",
-                          (now(),)).rowcount
+                          (now_ms(),)).rowcount
 
 
 def state_of(store: Store, sample_id: int) -> sqlite3.Row | None:
