@@ -59,7 +59,7 @@ class Link:
         try:
             r = self.session.request(method, self.url + path, timeout=self.timeout, **kw)
         except requests.exceptions.SSLError as exc:
-            raise Refused(f"the district's certificate was not accepted (TLS): {_short(exc)}; check the address "
+            raise Refused(f"the secure (TLS) connection to the district failed: {_short(exc)}; check the address "
                           "and the certificate file in Settings") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:

@@ -71,6 +71,9 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.add_url_rule("/health", "health", views.health)
+    from device.district import web as district_web
+
+    district_web.install(app, runtime)  # issue 25: send state and verdicts, district settings
 
     @app.before_request
     def storage_present():
