@@ -67,7 +67,7 @@ class Catalogue:
         """Study UID -> the verdicts signed on it."""
         out: dict[str, list] = {}
         for s in self.link.search("/series", {"Modality": "SR",
-                                              "SeriesDescription": dicom.SERIES_DESCRIPTION[dicom.VERDICT_SERIES]}):
+                                              "SeriesNumber": str(dicom.VERDICT_SERIES)}):
             st, se = tag_value(s, STUDY), tag_value(s, SERIES)
             for inst in self._instances(st, se):
                 v = dicom.read_verdict(self._report(st, se, tag_value(inst, SOP)))
@@ -76,7 +76,7 @@ class Catalogue:
 
     def samples(self, box: str = "", date_from: str = "", date_to: str = "", level: str = "") -> list[Sample]:
         """Every box's samples (latest revision of each), referred first, then newest first."""
-        params = {"Modality": "SR", "SeriesDescription": dicom.SERIES_DESCRIPTION[dicom.SR_SERIES]}
+        params = {"Modality": "SR", "SeriesNumber": str(dicom.SR_SERIES)}
         if box:
             params["StationName"] = box
         verdicts = self.verdicts()
@@ -97,8 +97,7 @@ class Catalogue:
 
     def sample(self, study: str, series: str | None = None, verdicts=None) -> Sample | None:
         if series is None:
-            found = self.link.search(f"/studies/{study}/series", {"SeriesDescription":
-                                                                   dicom.SERIES_DESCRIPTION[dicom.SR_SERIES]})
+            found = self.link.search(f"/studies/{study}/series", {"SeriesNumber": str(dicom.SR_SERIES)})
             if not found:
                 return None
             series = tag_value(found[0], SERIES)
@@ -129,7 +128,7 @@ class Catalogue:
             if sop in self._images:
                 self._images.move_to_end(sop)
                 return self._images[sop]
-        series = uid_series(self.link, study, dicom.SERIES_DESCRIPTION[dicom.FIELD_SERIES])
+        series = uid_series(self.link, study, dicom.FIELD_SERIES)
         ds = self.link.retrieve(study, series, sop)
         jpeg = next(generate_frames(ds.PixelData, number_of_frames=1))
         with self._lock:
@@ -150,10 +149,11 @@ class Catalogue:
         return out.getvalue()
 
 
-def uid_series(link: Link, study: str, description: str) -> str:
-    found = link.search(f"/studies/{study}/series", {"SeriesDescription": description})
+def uid_series(link: Link, study: str, number: int) -> str:
+    # by series number: Orthanc's QIDO-RS does not match on SeriesDescription
+    found = link.search(f"/studies/{study}/series", {"SeriesNumber": str(number)})
     if not found:
-        raise LookupError(f"no series {description!r} in study {study}")
+        raise LookupError(f"no series {number} in study {study}")
     return tag_value(found[0], SERIES)
 
 

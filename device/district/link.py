@@ -108,7 +108,11 @@ class Link:
 
     # -- QIDO-RS / WADO-RS ----------------------------------------------------------------------------
     def search(self, path: str, params: dict | None = None) -> list[dict]:
-        r = self._request("GET", path, params=params or {}, headers={"Accept": "application/dicom+json"})
+        from urllib.parse import quote, urlencode
+
+        # spaces as %20: Orthanc does not read "+" in a query as a space
+        query = urlencode(params or {}, quote_via=quote)
+        r = self._request("GET", path + ("?" + query if query else ""), headers={"Accept": "application/dicom+json"})
         if r.status_code == 204 or not r.content:
             return []
         try:

@@ -51,6 +51,8 @@ class Sender:
         self._wake.set()
         if self.thread is not None:
             self.thread.join(timeout)
+            if not self.thread.is_alive():
+                self._stop.clear()  # stopped: may be stepped by hand or started again
 
     def wake(self) -> None:
         """Settings changed or "Test the link" answered: try now."""

@@ -20,7 +20,7 @@ def fetch_verdicts(store, link: Link, refused: set[str]) -> int:
     """Store every new verdict on this box's samples; returns how many were stored."""
     box = outbox.box_identity(store)
     series = link.search("/series", {"StationName": box, "Modality": "SR",
-                                     "SeriesDescription": dicom.SERIES_DESCRIPTION[dicom.VERDICT_SERIES]})
+                                     "SeriesNumber": str(dicom.VERDICT_SERIES)})
     known = outbox.known_verdicts(store)
     sent = outbox.sent_studies(store)
     stored = 0
