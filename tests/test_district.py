@@ -191,6 +191,36 @@ def test_every_object_passes_dciodvfy(box, tmp_path):
         assert not errors, (o.SOPClassUID.name, errors)
 
 
+def test_a_large_frame_is_sent_as_its_stored_copy_with_regions_in_its_pixels(tmp_path):
+    import numpy as np
+
+    from device import records
+    from device.district import dicom
+    from device.district.export import sample_record
+    from device.imageio import read_image
+
+    b = Box(tmp_path)
+    try:
+        small = read_image(sorted((REPO / "device/assets/fields").glob("BloodImage_000*.jpg"))[0])
+        big = np.ascontiguousarray(np.repeat(np.repeat(small, 3, axis=0), 3, axis=1))  # 1920 x 1440 > stored 1600
+        sid = records.create_sample(b.store, "BIG-1", "admin", target=2)
+        records.save_field(b.store, sid, big, b.rt.analyzer.analyze(big), "admin", model=b.rt.bundle)
+        b.finish(sid)
+        frame = records.fields_of(b.store, sid)[0]
+        rec = sample_record(b.store, sid, 1, "Clinic")
+        img = dicom.sample_objects(rec)[0]
+        assert (img.Columns, img.Rows) == (1600, 1200) and frame["width"] == 1920
+        assert rec.cells
+        k = 1600 / 1920
+        for c, row in zip(rec.cells, records.cells_of(b.store, sid)):
+            assert c["box"] == tuple(round(v * k) for v in (row["x1"], row["y1"], row["x2"], row["y2"]))
+            assert 0 <= c["box"][0] < c["box"][2] <= img.Columns and 0 <= c["box"][1] < c["box"][3] <= img.Rows
+        scale = json.loads(frame["qc_json"])["scale"]["um_per_px"]
+        assert float(img.PixelSpacing[0]) == pytest.approx(scale / k / 1000, rel=1e-6)
+    finally:
+        b.close()
+
+
 def test_finish_and_queue_are_one_transaction(tmp_path, monkeypatch):
     from device import records
     from device.records import district as outbox
