@@ -47,7 +47,7 @@ class Catalogue:
     def __init__(self, link: Link, cache_images: int = 64):
         self.link = link
         self._reports: dict[str, object] = {}
-        self._images: OrderedDict[str, bytes] = OrderedDict()
+        self._images: OrderedDict[str, tuple] = OrderedDict()
         self._max_images = cache_images
         self._lock = threading.Lock()
 
@@ -122,6 +122,10 @@ class Catalogue:
 
     def field_jpeg(self, study: str, sop: str) -> bytes:
         """A field's JPEG as the box stored it (the DICOM object carries it unchanged)."""
+        return self.field(study, sop)[0]
+
+    def field(self, study: str, sop: str) -> tuple[bytes, float | None]:
+        """(JPEG, um per pixel) of a field; cached."""
         from pydicom.encaps import generate_frames
 
         with self._lock:
@@ -131,11 +135,12 @@ class Catalogue:
         series = uid_series(self.link, study, dicom.FIELD_SERIES)
         ds = self.link.retrieve(study, series, sop)
         jpeg = next(generate_frames(ds.PixelData, number_of_frames=1))
+        um = float(ds.PixelSpacing[1]) * 1000 if "PixelSpacing" in ds else None
         with self._lock:
-            self._images[sop] = jpeg
+            self._images[sop] = (jpeg, um)
             while len(self._images) > self._max_images:
                 self._images.popitem(last=False)
-        return jpeg
+        return jpeg, um
 
     def cell_jpeg(self, study: str, cell: dict, margin: float = 0.25) -> bytes:
         from PIL import Image

@@ -28,6 +28,8 @@ def register(commands) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="accounts and the session key")
     p.add_argument("--add-user", metavar="NAME", help="create an account (asks for the password) and exit")
     p.add_argument("--role", default="expert", choices=["expert", "admin"])
+    p.add_argument("--export", metavar="OUT", type=Path, help="write every expert-confirmed cell as a training set "
+                   "(leukoscope train reads it as kind \"district\") and exit")
     p.set_defaults(func=_run)
 
 
@@ -52,6 +54,13 @@ def _run(args) -> int:
     from district.app import create_app
 
     link = Link(args.orthanc, args.orthanc_user, _password(args), args.ca_file)
+    if args.export:
+        from district.catalogue import Catalogue
+        from district.export import export_confirmed
+
+        done = export_confirmed(Catalogue(link), args.export)
+        print(f"{done['cells']} expert-confirmed cells from {done['boxes']} box(es) written to {done['out']}")
+        return 0
     try:
         link.check()
         state = "answers"

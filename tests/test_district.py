@@ -508,6 +508,26 @@ def test_the_whole_loop_box_district_expert_verdict_back(box, orthanc, tmp_path)
     finally:
         server.close()
 
+    # the fleet teaches the next model: the confirmed cells as a training set leukoscope train reads
+    from PIL import Image
+
+    from device.district.link import Link
+    from district.catalogue import Catalogue
+    from district.export import export_confirmed
+    from training.datasets import read_district, read_source
+
+    done = export_confirmed(Catalogue(Link(orthanc.dicomweb, DISTRICT_USER, DISTRICT_PW)), tmp_path / "export")
+    assert done["cells"] == 2 and done["boxes"] == 1
+    ds = read_source("district", tmp_path / "export")
+    assert ds.info.subject_ids and len(ds.records) == 2
+    box_id = outbox.box_identity(box.store)
+    assert {(r.label, r.dataset, r.subject) for r in ds.records} == {("blast", f"district-{box_id}", f"{box_id}/{sid}")}
+    um = ds.records[0].um_per_px
+    assert um and Image.open(ds.records[0].path).width == pytest.approx(28 / um, abs=2)  # the box's 28 um framing
+    (tmp_path / "export" / "manifest.csv").write_text("path,label,box\nnope.jpg,blast,b1\n")
+    with pytest.raises(ValueError, match="not found"):
+        read_district(tmp_path / "export")
+
     # the box polls and stores the verdict, its cell labels as a qualified reviewer's, and audits it
     assert box.rt.district.poll_verdicts(__import__("device.district.link", fromlist=["Link"]).Link.from_config(
         box.rt.config.district)) == 1
