@@ -613,3 +613,67 @@ def test_bench_district_fast_nothing_lost_nothing_duplicated(orthanc):
     assert r["samples"] == 22 and r["lost"] == 0 and r["duplicated"] == 0
     assert r["link_drops"] >= 1 and r["box_kills"] >= 1
     assert r["samples_per_minute"] > 0 and r["bytes_per_sample"] > 10_000 and r["queue_drain_s"] is not None
+
+
+def _serve(app):
+    import waitress
+
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.effective_port}"
+
+
+def test_the_loop_in_a_real_browser(box, orthanc, tmp_path):
+    """Box sends a referred sample -> the expert, in Chromium, opens it on the district page, confirms two blasts
+    and signs -> the box's result page (in Chromium) shows the verdict; its calibration labels are stored."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from device.district.link import Link
+    from device.records import district as outbox
+    from district.accounts import Accounts
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("Debian's chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
+    sid = box.sample(code="BROWSER-1", fields=2, blasts=2)
+    box.finish(sid)
+    box.rt.district.step()
+    study = _row(box.store, sid)["study_uid"]
+    blasts = [r[0] for r in box.store.connect().execute(
+        "SELECT id FROM cells WHERE sample_id = ? AND operator_label = 'blast' ORDER BY id", (sid,))]
+    app, dserver, dbase = _district_app(orthanc, tmp_path)
+    Accounts(tmp_path / "district" / "accounts.db").create("otieno", "expert-pass-1", "expert", "Dr A. Otieno")
+    bserver, bbase = _serve(box.app)
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = b.new_page()
+            page.goto(dbase + "/login")
+            page.fill("input[name=username]", "otieno")
+            page.fill("input[name=password]", "expert-pass-1")
+            page.click("button[type=submit]")
+            expect(page.locator("#samples tr.sample").first).to_contain_text("BROWSER-1")
+            page.click("text=BROWSER-1")
+            for cid in blasts:
+                page.select_option(f"select[name=cell-{cid}]", "blast")
+            page.check("input[name=verdict][value='blasts confirmed']")
+            page.click("#sign")
+            expect(page.locator(".verdict")).to_contain_text("blasts confirmed")
+            assert box.rt.district.poll_verdicts(Link.from_config(box.rt.config.district)) == 1
+            page = b.new_page()
+            page.goto(bbase + "/setup")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", "correct-horse-9")
+            page.fill("input[name=confirm]", "correct-horse-9")
+            page.click("button[type=submit]")
+            page.goto(f"{bbase}/samples/{sid}")
+            expect(page.locator("#district-state")).to_contain_text("Sent to the district at")
+            expect(page.locator(".district-verdict")).to_contain_text(
+                "Reviewed at the district by Dr A. Otieno (expert)")
+            expect(page.locator(".district-verdict")).to_contain_text("2 blasts confirmed")
+            b.close()
+    finally:
+        dserver.close()
+        bserver.close()
+    confirmed = [q for q in outbox.qualified_labels(box.store, sid) if q["label"] == "blast"]
+    assert sorted(q["cell_id"] for q in confirmed) == blasts and study
