@@ -171,6 +171,36 @@ def check_orthanc(orthanc, exp: dict[int, dict], acked: set[int]) -> dict:
             "lost_ids": (lost + incomplete)[:10]}
 
 
+def ingest(orthanc, data_dir: Path, n: int, threads: int = 4) -> dict:
+    """What one district Orthanc ingests: ``n`` samples' objects (built beforehand, each copy re-identified as
+    from another box so that every one is new to Orthanc) posted by ``threads`` boxes at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from device import records
+    from device.district import dicom
+    from device.district.export import sample_record
+    from device.district.link import Link
+    from device.records.store import Store
+
+    store = Store(data_dir)
+    try:
+        sid = next(s["id"] for s in records.search_samples(store, flag="", limit=10) if s["status"] == "finished")
+        rec = sample_record(store, sid, 1, "bench", pdf=b"%PDF-1.4\n" + bytes(56_000))  # the report's size
+    finally:
+        store.close()
+    batches = []
+    for i in range(n):
+        rec.box_id = f"box-ingest{i:06d}"
+        objs = dicom.sample_objects(rec)
+        batches.append(([dicom.to_bytes(o) for o in objs], [str(o.SOPInstanceUID) for o in objs]))
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda b: Link(orthanc.dicomweb, *orthanc.auth).store(*b), batches))
+    dt = time.monotonic() - t0
+    return {"ingest_samples_per_minute": round(n / dt * 60, 1), "ingest_threads": threads,
+            "ingest_bytes_per_sample": round(sum(len(p) for b in batches for p in b[0]) / n)}
+
+
 def wait_for(cond, timeout: float, step: float = 0.1) -> bool:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -244,6 +274,7 @@ def run(samples: int, outage_samples: int, seed: int, workdir: Path, log=print) 
     exp = expected(data_dir)
     final = check_orthanc(orthanc, exp, acked)
     sent_bytes = [e["bytes"] for e in exp.values() if e["bytes"]]
+    ingested = ingest(orthanc, data_dir, max(20, outage_samples))
     stats = orthanc.rest("/statistics")
     orthanc.stop()
     proxy.close()
@@ -254,7 +285,7 @@ def run(samples: int, outage_samples: int, seed: int, workdir: Path, log=print) 
             "outage_samples": outage_samples, "queue_drain_s": round(drain_s, 2) if drained else None,
             "samples_per_minute": round(outage_samples / drain_s * 60, 1) if drained and drain_s else 0.0,
             "bytes_per_sample": round(sum(sent_bytes) / len(sent_bytes)) if sent_bytes else 0,
-            "orthanc_disk_mb": round(int(stats["TotalDiskSize"]) / 1e6, 2)}
+            "orthanc_disk_mb": round(int(stats["TotalDiskSize"]) / 1e6, 2)} | ingested
 
 
 def main(argv=None) -> int:
