@@ -293,12 +293,12 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=200, help="finished samples sent under faults")
     ap.add_argument("--outage", type=int, default=60, help="samples finished while the district is down")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--fast", action="store_true", help="CI: 12 samples under faults, 10 after the outage")
+    ap.add_argument("--fast", action="store_true", help="CI: 10 samples under faults, 8 after the outage")
     ap.add_argument("--worker", nargs=4, metavar=("DATA_DIR", "URL", "USER", "PASSWORD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(Path(args.worker[0]), *args.worker[1:])
-    samples, outage = (12, 10) if args.fast else (args.samples, args.outage)
+    samples, outage = (10, 8) if args.fast else (args.samples, args.outage)
     with tempfile.TemporaryDirectory(prefix="leukoscope-district-") as tmp:
         out = run(samples, outage, args.seed, Path(tmp))
     result(out)

@@ -60,8 +60,9 @@ def install(app, runtime) -> None:
             css, text = state_text(row, status)
             return {"css": css, "text": text, "verdicts": outbox.verdicts_of(runtime.store, sample_id)}
 
-        return {"district_of": district_of, "config": runtime.config,
-                "district_box_id": outbox.box_identity(runtime.store)}
+        # the identity is read (created once) only by the page that shows it
+        return {"district_of": district_of, "district_config": lambda: runtime.config.district,
+                "district_box_id": lambda: outbox.box_identity(runtime.store)}
 
 
 @bp.route("/settings/district", methods=["POST"])
