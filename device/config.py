@@ -105,6 +105,20 @@ class GpioConfig:
 
 
 @dataclass
+class DistrictConfig:
+    """The district's Orthanc (issue 25): where finished samples are sent, with this box's account."""
+    url: str = ""  # DICOMweb root, e.g. "https://district.example.org/dicom-web" ("" = nothing is sent)
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""  # a PEM file trusting the district's certificate ("" = the system's authorities)
+    send_patient: bool = False  # patient name, age and sex leave the box only when true (else a pseudonym)
+    poll_seconds: int = 60  # how often verdicts are fetched and the queue is retried at the latest
+    retry_base_s: float = 5.0  # first retry after a failure; doubles up to retry_max_s
+    retry_max_s: int = 600
+    timeout_s: int = 30
+
+
+@dataclass
 class AppConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -115,6 +129,7 @@ class AppConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     web: WebConfig = field(default_factory=WebConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    district: DistrictConfig = field(default_factory=DistrictConfig)
 
     def field_settings(self):
         from device.analysis.pipeline import FieldSettings
@@ -191,6 +206,9 @@ LIMITS: dict[str, dict] = {
     "web": {"max_failed_logins": (1, 100), "lockout_minutes": (1, 1440), "session_hours": (1, 168),
             "language": ("choice", "en", "fr", "ar"), "clinic_name": ("text", 200)},
     "gpio": {"button_pin": (0, 27)},
+    "district": {"url": ("text", 300), "username": ("text", 100), "password": ("text", 200), "ca_file": ("text", 500),
+                 "poll_seconds": (1, 86400), "retry_base_s": ("gt", 0, 3600), "retry_max_s": (1, 86400),
+                 "timeout_s": (1, 600)},
     "flags": {"level": ("choice", "review", "refer"), "min_count": (0, 10000), "min_fraction": (0, 1),
               "message": ("text", 300), "category": ("text", 60)},
 }

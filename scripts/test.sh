@@ -11,6 +11,10 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)  # the browser test renders the PDF report to PNG
+# the district (tests/test_district.py): a real Orthanc with its DICOMweb plugin, and dciodvfy to validate objects
+{ [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1; } || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 if [ "$(id -u)" -eq 0 ] && [ "$(uname -m)" != aarch64 ]; then
     command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
     [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
@@ -31,7 +35,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[train,device,dev]'
+.venv/bin/python -m pip install -q -e '.[train,device,district,dev]'
 
 # The arm64 chroot, before the suite, so that its one-off build (about 10 minutes on 2 cores; cached in
 # /var/cache/leukoscope-aarch64 afterwards) is not counted against a test's time-out. Bounded: if it

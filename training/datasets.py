@@ -273,7 +273,46 @@ def read_jiangxi(root: str | Path) -> Dataset:
     return Dataset(JIANGXI_INFO, root, records)
 
 
+DISTRICT_INFO = DatasetInfo(
+    "district",
+    "the programme's own (patients' samples: keep inside the programme)",
+    "Leukoscope district export (leukoscope district --export): cells confirmed by the district's experts",
+    True,
+    None, "as each box measured the field (manifest.csv, um_per_px)",
+    about="Cells from the programme's own boxes, labelled by a haematologist at the district (remote review).",
+)
+
+
+def read_district(root: str | Path) -> Dataset:
+    """``manifest.csv`` + ``<box>/<label>/*.jpg`` written by ``leukoscope district --export``. Each record's
+    subject is its patient (box-local pseudonym, so split by patient), its dataset ``district-<box>`` (so a
+    whole box can be held out as a lab is)."""
+    import csv
+
+    root = _require_dir(Path(root), DISTRICT_INFO.name)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{DISTRICT_INFO.name}: no manifest.csv in {root} (made by leukoscope district --export)")
+    records = []
+    with open(manifest, newline="") as fh:
+        for n, row in enumerate(csv.DictReader(fh), 2):
+            try:
+                label, rel, box = row["label"], row["path"], row["box"]
+            except KeyError as exc:
+                raise ValueError(f"{manifest}: column {exc} missing") from None
+            labels.label(label)  # a label outside the vocabulary fails here, naming the line
+            img = (root / rel).resolve()
+            if root.resolve() not in img.parents or not img.is_file():
+                raise ValueError(f"{manifest} line {n}: image {rel!r} not found under {root}")
+            um = float(row["um_per_px"]) if row.get("um_per_px") else None
+            records.append(Record(str(img), rel, label, row.get("patient") or None, f"district-{box}", um, "cell"))
+    if not records:
+        raise ValueError(f"{DISTRICT_INFO.name}: {manifest} lists no cells")
+    return Dataset(DISTRICT_INFO, root, records)
+
+
 READERS: dict[str, Callable[..., Dataset]] = {
+    "district": read_district,
     "folder": read_folder,
     "pbc": read_pbc,
     "aml-lmu": read_aml_lmu,
@@ -287,6 +326,9 @@ READERS: dict[str, Callable[..., Dataset]] = {
 def about_of(name: str) -> str:
     """The plain-words description of a known source (older run folders did not record it)."""
     known = {i.name: i.about for i in (PBC_INFO, AML_INFO, MLL_INFO, TALEQANI_INFO, CNMC_INFO, JIANGXI_INFO)}
+
+
+    known = {i.name: i.about for i in (PBC_INFO, AML_INFO, MLL_INFO, TALEQANI_INFO, CNMC_INFO, DISTRICT_INFO)}
     return known.get(name, "")
 
 

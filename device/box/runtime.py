@@ -34,6 +34,7 @@ class Runtime:
     button_target: tuple[int, str, str] | None = None
     button_message: str = ""  # the last refused or failed press, shown on the capture page
     button: object | None = None
+    district: object | None = None  # the district sender (issue 25), started with the appliance
     _model_key: tuple | None = None
     _model_checked: float = 0.0
 
@@ -135,7 +136,15 @@ class Runtime:
         return ok, {"ok": ok, "camera": cam["status"], "camera_name": cam["name"], "camera_error": cam["error"],
                     "model": self.bundle.name,
                     "capture_loop": {"alive": state["alive"], "restarts": state["restarts"], "busy": state["busy"]},
-                    "problems": problems}
+                    "problems": problems} | self._district_health()
+
+    def _district_health(self) -> dict:
+        if self.district is None:
+            return {}
+        try:
+            return {"district": self.district.status()}
+        except Exception as exc:  # noqa: BLE001 - /health must answer even if the queue cannot be read
+            return {"district": {"error": str(exc)}}
 
     def apply_config(self, new: AppConfig) -> list[str]:
         """Use changed settings now; returns what was applied."""
@@ -149,11 +158,15 @@ class Runtime:
             self.loop.replace_camera(SupervisedCamera(camera_from_config(new)))
             applied.append("camera restarted")
         applied.append("settings in use")
+        if self.district is not None and old.district != new.district:
+            self.district.wake()
         if old.server != new.server:
             applied.append("server settings at the next restart")
         return applied
 
     def stop(self) -> None:
+        if self.district is not None:
+            self.district.stop()
         if self.button is not None:
             self.button.close()
         self.loop.stop()
@@ -202,6 +215,9 @@ def _build(cfg: AppConfig, store: Store, start: bool) -> Runtime:
     loop.on_idle.append(runtime.check_model)
     loop.on_idle.append(store.keep_reserve)
     if start:
+        from device.district.sender import Sender
+
+        runtime.district = Sender(store, lambda: runtime.config).start()
         camera.poll()
         loop.start()
         if cfg.gpio.button_pin:

@@ -368,6 +368,9 @@ def finish_sample(store: Store, sample_id: int, user: str, rules, verified_by: s
                          (now(), user, verified_by.strip() or None, json.dumps(data), sample_id))
         if cur.rowcount != 1:
             raise RecordError("this sample is already finished")
+        from device.records import district
+
+        district.queue_finished(tx, sample_id)  # durable with the finish itself: a power cut cannot split them
         store.audit(user, "finish-sample", f"sample:{sample_id}",
                     {"leukocytes": summary.leukocytes, "target_reached": summary.target_reached,
                      "unreviewed": summary.unreviewed, "undecided": undecided,

@@ -46,10 +46,15 @@ def set_qualified(store: Store, user_id: int, qualified: bool, by: str) -> None:
 def reviewed_cells(store: Store, bundle) -> SiteCells:
     """Every cell a reviewer decided, classified by this bundle's model, with its stored embedding."""
     index = {n: i for i, n in enumerate(bundle.labels)}
+    # A district expert's label (issue 25) outranks the box's own decision: it is a qualified reviewer's.
     rows = store.connect().execute(
-        "SELECT c.embedding, c.model_probabilities, c.operator_label, c.probabilities_json, c.sample_id, "
-        "c.reviewer_role FROM cells c "
-        "JOIN fields f ON f.id = c.field_id WHERE c.operator_label IS NOT NULL AND c.embedding IS NOT NULL "
+        "SELECT c.embedding, c.model_probabilities, COALESCE(q.label, c.operator_label) AS operator_label, "
+        "c.probabilities_json, c.sample_id, CASE WHEN q.label IS NOT NULL THEN 'remote-expert' "
+        "ELSE c.reviewer_role END AS reviewer_role FROM cells c "
+        "JOIN fields f ON f.id = c.field_id "
+        "LEFT JOIN (SELECT cell_id, label FROM qualified_labels WHERE id IN "
+        "(SELECT MAX(id) FROM qualified_labels GROUP BY cell_id)) q ON q.cell_id = c.id "
+        "WHERE (c.operator_label IS NOT NULL OR q.label IS NOT NULL) AND c.embedding IS NOT NULL "
         "AND f.model_sha256 = ? ORDER BY c.id", (bundle.sha256,)).fetchall()
     rows = [r for r in rows if r["operator_label"] in index]
     d = bundle.ood["means"].shape[1] if bundle.ood is not None else None

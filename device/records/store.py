@@ -170,6 +170,52 @@ MIGRATIONS = [
     );
     CREATE INDEX calibrations_bundle ON calibrations(bundle_sha256, status)
     """,
+    # 5 (issue 25): the district: the outgoing queue (one row per finish, filled in the finish's own transaction),
+    # verdicts received from the district's experts, and the experts' cell labels (qualified-reviewer decisions)
+    """
+    CREATE TABLE district_outbox (
+        id INTEGER PRIMARY KEY,
+        sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        queued_at TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'waiting' CHECK (state IN ('waiting', 'sent', 'error', 'superseded')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at TEXT NOT NULL,
+        last_try_at TEXT,
+        sent_at TEXT,
+        error TEXT,
+        bytes INTEGER,
+        study_uid TEXT,
+        UNIQUE (sample_id, revision)
+    );
+    CREATE INDEX district_outbox_due ON district_outbox(state, next_try_at);
+    CREATE TABLE district_verdicts (
+        id INTEGER PRIMARY KEY,
+        sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+        sop_uid TEXT NOT NULL UNIQUE,
+        expert TEXT NOT NULL,
+        role TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        blasts_confirmed INTEGER NOT NULL DEFAULT 0,
+        signed_at TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX district_verdicts_sample ON district_verdicts(sample_id);
+    CREATE TABLE qualified_labels (
+        id INTEGER PRIMARY KEY,
+        cell_id INTEGER NOT NULL REFERENCES cells(id) ON DELETE CASCADE,
+        sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+        verdict_id INTEGER NOT NULL REFERENCES district_verdicts(id) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        role TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT 'district',
+        decided_at TEXT NOT NULL,
+        UNIQUE (cell_id, verdict_id)
+    );
+    CREATE INDEX qualified_labels_sample ON qualified_labels(sample_id)
+    """,
 ]
 
 

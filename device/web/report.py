@@ -327,5 +327,13 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
     pdf.heading(_("Sign-off"))
     kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
     kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
+    from device.records import district  # issue 25: the district experts' verdicts on this sample
+
+    for v in district.verdicts_of(store, s["id"]):
+        text = _("Reviewed at the district by %(who)s (%(role)s) on %(when)s: %(verdict)s", who=v["expert"],
+                 role=v["role"], when=words.local_time(v["signed_at"]), verdict=v["verdict"])
+        if v["blasts_confirmed"]:
+            text += " · " + words.ngettext("%(num)d blast confirmed", "%(num)d blasts confirmed", v["blasts_confirmed"])
+        kv(_("District review"), text + (f" · {v['note']}" if v["note"] else ""))
     # the disclaimer is in every page's footer: no page of its own for it
     return bytes(pdf.output())

@@ -1,0 +1,1 @@
+"""The box side of the district: DICOM export, the outgoing queue and its sender, verdicts polled back."""
