@@ -360,6 +360,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--card", metavar="OUT.lkb", help="write a copy of the first bundle with these figures in its card")
+    ap.add_argument("--card-name", help="with --card: the bundle's name (default: unchanged)")
+    ap.add_argument("--card-version", help="with --card: the bundle's version (default: unchanged)")
     args = ap.parse_args(argv)
 
     from device.model.bundle import default_bundle_path
@@ -403,7 +405,8 @@ def main(argv=None) -> int:
     if args.card:
         if args.fast:
             raise SystemExit("--card needs the full figures: run without --fast")
-        print(f"bundle with the cross-lab figures in its card: {write_card(models[first]['full'][0], out, Path(args.card))}")
+        dest = write_card(models[first]["full"][0], out, Path(args.card), args.card_name, args.card_version)
+        print(f"bundle with the cross-lab figures in its card: {dest}")
     result(out)
     return 0
 
@@ -501,7 +504,7 @@ def plain_words(labs: dict) -> str:
             f"tested on).")
 
 
-def write_card(bundle_path: str, out: dict, dest: Path) -> Path:
+def write_card(bundle_path: str, out: dict, dest: Path, name: str | None = None, version: str | None = None) -> Path:
     from device.imageio import write_atomic
     from device.model.bundle import load_bundle, pack
 
@@ -527,6 +530,10 @@ def write_card(bundle_path: str, out: dict, dest: Path) -> Path:
                          "models": {k: {lab: v["summary"] for lab, v in m["labs"].items()}
                                     for k, m in out["models"].items()}}
     card = meta.get("model_card") if isinstance(meta.get("model_card"), str) else ""
+    if name or version:  # the model itself is unchanged (its checksum too): only what the card calls it
+        first = card.split("\n", 1)
+        meta["name"], meta["version"] = name or meta["name"], version or meta["version"]
+        card = f"# {meta['name']} {meta['version']}\n" + (first[1] if len(first) > 1 else "")
     marker = "\n## Across laboratories\n"
     card = card.split(marker)[0].rstrip("\n") + "\n" + marker + "\n" + text + "\n"
     meta["model_card"] = card
