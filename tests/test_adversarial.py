@@ -74,7 +74,7 @@ def test_item1_a_member_inflating_past_its_declared_size_is_refused_fast_and_sma
     from device.model.bundle import BundleError, load_bundle
 
     data = _lying_bundle()
-    assert len(data) < 2 << 20  # a small file...
+    assert len(data) < (256 << 20) // 16  # a file a small fraction of what it inflates to...
     tracemalloc.start()
     t0 = time.monotonic()
     try:
