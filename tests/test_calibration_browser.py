@@ -69,9 +69,9 @@ def test_review_calibrate_accept_capture_and_the_result_names_it(live_app, tmp_p
         expect(page.locator("#fields")).to_have_text("1")
         page.click("#review-link")
         card = page.locator("article.cell").first
-        card.locator("select").select_option("neutrophil")
-        card.locator("button.reclassify").click()
         cell_id = int(card.get_attribute("id").split("-")[1])
+        card.locator("select.other").select_option("neutrophil")  # one step: choosing the class decides it
+        expect(page.locator(f"#cell-{cell_id}")).to_have_class(re.compile(r"\breviewed\b"))
         conn = rt.store.connect()
         row = conn.execute("SELECT operator_label, reviewer_role, embedding FROM cells WHERE id = ?", (cell_id,)).fetchone()
         assert row["operator_label"] == "neutrophil" and row["reviewer_role"] == "qualified"
