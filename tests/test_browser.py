@@ -241,7 +241,7 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     assert pdf.name == "leukoscope-S-2026-0042.pdf"
     text = pdf_text(pdf)
     for needle in ("Test Clinic Ngong", "S-2026-0042", "Amina Wanjiru", "34 years / female", "admin", "Counts",
-                   "Lymphoblast", "Blast fraction", "Wilson interval", "screen 2.0", "Trained on",
+                   "Lymphoblast", "Blast fraction", "Wilson interval", "screen 3.0", "Trained on", "On a lab it never saw, about",
                    "Never validated on", "balanced accuracy", "Blast operating point", "On a laboratory it never saw", "cells shown", "Reviewed by", "Verified by",
                    "Dr. Njeri Otieno", "Screening aid only, not a diagnosis"):
         assert needle in text, needle

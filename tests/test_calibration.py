@@ -79,7 +79,8 @@ def test_a_damaged_reference_member_is_refused(tmp_path):
     buf = io.BytesIO()
     np.savez(buf, embeddings=np.zeros((5, 7), np.float16), labels=np.zeros(5, np.int16),
              probabilities=np.zeros((5, len(b.labels)), np.float16))
-    with pytest.raises(BundleError, match=r"reference.npz embedding width 7 differs from ood.npz's \(256\)"):
+    width = b.ood["means"].shape[1]
+    with pytest.raises(BundleError, match=rf"reference.npz embedding width 7 differs from ood.npz's \({width}\)"):
         load_bundle(data=pack({**b.files, REFERENCE_MEMBER: buf.getvalue()}))
     old = {k: v for k, v in b.files.items() if k != REFERENCE_MEMBER}
     assert load_bundle(data=pack(old)).reference is None  # an older bundle still loads
@@ -134,13 +135,14 @@ def test_a_calibration_taught_that_blasts_are_normal_is_refused(lab):
 
 
 def test_on_aml_lmu_the_calibration_is_refused_for_calling_more_normal_cells_blast(lab):
-    """Measured, not wished: on AML-LMU's 138 cells the re-fitted head calls 6 of 63 held-back normal cells blast
-    where the bundle calls 2; the guard keeps the bundle's decisions."""
+    """Measured, not wished: on AML-LMU's cells the re-fitted head calls more held-back normal cells blast than the
+    bundle does (screen 2.0: 6 of 63 against 2; screen 3.0: 10 of 63 against 0); the guard keeps the bundle's
+    decisions."""
     from device.calibration import CalibrationRefused, fit_calibration
 
     bundle, emb, y, probs = lab
     with pytest.raises(CalibrationRefused, match=r"more of this box's held-back normal cells blast \(\d+ of 63 "
-                                                 r"instead of 2\)"):
+                                                 r"instead of \d+\)"):
         fit_calibration(bundle, _reference(bundle), _site(emb, y, probs, np.arange(len(y))))
 
 
@@ -175,9 +177,19 @@ def test_rollback_restores_the_exact_previous_decisions(pbc, tmp_path):
 
     bundle, emb, y, probs = pbc
     ref = _reference(bundle)
-    rng = np.random.default_rng(1)
-    cal_a = fit_calibration(bundle, ref, _site(emb, y, probs, rng.permutation(len(y))[:110]))
-    cal_b = fit_calibration(bundle, ref, _site(emb, y, probs, rng.permutation(len(y))[:120]))
+    from device.calibration import CalibrationRefused
+
+    def accepted(n: int, seeds) -> object:
+        """The first draw of n reviewed cells whose calibration the guards accept (this test is about roll-back,
+        not about the guards, which may refuse a draw that adds a single false call)."""
+        for seed in seeds:
+            try:
+                return fit_calibration(bundle, ref, _site(emb, y, probs, np.random.default_rng(seed).permutation(len(y))[:n]))
+            except CalibrationRefused:
+                continue
+        pytest.fail(f"no accepted calibration from {n} cells in seeds {list(seeds)}")
+
+    cal_a, cal_b = accepted(110, range(1, 21)), accepted(120, range(21, 41))
     store = Store(tmp_path / "data")
     a = calibrations.propose(store, cal_a, bundle, "admin")
     calibrations.decide(store, a, True, "admin")
