@@ -41,7 +41,8 @@ def single_cell(n: int) -> dict:
     from testkit import SHARED_DATA
 
     real = cells.stain_look
-    s = FieldSettings()
+    # single-cell images are framed on their cell: a cell touching the frame is whole (as training reads them)
+    s = FieldSettings(cells=replace(FieldSettings().cells, skip_edge_cells=False))
     out = {}
     for name, (folder, pattern, um) in SINGLE_CELL.items():
         files = sorted((SHARED_DATA / folder).glob(pattern))

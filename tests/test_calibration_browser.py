@@ -21,7 +21,9 @@ def _seed_reviewed_samples(rt, n_samples=5, per_sample=26):
 
     user = rt.store.connect().execute("SELECT id FROM users WHERE username = 'admin'").fetchone()[0]
     classes = sorted(p for p in PBC.iterdir() if p.is_dir())
-    rng = np.random.default_rng(2)
+    # a draw of cells whose calibration the guards accept on screen 3.0 (draws 2-4 each add one held-back false
+    # blast call and are refused: that refusal is tested in test_calibration.py; this test is the page's loop)
+    rng = np.random.default_rng(5)
     for s in range(n_samples):
         sid = records.create_sample(rt.store, f"EARLIER-{s}", "admin", target=per_sample)
         for i in range(per_sample):

@@ -30,7 +30,7 @@ def test_default_bundle_loads_without_tensorflow_code_path():
     b = load_bundle()
     assert b.metadata["task"] == "screen" and "malignant" in b.categories
     assert b.metadata["input"]["dtype"] == "int8"
-    assert len(b.model_bytes) <= 2 * 1024 * 1024
+    assert len(b.model_bytes) <= 4 * 1024 * 1024  # issue 20: the int8 model may grow to 4 MB
     assert "CC BY 4.0" in json.dumps(b.metadata["datasets"])
 
 
