@@ -318,15 +318,21 @@ def held_fields(store: Store, sample_id: int) -> list[sqlite3.Row]:
                                    (sample_id,)).fetchall()
 
 
+def _open_field(tx, sample_id: int, field_id: int) -> sqlite3.Row:
+    """A field of an open sample (its stored QC and image), or the operator's reason why not."""
+    row = tx.execute("SELECT f.qc_json, f.image_path, s.status FROM fields f JOIN samples s ON s.id = f.sample_id "
+                     "WHERE f.id = ? AND f.sample_id = ?", (field_id, sample_id)).fetchone()
+    if row is None:
+        raise RecordError(f"no field {field_id}")
+    if row["status"] != "open":
+        raise RecordError("this sample is finished; its cells can no longer be changed")
+    return row
+
+
 def count_repeated_field(store: Store, sample_id: int, field_id: int, user: str) -> None:
     """The operator says a field held as a repeat is a new view: its cells are counted from now on."""
     with store.transaction() as tx:
-        row = tx.execute("SELECT f.qc_json, s.status FROM fields f JOIN samples s ON s.id = f.sample_id "
-                         "WHERE f.id = ? AND f.sample_id = ?", (field_id, sample_id)).fetchone()
-        if row is None:
-            raise RecordError(f"no field {field_id}")
-        if row["status"] != "open":
-            raise RecordError("this sample is finished; its cells can no longer be changed")
+        row = _open_field(tx, sample_id, field_id)
         data = json.loads(row["qc_json"] or "{}")
         if not data.get("held"):
             raise RecordError("this field is already counted")
@@ -339,12 +345,7 @@ def count_repeated_field(store: Store, sample_id: int, field_id: int, user: str)
 def discard_repeated_field(store: Store, sample_id: int, field_id: int, user: str) -> None:
     """Remove a field held as a repeated view (its cells were never counted), with its images."""
     with store.transaction() as tx:
-        row = tx.execute("SELECT f.qc_json, f.image_path, s.status FROM fields f JOIN samples s ON s.id = f.sample_id "
-                         "WHERE f.id = ? AND f.sample_id = ?", (field_id, sample_id)).fetchone()
-        if row is None:
-            raise RecordError(f"no field {field_id}")
-        if row["status"] != "open":
-            raise RecordError("this sample is finished; its cells can no longer be changed")
+        row = _open_field(tx, sample_id, field_id)
         if not json.loads(row["qc_json"] or "{}").get("held"):
             raise RecordError("this field is counted: only a repeated view can be discarded")
         files = [row["image_path"]] + [r[0] for r in tx.execute("SELECT crop_path FROM cells WHERE field_id = ?",
