@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from device.analysis.cells import CellFinderSettings
 from device.analysis.qc import QCSettings
+from device.camera import CameraConfig
 from device.records.sample import FlagRule, SampleConfig
 from device.schema import N_, ConfigError, RuleError, Spec, check, setting, spec_of
 
@@ -47,26 +48,6 @@ class ServerConfig:
     host: str = "127.0.0.1"  # the LAN only when set here on purpose (e.g. "0.0.0.0")
     port: int = setting(8080, ge=1, le=65535)
     threads: int = setting(8, ge=1, le=64, label=N_("Web server threads (used at the next restart)"))
-
-
-@dataclass
-class CameraConfig:
-    backend: str = setting("replay", choices=("replay", "opencv", "picamera2"), label=N_("Camera"))
-    # replay: a folder of field images ("" = the bundled BCCD samples)
-    folder: str = setting("", label=N_("Replay folder (replay camera)"))
-    loop: bool = True
-    device: int = setting(0, ge=0, le=63, label=N_("USB camera number (/dev/videoN)"))  # opencv: /dev/videoN
-    width: int = setting(1920, ge=64, le=10000)
-    height: int = setting(1080, ge=64, le=10000)
-    # picamera2: [] = the sensor's full size
-    still_size: list[int] = setting(factory=list, ge=64, le=10000, empty="the sensor's full size")
-    preview_size: list[int] = setting(factory=lambda: [640, 480], ge=64, le=4096,
-                                      label=N_("Preview size, width x height (e.g. 640x480)"))
-    # Pixel size in the sample plane (micrometres per pixel), measured once with a stage
-    # micrometer. Each field's own red cells are the ruler; this value is used when a
-    # field has too few of them. The default suits a 100x objective on a typical camera.
-    um_per_pixel: float = setting(0.1, ge=0.01, le=2.0, label=N_(
-        "Pixel size, um per pixel (stage micrometer; used when a field has too few red cells)"))
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A section of the config file is a plain dataclass owned by the module that uses it (``[qc]`` in
 device/analysis/qc.py, ``[cells]`` in device/analysis/cells.py, ...). Each field is declared once, with
 ``setting()``: its default, its range, its choices and, when the Settings page edits it, its label (an
-``N_()`` string, translated on the page). Cross-field rules are checks in the dataclass's ``__post_init__``
-(``below()``). From these declarations device/config.py builds the TOML loader's pydantic models and the
+``N_()`` string, translated on the page). A section used in code too calls ``check(self)`` in its
+``__post_init__`` (the same declared ranges for an object built in code); cross-field rules are checks there
+too (``below()``). From these declarations device/config.py builds the TOML loader's pydantic models and the
 defaults dump, and device/web/settings_form.py the Settings page's fields.
 
 Standard library only: the analysis settings are used by the training code too, which has no pydantic.

@@ -71,11 +71,11 @@ def save_overrides(cfg: AppConfig, changes: dict) -> AppConfig:
 
 def check_box(cfg: AppConfig, old: AppConfig | None = None) -> None:
     """What the schema cannot know: values this box can actually run with. A free-space margin larger
-    than the disk, or a replay folder that is missing or holds no images, would make every capture fail.
-    Only values that change are checked (a small test disk below the default margin can still be edited)."""
+    than the disk, or a camera setting this box cannot honour (each back-end's own check: a replay folder that is
+    missing or holds no images), would make every capture fail. Only values that change are checked (a small test disk below the default margin can still be edited)."""
     import shutil
 
-    from device.imageio import IMAGE_SUFFIXES
+    from device.camera import backends
 
     where = Path(cfg.data_dir)
     while not where.exists() and where != where.parent:  # not created yet: the disk it will be on
@@ -86,16 +86,7 @@ def check_box(cfg: AppConfig, old: AppConfig | None = None) -> None:
                           f"(got {cfg.storage.min_free_mb})", "storage", "min_free_mb",
                           N_("must be below the size of the disk (%(mb)d MB)"), {"mb": total_mb})
     cam = cfg.camera
-    changed = old is None or (cam.backend, cam.folder) != (old.camera.backend, old.camera.folder)
-    if changed and cam.backend == "replay" and cam.folder:
-        folder = Path(cam.folder)
-        if not folder.is_dir():
-            raise ConfigError(f"[camera] folder: {cam.folder} is not a folder on this box", "camera", "folder",
-                              N_("%(path)s is not a folder on this box"), {"path": cam.folder})
-        try:
-            has_image = any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
-        except OSError:
-            has_image = False
-        if not has_image:
-            raise ConfigError(f"[camera] folder: {cam.folder} holds no images", "camera", "folder",
-                              N_("%(path)s holds no images (.jpg, .png, .tif, .bmp)"), {"path": cam.folder})
+    changed = old is None or cam.backend != old.camera.backend or cam.options() != old.camera.options()
+    check = backends()[cam.backend].check
+    if changed and check is not None:  # what the chosen back-end needs of this box (a replay folder with images)
+        check(cam.options())
