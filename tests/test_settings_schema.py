@@ -191,3 +191,22 @@ def test_make_camera_takes_only_the_back_end_s_own_settings():
         make_camera("replay", device=3)  # an OpenCV key: no longer passed around loosely
     with pytest.raises(ValueError, match=r"unknown camera back-end 'webcam9000'; choose replay, opencv or picamera2"):
         make_camera("webcam9000")
+
+
+def test_the_training_recipe_loads_without_pydantic():
+    """build_section lives in training/ and ConfigError in the stdlib-only device/schema.py: a training machine
+    reads its recipes (and the analysis settings) without the device's schema library."""
+    import subprocess
+
+    code = ("import sys; sys.modules['pydantic'] = None; sys.modules['pydantic_core'] = None\n"
+            "from training.config import REPO_ROOT, load_recipe, build_section\n"
+            "from device.schema import ConfigError\n"
+            "r = load_recipe(REPO_ROOT / 'training/configs/pbc-differential.toml')\n"
+            "try:\n"
+            "    build_section(type(r.train), {'epochs': 'many'}, 'train')\n"
+            "except ConfigError as exc:\n"
+            "    print(r.task, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "differential [train] epochs: expected a number, got 'many'", out.stdout
