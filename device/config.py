@@ -2,9 +2,10 @@
 
 Every setting has a default that works, so ``leukoscope serve`` needs no file.
 Unknown keys are refused with their section named, so a typo is not silently
-ignored. Every value goes through one schema (types and ranges: ``LIMITS`` and ``ORDER``
-below, checked by pydantic) whether it comes from the config file or the Settings page,
-and the defaults dump (``leukoscope config defaults``) prints the same ranges.
+ignored. Each section is a dataclass declared once, in the module that uses it, with every
+setting's range, choices and page label (device/schema.py); from it come the pydantic models that
+check every value, whether from the config file or the Settings page, and the defaults dump
+(``leukoscope config defaults``) with the same ranges.
 """
 from __future__ import annotations
 
@@ -33,59 +34,46 @@ from pydantic_core import PydanticCustomError
 
 from device.analysis.cells import CellFinderSettings
 from device.analysis.qc import QCSettings
-from device.records.sample import DEFAULT_RULES, FlagRule
+from device.camera import CameraConfig
+from device.records.sample import FlagRule, SampleConfig
+from device.schema import N_, ConfigError, RuleError, Spec, check, setting, spec_of
+
+
+# The page and report languages, each named in its own language: the catalogues in device/web/translations.
+LANGUAGES = {"en": "English", "fr": "Français", "ar": "العربية"}
 
 
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"  # the LAN only when set here on purpose (e.g. "0.0.0.0")
-    port: int = 8080
-    threads: int = 8
-
-
-@dataclass
-class CameraConfig:
-    backend: str = "replay"  # "replay", "opencv" or "picamera2"
-    folder: str = ""  # replay: a folder of field images ("" = the bundled BCCD samples)
-    loop: bool = True
-    device: int = 0  # opencv: /dev/videoN
-    width: int = 1920
-    height: int = 1080
-    still_size: list[int] = field(default_factory=list)  # picamera2: [] = the sensor's full size
-    preview_size: list[int] = field(default_factory=lambda: [640, 480])
-    # Pixel size in the sample plane (micrometres per pixel), measured once with a stage
-    # micrometer. Each field's own red cells are the ruler; this value is used when a
-    # field has too few of them. The default suits a 100x objective on a typical camera.
-    um_per_pixel: float = 0.1
+    port: int = setting(8080, ge=1, le=65535)
+    threads: int = setting(8, ge=1, le=64, label=N_("Web server threads (used at the next restart)"))
 
 
 @dataclass
 class ModelConfig:
     bundle: str = ""  # "" = the installed bundle (data_dir/models/current.lkb) or the bundled default
-    threads: int = 1
-
-
-@dataclass
-class SampleConfig:
-    target_cells: int = 100
-    flags: list[FlagRule] = field(default_factory=lambda: list(DEFAULT_RULES))
+    threads: int = setting(1, ge=1, le=8)
 
 
 @dataclass
 class StorageConfig:
     data_dir: str = ""  # "" = $STATE_DIRECTORY, /var/lib/leukoscope as root, else ~/.local/share/leukoscope
-    min_free_mb: int = 50
-    retention_days: int = 0  # 0 = keep records for ever
+    retention_days: int = setting(0, ge=0, le=36500,  # 0 = keep records for ever
+                                  label=N_("Delete records older than (days, 0 = keep)"))
+    min_free_mb: int = setting(50, ge=0, le=10_000_000, label=N_("Refuse new captures below this free space (MB)"))
 
 
 @dataclass
 class WebConfig:
-    clinic_name: str = "Leukoscope"
-    max_failed_logins: int = 5
-    lockout_minutes: int = 15
-    session_hours: int = 12
-    time_zone: str = "UTC"  # the box's time zone for dates on pages and reports (an IANA name, e.g. Africa/Nairobi)
-    language: str = "en"  # the default page and report language; each user can choose their own
+    clinic_name: str = setting("Leukoscope", max_length=200, label=N_("Clinic name (on reports)"))
+    max_failed_logins: int = setting(5, ge=1, le=100)
+    lockout_minutes: int = setting(15, ge=1, le=1440)
+    session_hours: int = setting(12, ge=1, le=168)
+    # the box's time zone for dates on pages and reports (an IANA name, e.g. Africa/Nairobi)
+    time_zone: str = setting("UTC", label=N_("Time zone (e.g. Africa/Nairobi)"))
+    # the default page and report language; each user can choose their own
+    language: str = setting("en", choices=tuple(LANGUAGES), label=N_("Default language"))
 
     def __post_init__(self):
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -95,27 +83,27 @@ class WebConfig:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"time_zone: unknown time zone {self.time_zone!r} (use a name such as "
                              "'Africa/Nairobi' or 'UTC')") from None
-        if self.language not in ("en", "fr", "ar"):
-            raise ValueError(f"language: {self.language!r} is not available (en, fr, ar)")
+        check(self)  # the language among LANGUAGES
 
 
 @dataclass
 class GpioConfig:
-    button_pin: int = 0  # 0 = no capture push-button; else the BCM pin number
+    button_pin: int = setting(0, ge=0, le=27)  # 0 = no capture push-button; else the BCM pin number
 
 
 @dataclass
 class DistrictConfig:
     """The district's Orthanc (issue 25): where finished samples are sent, with this box's account."""
-    url: str = ""  # DICOMweb root, e.g. "https://district.example.org/dicom-web" ("" = nothing is sent)
-    username: str = ""
-    password: str = ""
-    ca_file: str = ""  # a PEM file trusting the district's certificate ("" = the system's authorities)
+    # DICOMweb root, e.g. "https://district.example.org/dicom-web" ("" = nothing is sent)
+    url: str = setting("", max_length=300)
+    username: str = setting("", max_length=100)
+    password: str = setting("", max_length=200)
+    ca_file: str = setting("", max_length=500)  # a PEM file trusting the district's certificate ("" = the system's authorities)
     send_patient: bool = False  # patient name, age and sex leave the box only when true (else a pseudonym)
-    poll_seconds: int = 60  # how often verdicts are fetched and the queue is retried at the latest
-    retry_base_s: float = 5.0  # first retry after a failure; doubles up to retry_max_s
-    retry_max_s: int = 600
-    timeout_s: int = 30
+    poll_seconds: int = setting(60, ge=1, le=86400)  # how often verdicts are fetched and the queue is retried at the latest
+    retry_base_s: float = setting(5.0, gt=0, le=3600)  # first retry after a failure; doubles up to retry_max_s
+    retry_max_s: int = setting(600, ge=1, le=86400)
+    timeout_s: int = setting(30, ge=1, le=600)
 
 
 @dataclass
@@ -158,25 +146,8 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "leukoscope"
 
 
-class ConfigError(ValueError):
-    """A refused setting. ``str()`` is the operator's one line ("[sample] target_cells: must be at most
-    10000 (got 99999)"); ``section``, ``key``, ``template`` and ``params`` let the page translate it."""
-
-    def __init__(self, message: str, section: str = "", key: str = "", template: str = "",
-                 params: dict | None = None):
-        super().__init__(message)
-        self.section, self.key, self.template, self.params = section, key, template, dict(params or {})
-
-
-def N_(text: str) -> str:
-    """Marks a message for the translation catalogue; translated where it is shown (the Settings page)."""
-    return text
-
-
-# ---- The schema: every setting's type and range, in one table --------------------------------------
-# Each section is a plain dataclass (attribute access everywhere else); its pydantic model is built from
-# the dataclass's own fields plus the limits below, so a new field cannot escape type checking, and a
-# number without a limit here fails test_every_number_has_a_range.
+# ---- The loader's pydantic models, built from each section's declarations (device/schema.py) -------
+# A number without a declared range fails test_every_number_has_a_range.
 
 def _size(lo: int, hi: int, allow_empty: bool):
     def two(v: list[int]) -> list[int]:
@@ -188,60 +159,27 @@ def _size(lo: int, hi: int, allow_empty: bool):
     return Annotated[list[Annotated[StrictInt, Interval(ge=lo, le=hi)]], Field(max_length=2), AfterValidator(two)]
 
 
-# (ge, le) closed ranges; gt for "positive" floats (a zero size means nothing)
-LIMITS: dict[str, dict] = {
-    "server": {"port": (1, 65535), "threads": (1, 64)},
-    "camera": {"device": (0, 63), "width": (64, 10000), "height": (64, 10000), "um_per_pixel": (0.01, 2.0),
-               "preview_size": ("size", 64, 4096, False), "still_size": ("size", 64, 10000, True),
-               "backend": ("choice", "replay", "opencv", "picamera2")},
-    "model": {"threads": (1, 8)},
-    "qc": {"max_edge_um": ("gt", 0, 10), "min_background": (0, 255), "max_cell_brightness": (0, 255),
-           "max_clipped": (0, 1), "min_cell_fraction": (0, 1), "max_cell_fraction": (0, 1), "min_contrast": (0, 255)},
-    "cells": {"threshold": (0, 255), "min_threshold": (0, 255), "min_nucleus_um2": ("gt", 0, 1000),
-              "typical_nucleus_um2": ("gt", 0, 1000), "join_um": ("gt", 0, 20), "open_um": ("gt", 0, 20),
-              "cell_scale": (1, 5), "min_box_um": ("gt", 0, 100), "split_ratio": (1, 20), "max_cells": (1, 1000),
-              "working_um_per_px": (0.05, 1.0), "edge_margin": (0, 100)},
-    "sample": {"target_cells": (1, 10000)},
-    "storage": {"min_free_mb": (0, 10_000_000), "retention_days": (0, 36500)},
-    "web": {"max_failed_logins": (1, 100), "lockout_minutes": (1, 1440), "session_hours": (1, 168),
-            "language": ("choice", "en", "fr", "ar"), "clinic_name": ("text", 200)},
-    "gpio": {"button_pin": (0, 27)},
-    "district": {"url": ("text", 300), "username": ("text", 100), "password": ("text", 200), "ca_file": ("text", 500),
-                 "poll_seconds": (1, 86400), "retry_base_s": ("gt", 0, 3600), "retry_max_s": (1, 86400),
-                 "timeout_s": (1, 600)},
-    "flags": {"level": ("choice", "review", "refer"), "min_count": (0, 10000), "min_fraction": (0, 1),
-              "message": ("text", 300), "category": ("text", 60)},
-}
-# (lower, higher): the first must stay below the second
-ORDER = {"qc": [("min_background", "max_cell_brightness"), ("min_cell_fraction", "max_cell_fraction")],
-         "cells": [("min_nucleus_um2", "typical_nucleus_um2")]}
-
-
-def _field_type(tp, limit):
-    base = {bool: StrictBool, int: StrictInt, float: StrictFloat, str: StrictStr}.get(tp, tp)
-    if tp is float:  # a whole number is a fine float in TOML ("min_background = 70")
-        base = StrictFloat | StrictInt
-    if limit is None:
-        return base
-    kind = limit[0]
-    if kind == "size":
-        return _size(*limit[1:])
-    if kind == "choice":
-        return Literal[limit[1:]]
-    if kind == "text":
-        return Annotated[StrictStr, MaxLen(limit[1])]
-    if kind == "gt":
-        return Annotated[base, Interval(gt=limit[1], le=limit[2])]
-    return Annotated[base, Interval(ge=limit[0], le=limit[1])]
+def _field_type(tp, s: Spec):
+    """A setting's pydantic type: its Python type, strict (a TOML 1 is no true, 1.5 no whole number), and its
+    declared range or choices."""
+    if tp == list[int]:
+        return _size(s.ge if s.ge is not None else s.gt, s.le, bool(s.empty))
+    if s.choices:
+        return Literal[s.choices]
+    base = {bool: StrictBool, int: StrictInt, float: StrictFloat | StrictInt, str: StrictStr}.get(tp, tp)
+    if s.max_length is not None:
+        return Annotated[base, MaxLen(s.max_length)]
+    if (s.ge, s.gt, s.le) != (None, None, None):
+        return Annotated[base, Interval(ge=s.ge, gt=s.gt, le=s.le)]
+    return base
 
 
 @functools.cache
 def _model(cls, section: str):
     hints = get_type_hints(cls)
-    limits = LIMITS.get(section, {})
     required = {f.name for f in fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    spec = {f.name: (_field_type(hints[f.name], limits.get(f.name)), ... if f.name in required else None)
+    spec = {f.name: (_field_type(hints[f.name], spec_of(f)), ... if f.name in required else None)
             for f in fields(cls) if f.name != "flags"}
     return create_model(f"{section}_schema", __config__=ConfigDict(extra="forbid"), **spec)
 
@@ -300,45 +238,16 @@ def check_section(cls, raw: dict, where: str):
         raise _error_from(exc, where) from None
     hints = get_type_hints(cls)
     values = {k: float(getattr(model, k)) if hints[k] is float else getattr(model, k) for k in raw if k != "flags"}
-    merged = {**{f.name: getattr(cls(), f.name) for f in fields(cls)}, **values} if where in ORDER else {}
-    for lower, higher in ORDER.get(where, []):
-        if not merged[lower] < merged[higher]:
-            tmpl = N_("must be below %(other)s (%(value)s)")
-            raise ConfigError(f"[{where}] {lower}: must be below {higher} ({merged[higher]}) (got {merged[lower]})",
-                              where, lower, tmpl, {"other": higher, "value": merged[higher]})
     if "flags" in raw:
         values["flags"] = _flag_rules(raw["flags"])
     try:
         return cls(**values)
+    except RuleError as exc:  # a cross-field rule of the section (device/schema.py below())
+        tmpl = N_("must be below %(other)s (%(value)s)")
+        raise ConfigError(f"[{where}] {exc.key}: must be below {exc.other} ({exc.limit}) (got {exc.value})",
+                          where, exc.key, tmpl, {"other": exc.other, "value": exc.limit}) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{where}]: {exc}", where) from None
-
-
-def build_section(cls, raw: dict, where: str):
-    """A dataclass from a TOML table, types checked loosely: training recipes only (the appliance's own
-    settings go through the schema, ``check_section``)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{where}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"[{where}]: unknown setting(s) {unknown}; known: {sorted(known)}")
-    values = {}
-    for name, value in raw.items():
-        default = getattr(cls(), name) if not dataclasses.is_dataclass(known[name].type) else None
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"[{where}] {name}: expected true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"[{where}] {name}: expected a number, got {value!r}")
-            value = type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"[{where}] {name}: expected text, got {value!r}")
-        values[name] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{where}]: {exc}") from None
 
 
 MAX_FLAG_RULES = 100
@@ -413,15 +322,16 @@ def dumps(cfg: AppConfig) -> str:
     return tomli_w.dumps(cfg.to_dict())
 
 
-def _range_note(limit) -> str:
-    """The schema's range of a number, for the defaults file ("1..65535")."""
-    if not limit or limit[0] in ("choice", "text"):
+def _range_note(f: dataclasses.Field) -> str:
+    """A setting's declared range, for the defaults file ("1..65535")."""
+    s = spec_of(f)
+    if s.le is None:
         return ""
-    if limit[0] == "size":
-        return f"  # width, height: {limit[1]}..{limit[2]} each" + (" ([] = the sensor's full size)" if limit[3] else "")
-    if limit[0] == "gt":
-        return f"  # more than {limit[1]}, at most {limit[2]}"
-    return f"  # {limit[0]}..{limit[1]}"
+    if f.type in ("list[int]", list[int]):
+        return f"  # width, height: {s.ge}..{s.le} each" + (f" ([] = {s.empty})" if s.empty else "")
+    if s.gt is not None:
+        return f"  # more than {s.gt}, at most {s.le}"
+    return f"  # {s.ge}..{s.le}"
 
 
 def commented_defaults() -> str:
@@ -433,12 +343,13 @@ def commented_defaults() -> str:
     defaults = AppConfig().to_dict()
     for section, values in defaults.items():
         lines.append(f"[{section}]")
+        declared = {f.name: f for f in fields(type(getattr(AppConfig(), section)))}
         for key, value in values.items():
             if key == "flags":
                 continue
             text = tomli_w.dumps({key: value}).strip() if not isinstance(value, list) else \
                 f"{key} = [{', '.join(str(v) for v in value)}]"
-            lines.append(f"# {text}{_range_note(LIMITS.get(section, {}).get(key))}")
+            lines.append(f"# {text}{_range_note(declared[key])}")
         lines.append("")
         if section == "sample":  # the default flag rules, as tables to copy and edit
             for line in tomli_w.dumps({"sample": {"flags": values["flags"]}}).splitlines():

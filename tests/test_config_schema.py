@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from device import config as cfgmod
 from device.config import (
     AppConfig,
     ConfigError,
@@ -21,7 +20,9 @@ from device.config import (
     config_from_dict,
     load_config,
 )
-from device.settings import form_values, load_effective, overrides_path
+from device.schema import spec_of
+from device.settings import load_effective, overrides_path
+from device.web.settings_form import form_values
 from testkit.web import csrf_of, signed_in
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,22 +89,32 @@ def _numeric_fields():
                 yield section.name, f.name
 
 
+def _limit(section: str, key: str):
+    """(kind, lo, hi) of a setting's declared range: kind "size" (each of width and height), "gt" (more than lo)
+    or "ge"; None when it declares none."""
+    f = {f.name: f for f in dataclasses.fields(type(getattr(AppConfig(), section)))}[key]
+    s = spec_of(f)
+    if s.le is None:
+        return None
+    if key.endswith("_size"):
+        return "size", s.ge, s.le
+    return ("gt", s.gt, s.le) if s.gt is not None else ("ge", s.ge, s.le)
+
+
 def test_every_number_has_a_range_and_both_ends_are_enforced():
-    missing = [(s, k) for s, k in _numeric_fields() if k not in cfgmod.LIMITS.get(s, {})]
-    assert not missing, f"numbers without a range in device.config.LIMITS: {missing}"
+    missing = [(s, k) for s, k in _numeric_fields() if _limit(s, k) is None]
+    assert not missing, f"numbers without a declared range (device/schema.py setting()): {missing}"
     checked = 0
     for section, key in _numeric_fields():
-        limit = cfgmod.LIMITS[section][key]
-        if limit[0] == "size":
-            _, lo, hi, _ = limit
+        kind, lo, hi = _limit(section, key)
+        if kind == "size":
             for bad in ([lo - 1, lo], [hi, hi + 1]):
                 with pytest.raises(ConfigError, match=rf"^\[{section}\] {key}: "):
                     config_from_dict({section: {key: bad}})
             assert getattr(getattr(config_from_dict({section: {key: [lo, hi]}}), section), key) == [lo, hi]
             checked += 1
             continue
-        lo, hi = limit[1:] if limit[0] == "gt" else limit
-        below = lo if limit[0] == "gt" else lo - (1 if isinstance(lo, int) and isinstance(hi, int) else 0.001)
+        below = lo if kind == "gt" else lo - (1 if isinstance(lo, int) and isinstance(hi, int) else 0.001)
         for bad in (below, hi + 1):
             with pytest.raises(ConfigError, match=rf"^\[{section}\] {key}: must be "):
                 config_from_dict({section: {key: bad}})

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from device.config import AppConfig, ConfigError, config_from_dict
-from device.settings import load_effective, parse_form, save_overrides
+from device.settings import load_effective, save_overrides
+from device.web.settings_form import parse_form
 from testkit import REPO
 from testkit.web import csrf_of, signed_in
 

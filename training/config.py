@@ -1,12 +1,13 @@
 """The training recipe: one TOML file, read into dataclasses with working defaults."""
 from __future__ import annotations
 
+import dataclasses
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from device.model import labels
-from device.config import build_section
+from device.schema import ConfigError
 from device.analysis.preprocess import Preprocessing
 
 # The side of every cell crop, in micrometres: a large blast or monocyte (up to ~20 um)
@@ -121,6 +122,33 @@ class Recipe:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
         return d
+
+
+def build_section(cls, raw: dict, where: str):
+    """A dataclass from a TOML table, types checked loosely (the appliance's own settings go through
+    device/config.py's schema, ``check_section``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown setting(s) {unknown}; known: {sorted(known)}")
+    values = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name) if not dataclasses.is_dataclass(known[name].type) else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{where}] {name}: expected true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"[{where}] {name}: expected a number, got {value!r}")
+            value = type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"[{where}] {name}: expected text, got {value!r}")
+        values[name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
 
 
 def resolve_data_path(path: str, base: Path | None = None) -> Path:

@@ -18,40 +18,37 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from device.schema import below, check, setting
+
 
 @dataclass(frozen=True)
 class CellFinderSettings:
+    """The ``[cells]`` section of the config file, each value with its range (device/schema.py)."""
     # Stain threshold on B - G (0..255); 0 = Otsu on the field, floored at min_threshold.
-    threshold: float = 0.0
-    min_threshold: float = 55.0
+    threshold: float = setting(0.0, ge=0, le=255)
+    min_threshold: float = setting(55.0, ge=0, le=255)
     # Physical sizes (micrometres), converted at the field's measured scale, so any
     # objective, camera or resolution gives the same finder. Values measured on BCCD.
-    min_nucleus_um2: float = 17.0  # smallest nucleus kept (platelets are far smaller)
-    typical_nucleus_um2: float = 26.0  # floor of the "one nucleus" size used to split clumps
-    join_um: float = 2.1  # closing kernel: joins the lobes of one nucleus
-    open_um: float = 0.6  # opening kernel: drops stain specks
-    cell_scale: float = 1.35  # box side / nucleus side: the cytoplasm around the nucleus
-    min_box_um: float = 8.2  # a cell box is at least this wide
-    split_ratio: float = 2.2  # components larger than this x the median nucleus are split
-    max_cells: int = 60
+    min_nucleus_um2: float = setting(17.0, gt=0, le=1000)  # smallest nucleus kept (platelets are far smaller)
+    typical_nucleus_um2: float = setting(26.0, gt=0, le=1000)  # floor of the "one nucleus" size used to split clumps
+    join_um: float = setting(2.1, gt=0, le=20)  # closing kernel: joins the lobes of one nucleus
+    open_um: float = setting(0.6, gt=0, le=20)  # opening kernel: drops stain specks
+    cell_scale: float = setting(1.35, ge=1, le=5)  # box side / nucleus side: the cytoplasm around the nucleus
+    min_box_um: float = setting(8.2, gt=0, le=100)  # a cell box is at least this wide
+    split_ratio: float = setting(2.2, ge=1, le=20)  # components larger than this x the median nucleus are split
+    max_cells: int = setting(60, ge=1, le=1000)
     # The finder runs on a copy resampled to this scale, so its cost does not grow
     # with the camera's megapixels (crops for the classifier come from the full frame).
-    working_um_per_px: float = 0.2
+    working_um_per_px: float = setting(0.2, ge=0.05, le=1.0)
     # Skip cells whose nucleus touches the field edge: they are incomplete, would be
     # classified from part of a cell, and may be counted again in the next field. On by default (issue 21: two
     # edge fragments of neighbours, called blasts, alone raised "refer" on one uploaded marrow field).
     skip_edge_cells: bool = True
-    edge_margin: int = 2
+    edge_margin: int = setting(2, ge=0, le=100)
 
     def __post_init__(self):
-        for name in ("min_nucleus_um2", "typical_nucleus_um2", "join_um", "open_um", "cell_scale", "min_box_um",
-                     "split_ratio", "working_um_per_px"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
-        if not 0.05 <= self.working_um_per_px <= 1.0:
-            raise ValueError("working_um_per_px must be within 0.05..1.0")
-        if self.max_cells < 1:
-            raise ValueError("max_cells must be at least 1")
+        check(self)
+        below(self, "min_nucleus_um2", "typical_nucleus_um2")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from device.schema import N_, below, check, setting
+
 # Focus is measured at this scale or the field's own, whichever is coarser: a sharp
 # edge is then a couple of pixels wide whatever the sensor.
 FOCUS_UM_PER_PX = 0.1
@@ -21,21 +23,26 @@ FOCUS_UM_PER_PX = 0.1
 
 @dataclass(frozen=True)
 class QCSettings:
-    max_edge_um: float = 0.95  # focus: width of the cells' sharpest edges (BCCD: 0.25-0.83; 0.5 um blur: 1.08+)
-    min_background: float = 70.0  # grey level of the empty glass (0..255): below it the field is too dark
-    max_cell_brightness: float = 235.0  # mean grey of the cells: above it they are washed out
-    max_clipped: float = 0.05  # fraction of cell pixels at 0 or 255 in any channel
-    min_cell_fraction: float = 0.02  # fraction of the field covered by cells (an empty slide: 0)
-    max_cell_fraction: float = 0.97  # above it the smear is too thick to tell cells apart
-    min_contrast: float = 25.0  # grey levels between glass and cells; below it nothing is in view
+    """The ``[qc]`` section of the config file: each threshold with its range and, when the Settings page edits it,
+    its label (device/schema.py)."""
+    # focus: width of the cells' sharpest edges (BCCD: 0.25-0.83; 0.5 um blur: 1.08+)
+    max_edge_um: float = setting(0.95, gt=0, le=10, label=N_("Focus: widest acceptable cell edge (um)"))
+    # grey level of the empty glass (0..255): below it the field is too dark
+    min_background: float = setting(70.0, ge=0, le=255, label=N_("Minimum glass brightness (0-255)"))
+    # mean grey of the cells: above it they are washed out
+    max_cell_brightness: float = setting(235.0, ge=0, le=255, label=N_("Maximum cell brightness (0-255)"))
+    # fraction of cell pixels at 0 or 255 in any channel
+    max_clipped: float = setting(0.05, ge=0, le=1, label=N_("Maximum clipped fraction of cell pixels"))
+    # fraction of the field covered by cells (an empty slide: 0)
+    min_cell_fraction: float = setting(0.02, ge=0, le=1,
+                                       label=N_("Minimum fraction of the field covered by cells (smear present)"))
+    max_cell_fraction: float = setting(0.97, ge=0, le=1)  # above it the smear is too thick to tell cells apart
+    min_contrast: float = setting(25.0, ge=0, le=255)  # grey levels between glass and cells; below it nothing is in view
 
     def __post_init__(self):
-        if not 0 < self.max_edge_um <= 10:
-            raise ValueError("max_edge_um must be within (0, 10]")
-        if not 0 <= self.min_background < self.max_cell_brightness <= 255:
-            raise ValueError("min_background must be below max_cell_brightness, both within 0..255")
-        if not 0 <= self.max_clipped <= 1 or not 0 <= self.min_cell_fraction < self.max_cell_fraction <= 1:
-            raise ValueError("fractions must be within 0..1, min_cell_fraction below max_cell_fraction")
+        check(self)
+        below(self, "min_background", "max_cell_brightness")
+        below(self, "min_cell_fraction", "max_cell_fraction")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from device.model.bundle import Bundle, BundleError
-from device.camera import make_camera
+from device.camera import camera_from
 from device.camera.supervised import SupervisedCamera
 from device.box.capture import CaptureLoop
 from device.model.classifier import Classifier
@@ -174,9 +174,7 @@ class Runtime:
 
 
 def camera_from_config(cfg: AppConfig):
-    c = cfg.camera
-    return make_camera(c.backend, folder=c.folder or None, loop=c.loop, device=c.device, width=c.width,
-                       height=c.height, still_size=c.still_size or None, preview_size=c.preview_size)
+    return camera_from(cfg.camera)
 
 
 def reserve_mb(data_dir) -> int:

@@ -2,13 +2,14 @@
 
 A back-end raises ``CameraError`` when its device is gone; ``SupervisedCamera`` (supervised.py)
 closes it, reports the status, and reopens it with back-off, so a camera that is unplugged and
-plugged back in never takes the rest of the process down. One back-end per module beside this one.
+plugged back in never takes the rest of the process down. One back-end per module beside this one,
+each declaring itself with a module-level ``BACKEND = Backend(...)`` (device/camera/__init__.py finds them).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import cv2
 import numpy as np
@@ -51,3 +52,16 @@ class Camera(Protocol):
     def capture(self) -> Frame: ...  # full-resolution still
     def preview(self) -> np.ndarray: ...  # low-resolution RGB for the live view
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A camera back-end's declaration (Frigate's detector plugins): its name, the one ``[camera] backend``
+    takes; its own settings, a dataclass of ``setting()`` fields (device/schema.py) whose keys sit in the
+    ``[camera]`` table; how to open a camera from them; and, optionally, what this box must offer for them
+    (``check``, raising device.schema.ConfigError naming the key: e.g. a replay folder that holds images)."""
+    name: str
+    options: type
+    make: Callable[[Any], Camera]
+    rank: int  # its place in the lists (the page's choice, the defaults file); the default back-end is 0
+    check: Callable[[Any], None] | None = None

@@ -1,10 +1,13 @@
 """The OpenCV back-end: a USB camera (V4L2 on Linux)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from device.camera.base import CameraError, Frame, _now, _shrink
+from device.camera.base import Backend, CameraError, Frame, _now, _shrink
+from device.schema import N_, setting
 
 
 class OpenCVCamera:
@@ -43,3 +46,14 @@ class OpenCVCamera:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+@dataclass(frozen=True)
+class OpenCVOptions:
+    """The USB back-end's keys of ``[camera]``."""
+    device: int = setting(0, ge=0, le=63, label=N_("USB camera number (/dev/videoN)"))  # /dev/videoN
+    width: int = setting(1920, ge=64, le=10000)
+    height: int = setting(1080, ge=64, le=10000)
+
+
+BACKEND = Backend("opencv", OpenCVOptions, lambda o: OpenCVCamera(o.device, o.width, o.height), rank=1)

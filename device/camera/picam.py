@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from device.camera.base import CameraError, Frame, _now, _reason
+from device.camera.base import Backend, CameraError, Frame, _now, _reason
+from device.schema import N_, setting
 
 log = logging.getLogger("leukoscope.camera")
 
@@ -182,3 +184,15 @@ class Picamera2Camera:
         if self._cam is not None:
             cam, self._cam = self._cam, None
             _close_bounded(cam, self.timeout)
+
+
+@dataclass(frozen=True)
+class Picamera2Options:
+    """The Pi camera back-end's keys of ``[camera]``."""
+    still_size: list[int] = setting(factory=list, ge=64, le=10000, empty="the sensor's full size")  # [] = full size
+    preview_size: list[int] = setting(factory=lambda: [640, 480], ge=64, le=4096,
+                                      label=N_("Preview size, width x height (e.g. 640x480)"))
+
+
+BACKEND = Backend("picamera2", Picamera2Options,
+                  lambda o: Picamera2Camera(o.still_size or None, tuple(o.preview_size)), rank=2)

@@ -1,13 +1,15 @@
 """The replay back-end: the images of a folder, in name order, as if from a camera."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from device.camera.base import CameraError, Frame, _now, _shrink
+from device.camera.base import Backend, CameraError, Frame, _now, _shrink
 from device.imageio import IMAGE_SUFFIXES, ImageError, read_image
+from device.schema import N_, ConfigError, setting
 
 
 def bundled_samples_dir() -> Path:
@@ -68,3 +70,32 @@ class ReplayCamera:
 
     def close(self) -> None:
         self._last = None
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """The replay back-end's keys of ``[camera]``."""
+    # a folder of field images ("" = the bundled BCCD samples)
+    folder: str = setting("", label=N_("Replay folder (replay camera)"))
+    loop: bool = True
+
+
+def check_folder(o: ReplayOptions) -> None:
+    """A folder that is missing or holds no images would make every capture fail: refused when set."""
+    if not o.folder:
+        return
+    folder = Path(o.folder)
+    if not folder.is_dir():
+        raise ConfigError(f"[camera] folder: {o.folder} is not a folder on this box", "camera", "folder",
+                          N_("%(path)s is not a folder on this box"), {"path": o.folder})
+    try:
+        has_image = any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+    except OSError:
+        has_image = False
+    if not has_image:
+        raise ConfigError(f"[camera] folder: {o.folder} holds no images", "camera", "folder",
+                          N_("%(path)s holds no images (.jpg, .png, .tif, .bmp)"), {"path": o.folder})
+
+
+BACKEND = Backend("replay", ReplayOptions, lambda o: ReplayCamera(o.folder or None, loop=o.loop), rank=0,
+                  check=check_folder)

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from device.model import labels as vocab
+from device.schema import N_, check, setting
+
 DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person "
               "reviewing the smear.")
 
@@ -13,20 +15,20 @@ DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirm
 @dataclass(frozen=True)
 class FlagRule:
     """Raise ``message`` when the count (or fraction of counted leukocytes) of a
-    category reaches the given minimum. ``category`` may also be "uncertain"."""
-    category: str
-    message: str
-    level: str = "review"  # "review" or "refer"
-    min_count: int = 0
-    min_fraction: float = 0.0
+    category reaches the given minimum. ``category`` may also be "uncertain". One ``[[sample.flags]]`` table of
+    the config file, each key with its range (device/schema.py)."""
+    category: str = setting(max_length=60)
+    message: str = setting(max_length=300)
+    level: str = setting("review", choices=("review", "refer"))
+    min_count: int = setting(0, ge=0, le=10000)
+    min_fraction: float = setting(0.0, ge=0, le=1)
 
     def __post_init__(self):
         if self.category not in (*vocab.CATEGORIES, vocab.UNCERTAIN):
             raise ValueError(f"flag rule: unknown category {self.category!r}")
-        if self.level not in ("review", "refer"):
-            raise ValueError("flag rule: level must be 'review' or 'refer'")
         if self.min_count <= 0 and self.min_fraction <= 0:
             raise ValueError("flag rule: give min_count or min_fraction")
+        check(self)
 
 
 # Referral from 3 blasts in 100: the lowest count that meets both sample targets of the screen IF each cell's
@@ -42,6 +44,13 @@ DEFAULT_RULES = (
     FlagRule("atypical", "Atypical or immature cells present: review", "review", min_count=1),
     FlagRule(vocab.UNCERTAIN, "Cells the model could not classify confidently: review them", "review", min_count=1),
 )
+
+
+@dataclass
+class SampleConfig:
+    """The ``[sample]`` section: the count each sample aims at and the flag rules it is judged by."""
+    target_cells: int = setting(100, ge=1, le=10000, label=N_("Target white cells per sample"))
+    flags: list[FlagRule] = setting(factory=lambda: list(DEFAULT_RULES))
 
 
 # A reviewer's decision that a detected object is not a white cell (a fragment cut by the field edge, debris, a

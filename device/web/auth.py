@@ -22,6 +22,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from flask_babel import gettext as _
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from device.config import LANGUAGES
 from device.records import accounts
 from device.records.store import StorageFull, Store
 
@@ -35,7 +36,6 @@ CLIENT_MAX_FAILURES = 30
 CLIENT_WINDOW = timedelta(minutes=10)
 # Checked for unknown user names, so they cost the same time as real ones.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
-LANGUAGES = {"en": "English", "fr": "Français", "ar": "العربية"}
 
 
 def runtime():

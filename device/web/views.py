@@ -581,13 +581,14 @@ def backup_download():
 @admin_required
 def settings():
     from device import settings as st
-    from device.config import ConfigError
+    from device.config import LANGUAGES, ConfigError
+    from device.web import settings_form as form_
 
     r = rt()
     error = None
     if request.method == "POST":
         try:
-            changes = st.parse_form(request.form, r.config)
+            changes = form_.parse_form(request.form, r.config)
             new = st.save_overrides(r.config, changes)
         except ConfigError as exc:
             error = words.config_error(exc)
@@ -599,18 +600,15 @@ def settings():
             r.store.audit(g.user["username"], "settings-changed", detail=changes)
             flash(_("Settings saved: %(what)s.", what=", ".join(_(a) for a in applied)))
             return redirect(url_for("views.settings"))
-    values = st.form_values(r.config, request.form if error else None)
-    return render_template("settings.html", fields=st.EDITABLE, values=values,
-                           flags_toml=request.form.get("flags_toml") if error else st.flags_toml(r.config),
+    values = form_.form_values(r.config, request.form if error else None)
+    return render_template("settings.html", fields=form_.EDITABLE, values=values,
+                           flags_toml=request.form.get("flags_toml") if error else form_.flags_toml(r.config),
                            model=r.bundle,
                            problems=r.model_problems + ([r.store.reserve_problem] if r.store.reserve_problem else []),
                            error=error, shipped=_shipped(r),
-                           measured=records.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
+                           measured=records.last_camera_scale(r.store), language_names=LANGUAGES,
                            last_backup=records.last_backup(r.store)), \
         400 if error else 200
-
-
-LANGUAGE_NAMES = {"en": "English", "fr": "Français", "ar": "العربية"}  # each in its own language
 
 
 def _shipped(r) -> list[dict]:

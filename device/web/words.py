@@ -12,11 +12,11 @@ from flask import g, has_request_context, request
 from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
+from device.config import LANGUAGES
 from device.model import labels as vocab
 from device.records.sample import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
 from device.records.sample import category_of as sample_category_of
 
-LANGUAGES = ("en", "fr", "ar")
 RTL = {"ar"}
 
 # Strings that live in data files (labels.toml, the default flag rules, QC messages): listed here so the
@@ -43,15 +43,6 @@ DATA_STRINGS = (
     _l("Unusual scale: check that a 40x-100x objective is in use and the camera is not zoomed, "
        "or set the pixel size in Settings"), _l("Blast"),
     _l("red cells"), _l("last measured"), _l("configured"), _l("given"),
-    _l("Clinic name (on reports)"), _l("Time zone (e.g. Africa/Nairobi)"), _l("Default language"),
-    _l("Target white cells per sample"), _l("Delete records older than (days, 0 = keep)"), _l("Camera"),
-    _l("Replay folder (replay camera)"), _l("USB camera number (/dev/videoN)"),
-    _l("Pixel size, um per pixel (stage micrometer; used when a field has too few red cells)"),
-    _l("Focus: widest acceptable cell edge (um)"), _l("Minimum glass brightness (0-255)"),
-    _l("Maximum cell brightness (0-255)"), _l("Maximum clipped fraction of cell pixels"),
-    _l("Minimum fraction of the field covered by cells (smear present)"),
-    _l("Refuse new captures below this free space (MB)"), _l("Web server threads (used at the next restart)"),
-    _l("Preview size, width x height (e.g. 640x480)"),
     _l("camera restarted"), _l("settings in use"), _l("server settings at the next restart"), _l("female"), _l("male"), _l("other"),
     _l("this sample is finished; its cells can no longer be changed"),
     _l("the model was not confident about this cell: choose its class instead of confirming"),
@@ -75,7 +66,7 @@ def page_language(runtime) -> str:
     if user is not None and user["language"] in LANGUAGES:
         return user["language"]
     if has_request_context():
-        best = request.accept_languages.best_match(LANGUAGES)
+        best = request.accept_languages.best_match(tuple(LANGUAGES))
         if best and best != "en":
             return best
     return runtime.config.web.language
@@ -358,7 +349,7 @@ def template_helpers(runtime) -> dict:
 def config_error(exc) -> str:
     """A refused setting (device.config.ConfigError) in the page's language: the field as the Settings page
     labels it (else "[section] key"), then the schema's rule."""
-    from device.settings import EDITABLE
+    from device.web.settings_form import EDITABLE
 
     labels = {(s, k): label for s, k, label, _ in EDITABLE} | {("sample", "flags"): "Flag rules"}
     if not getattr(exc, "template", ""):

@@ -1,0 +1,124 @@
+"""The Settings page's form: which settings it edits (generated from the sections' declarations), the typed
+text read back into a dict of sections, and what each field shows.
+
+A setting is on the page when its declaration has a label (``setting(..., label=N_("..."))``, device/schema.py);
+types and ranges are checked by the config's schema on the whole result (device/settings.py save_overrides).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from typing import NamedTuple, get_type_hints
+
+import tomli_w
+
+from device.config import AppConfig, ConfigError
+from device.schema import N_, spec_of
+
+# The page's sections, in the order it shows them (within a section: the order of the declarations).
+PAGE_SECTIONS = ("web", "sample", "storage", "server", "camera", "qc")
+MAX_TEXT = 200  # a text field of the form (the schema has each setting's own limit)
+MAX_FLAGS_TEXT = 64 * 1024  # the flag-rule box: a few hundred rules at most
+
+
+class Editable(NamedTuple):
+    section: str
+    key: str
+    label: str  # an N_() string, translated on the page
+    kind: str  # "int", "float", "text", "size" or "choice:a,b,c"
+
+
+def _kind(tp, choices: tuple[str, ...]) -> str:
+    if choices:
+        return "choice:" + ",".join(choices)
+    return {int: "int", float: "float", list[int]: "size"}.get(tp, "text")
+
+
+def editable(cfg: AppConfig | None = None) -> list[Editable]:
+    """Every labelled setting of the page's sections, from the sections' declarations."""
+    cfg = cfg or AppConfig()
+    out = []
+    for section in PAGE_SECTIONS:
+        cls = type(getattr(cfg, section))
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            s = spec_of(f)
+            if s.label:
+                out.append(Editable(section, f.name, s.label, _kind(hints[f.name], s.choices)))
+    return out
+
+
+EDITABLE = editable()
+
+
+def _number(text: str):
+    """Page text as a number, whole or not: the schema, not the form, decides what the setting accepts
+    (so "1.5" threads gets the schema's "must be a whole number")."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)  # ValueError for text that is no number at all
+
+
+def _size(text: str) -> list:
+    """ "640x480", "640 x 480" or "640, 480" -> [640, 480]; "" -> [] (the schema says if that is allowed)."""
+    parts = [p for p in text.lower().replace("x", " ").replace(",", " ").split()]
+    return [_number(p) for p in parts]
+
+
+def parse_form(form, cfg: AppConfig) -> dict:
+    """Form fields -> a dict of sections; raises ConfigError naming the field. Only the text is read
+    here; types and ranges are the schema's (device.config), checked on the whole result by save_overrides."""
+    changes: dict = {}
+    for section, key, label, kind in EDITABLE:
+        raw = form.get(f"{section}.{key}")
+        if raw is None:
+            continue
+        raw = raw.strip()
+        try:
+            if kind in ("int", "float"):
+                value = _number(raw)
+            elif kind == "size":
+                value = _size(raw)
+            elif kind.startswith("choice:"):
+                if raw not in kind.split(":", 1)[1].split(","):
+                    raise ValueError
+                value = raw
+            else:
+                if len(raw) > MAX_TEXT:
+                    raise ValueError
+                value = raw
+        except ValueError:
+            raise ConfigError(f"{label}: {raw[:40]!r} is not a valid value", section, key,
+                              N_("%(value)s is not a valid value"), {"value": repr(raw[:40])}) from None
+        changes.setdefault(section, {})[key] = value
+    flags = form.get("flags_toml")
+    if flags is not None and len(flags) > MAX_FLAGS_TEXT:
+        raise ConfigError(f"[sample] flags: {len(flags):,} characters; at most {MAX_FLAGS_TEXT:,}", "sample", "flags",
+                          N_("at most %(n)d characters"), {"n": MAX_FLAGS_TEXT})
+    if flags is not None and flags.strip():
+        try:
+            parsed = tomllib.loads(flags)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Flag rules: not valid TOML ({exc})") from None
+        if set(parsed) - {"sample"} or set(parsed.get("sample", {})) - {"flags"}:
+            raise ConfigError("Flag rules: write only [[sample.flags]] tables here")
+        changes.setdefault("sample", {})["flags"] = parsed.get("sample", {}).get("flags", [])
+    return changes
+
+
+def form_values(cfg: AppConfig, form=None) -> dict:
+    """What each field of the page shows: the setting in use, or after a refused save what was typed
+    (so one bad value loses none of the others)."""
+    out = {}
+    for section, key, _, kind in EDITABLE:
+        value = getattr(getattr(cfg, section), key)
+        if kind == "size":
+            value = "x".join(str(v) for v in value)
+        typed = form.get(f"{section}.{key}") if form is not None else None
+        out[f"{section}.{key}"] = typed if typed is not None else value
+    return out
+
+
+def flags_toml(cfg: AppConfig) -> str:
+    return tomli_w.dumps({"sample": {"flags": cfg.to_dict()["sample"]["flags"]}})
