@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,58 @@ def test_model_info_names_the_file_and_refuses_junk(tiny_bundle, tmp_path):
     out = subprocess.run([sys.executable, "-m", "device.cli", "model", "info", "--bundle", str(junk)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not a Leukoscope model bundle" in out.stderr
+
+
+def _main_json(capsys, *argv):
+    from device.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_model_test_runs_on_every_shipped_bundle_with_no_options(capsys, monkeypatch, tmp_path):
+    """`leukoscope model test` finds every recorded test file through the one data-root map (the marrow rows in
+    their -subset folder) with no --data-root, and reproduces the figure recorded in the bundle."""
+    from device.model.bundle import builtin_bundle_paths, default_bundle_path
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))  # an empty data folder: the device uses the default
+    r = _main_json(capsys, "model", "test", "--json")  # no options at all: the whole default bundle
+    default = load_bundle(default_bundle_path())
+    assert r["files_with_other_content"] == [] and r["n"] >= 0.95 * len(default.files["test_files.csv"].splitlines())
+    assert r["balanced_accuracy"] == pytest.approx(r["recorded_balanced_accuracy"], abs=0.003)
+    others = [p for p in builtin_bundle_paths().values() if p != default_bundle_path()]
+    others += sorted((REPO / "bench" / "reference").glob("*.lkb"))
+    assert len(others) >= 2
+    for path in others:
+        b = load_bundle(path)
+        # every row is found and checked before the first 3 images of each label are classified
+        r = _main_json(capsys, "model", "test", "--json", "--bundle", str(path), "--limit", "3")
+        assert r["files_with_other_content"] == [], path
+        assert 0 < r["n"] <= 3 * len(b.labels) + 3, path
+        assert r["recorded_balanced_accuracy"] == b.metadata["metrics"][b.metadata["input"]["quantization"]][
+            "balanced_accuracy"]
+
+
+def test_every_recorded_row_resolves_through_the_one_map():
+    from device.model.bundle import builtin_bundle_paths
+    from training.recorded import SHARED_DATA, data_root, recorded_files
+
+    assert data_root("bone-marrow-mll") == SHARED_DATA / "bone-marrow-mll-subset"
+    assert data_root("bone-marrow-mll", {"bone-marrow-mll": "/elsewhere"}) == Path("/elsewhere")
+    for path in [*builtin_bundle_paths().values(), *(REPO / "bench" / "reference").glob("*.lkb")]:
+        rows = recorded_files(load_bundle(path))
+        assert rows and [f.problem() for f in rows] == [None] * len(rows), path
+        assert {f.record.dataset for f in rows} <= {"pbc-normal-wbc", "bone-marrow-mll"}
+
+
+def test_model_test_names_the_option_for_a_missing_file(capsys, tmp_path):
+    from device.cli import main
+
+    capsys.readouterr()
+    code = main(["model", "test", "--bundle", str(REPO / "device/assets/models/default.lkb"),
+                 "--data-root", f"bone-marrow-mll={tmp_path}"])
+    assert code == 2 and "pass --data-root bone-marrow-mll=PATH" in capsys.readouterr().err
 
 
 def _members(path) -> dict[str, bytes]:
