@@ -24,8 +24,6 @@ patient ids: its split is by image, so cells of one patient can sit on both side
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,9 +33,6 @@ import numpy as np
 
 from bench import result
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-FOLDERS = {"pbc-normal-wbc": "pbc-normal-wbc", "bone-marrow-mll": "bone-marrow-mll-subset",
-           "aml-cytomorphology-lmu": "aml-cytomorphology-lmu-subset"}
 AML_BLASTS = ("MYO", "MOB")
 AML_NORMALS = ("NGS", "NGB", "LYT", "MON", "EOS", "BAS")
 FRACTIONS = (0.0, 0.02, 0.05, 0.20, 0.50)
@@ -98,13 +93,10 @@ def cells(records, bundle, clf, task_labels) -> Called:
 
 
 def test_records(bundle, dataset: str, root: Path | None):
-    from training.datasets import Record
+    """The bundle's recorded test images of ``dataset`` (in ``root`` when given)."""
+    from training.recorded import recorded_files
 
-    rows = list(csv.DictReader(io.StringIO(bundle.files["test_files.csv"].decode())))
-    base = root or SHARED / FOLDERS.get(dataset, dataset)
-    return [Record(str(base / r["relpath"]), r["relpath"], r["label"], None, r["dataset"],
-                   float(r["um_per_px"]) if r.get("um_per_px") else None, r.get("kind") or "cell")
-            for r in rows if r["dataset"] == dataset]
+    return [f.record for f in recorded_files(bundle, {dataset: str(root)} if root else None, dataset)]
 
 
 def thin(records, per_label: int, seed: int):
@@ -221,6 +213,7 @@ def main(argv=None) -> int:
     from device.model.classifier import Classifier
     from device.config import AppConfig
     from training.datasets import read_aml_lmu, read_pbc
+    from training.recorded import data_root
 
     t0 = time.monotonic()
     bundle = load_bundle(args.bundle)
@@ -245,7 +238,7 @@ def main(argv=None) -> int:
     c_mll = cells(mll, bundle, clf, names)
     out["in_lab"] = in_lab(c_mll)
 
-    aml = read_aml_lmu(SHARED / FOLDERS["aml-cytomorphology-lmu"])
+    aml = read_aml_lmu(data_root("aml-cytomorphology-lmu"))
     recs = [r for r in aml.records if r.relpath.split("/")[0] in AML_BLASTS + AML_NORMALS]
     recs = [r.__class__(**{**r.__dict__, "label": vocab.task_label(task, r.label)}) for r in recs]
     c_aml = cells(recs, bundle, clf, names)
@@ -258,7 +251,7 @@ def main(argv=None) -> int:
     if args.loso_bundle:
         lb = load_bundle(args.loso_bundle)
         lclf = Classifier(lb, threads=args.threads)
-        allp = [r for r in read_pbc(SHARED / FOLDERS["pbc-normal-wbc"]).records
+        allp = [r for r in read_pbc(data_root("pbc-normal-wbc")).records
                 if vocab.category_of(r.label) == "normal"]
         allp = thin(allp, per_label or 0, args.seed)
         c_lo = cells(allp, lb, lclf, vocab.task_labels(lb.metadata["task"]))

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import result
-from bench.blast_screen import AML_BLASTS, AML_NORMALS, FOLDERS, SHARED, share, test_records, thin
+from bench.blast_screen import AML_BLASTS, AML_NORMALS, share, test_records, thin
 
 NORMAL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 FRACTIONS = (0.0, 0.05, 0.20)
@@ -202,14 +202,15 @@ def score_baseline_bccd(model, names, views) -> Scored:
 def lab_records(task: str, per_label: int, seed: int) -> dict:
     from device.model import labels as vocab
     from training.datasets import read_aml_lmu, read_jiangxi, read_pbc
+    from training.recorded import data_root
 
     def to_task(recs):
         return [replace(r, label=vocab.task_label(task, r.label)) for r in recs]
 
-    aml = [r for r in read_aml_lmu(SHARED / FOLDERS["aml-cytomorphology-lmu"]).records
+    aml = [r for r in read_aml_lmu(data_root("aml-cytomorphology-lmu")).records
            if r.relpath.split("/")[0] in AML_BLASTS + AML_NORMALS]
-    jx = read_jiangxi(SHARED / "jiangxi-tecom-wbc").records
-    pbc = [r for r in read_pbc(SHARED / FOLDERS["pbc-normal-wbc"]).records if r.label in NORMAL_TYPES]
+    jx = read_jiangxi(data_root("jiangxi-tecom-wbc")).records
+    pbc = [r for r in read_pbc(data_root("pbc-normal-wbc")).records if r.label in NORMAL_TYPES]
     return {"aml-lmu": to_task(thin(aml, per_label, seed)), "jiangxi": to_task(thin(jx, per_label, seed)),
             "pbc": to_task(thin(pbc, per_label, seed))}
 

@@ -16,11 +16,11 @@ from bench import result
 from testkit.bccd import BCCD_ROOT, STAIN_LOOKS, evaluate, stain_shifted, views_for
 
 
-SINGLE_CELL = {  # folder under the shared data, pattern, pixel size (stated, or the ruler's median for Jiangxi)
-    "pbc-normal-wbc": ("pbc-normal-wbc", "*/*.jpg", 0.102),
-    "bone-marrow-mll": ("bone-marrow-mll-subset", "*/*.jpg", 0.088),
-    "aml-cytomorphology-lmu": ("aml-cytomorphology-lmu-subset", "*/*.png", 0.075),
-    "jiangxi-tecom-wbc": ("jiangxi-tecom-wbc", "images/*.bmp", 0.14),
+SINGLE_CELL = {  # dataset: its images below its folder, pixel size (stated, or the ruler's median for Jiangxi)
+    "pbc-normal-wbc": ("*/*.jpg", 0.102),
+    "bone-marrow-mll": ("*/*.jpg", 0.088),
+    "aml-cytomorphology-lmu": ("*/*.png", 0.075),
+    "jiangxi-tecom-wbc": ("images/*.bmp", 0.14),
 }
 
 
@@ -38,14 +38,14 @@ def single_cell(n: int) -> dict:
     from device.analysis import cells
     from device.analysis.pipeline import FieldSettings, locate
     from device.imageio import read_image
-    from testkit import SHARED_DATA
+    from training.recorded import data_root
 
     real = cells.stain_look
     # single-cell images are framed on their cell: a cell touching the frame is whole (as training reads them)
     s = FieldSettings(cells=replace(FieldSettings().cells, skip_edge_cells=False))
     out = {}
-    for name, (folder, pattern, um) in SINGLE_CELL.items():
-        files = sorted((SHARED_DATA / folder).glob(pattern))
+    for name, (pattern, um) in SINGLE_CELL.items():
+        files = sorted(data_root(name).glob(pattern))
         random.Random(0).shuffle(files)
         files = files[:n]
         before = after = moved = od = 0

@@ -44,11 +44,12 @@ def newest_run() -> Path:
 
 def quick_run(tmp: Path) -> Path:
     from training.config import recipe_from_dict
+    from training.recorded import data_root
     from training.train import train
 
     recipe = recipe_from_dict({
         "task": "differential", "name": "latency-quick", "seed": 1,
-        "data": {"sources": [{"kind": "pbc", "path": str(REPO.parent / "shared/data/pbc-normal-wbc")}],
+        "data": {"sources": [{"kind": "pbc", "path": str(data_root("pbc-normal-wbc"))}],
                  "max_per_class": 10},
         "preprocessing": {"input_size": 96, "crop_fraction": 0.7},
         "train": {"epochs": 1, "warmup_epochs": 0},

@@ -23,9 +23,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from bench import result
+from testkit.bccd import BCCD_ROOT
 
 REPO = Path(__file__).resolve().parent.parent
-BCCD = REPO.parent / "shared/data/bccd/BCCD/JPEGImages"
+BCCD = BCCD_ROOT / "JPEGImages"
 
 
 def time_to_ready(data_dir: Path, i: int) -> float:

@@ -23,10 +23,10 @@ import numpy as np
 
 from bench import result
 from testkit.bccd import BCCD_ROOT, bccd_fields, load_boxes, magnified, resampled
+from training.recorded import data_root
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-SETS = {"pbc-normal-wbc": ("pbc-normal-wbc", "*/*.jpg"), "aml-cytomorphology-lmu": ("aml-cytomorphology-lmu-subset", "*/*.png"),
-        "bone-marrow-mll": ("bone-marrow-mll-subset", "*/*.jpg"), "jiangxi-tecom-wbc": ("jiangxi-tecom-wbc", "images/*.bmp")}
+SETS = {"pbc-normal-wbc": "*/*.jpg", "aml-cytomorphology-lmu": "*/*.png", "bone-marrow-mll": "*/*.jpg",
+        "jiangxi-tecom-wbc": "images/*.bmp"}  # dataset: its images below its folder (training.recorded.data_root)
 
 
 def annotated_rbc_side(xml: Path) -> float | None:
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
                    "deviation_p90": round(float(np.percentile(dev, 90)), 3), "ms_median": round(1000 * float(np.median(times)), 1)}
     # 2. single-cell datasets
     s = FieldSettings()
-    for name, (folder, pattern) in SETS.items():
-        files = sorted((SHARED / folder).glob(pattern))
+    for name, pattern in SETS.items():
+        files = sorted(data_root(name).glob(pattern))
         random.Random(0).shuffle(files)
         files = files[:n]
         est = [estimate_scale(read_image(f), 0.1) for f in files]

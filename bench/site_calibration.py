@@ -38,7 +38,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import result  # noqa: E402
-from bench.blast_screen import SHARED, share  # noqa: E402
+from bench.blast_screen import share  # noqa: E402
 
 KS = (0, 25, 50, 100, 200, 400)
 PER_SAMPLE = 25  # reviewed cells per simulated sample (these labs have no patient ids)
@@ -54,16 +54,17 @@ JIANGXI_UM_PER_PX = 0.158
 def lab_records(name: str, task: str):
     from device.model import labels as vocab
     from training.datasets import AML_CLASSES, Record, read_aml_lmu
+    from training.recorded import data_root
 
     if name == "aml-lmu":
         recs = []
-        for r in read_aml_lmu(SHARED / "aml-cytomorphology-lmu-subset").records:
+        for r in read_aml_lmu(data_root("aml-cytomorphology-lmu")).records:
             code = r.relpath.split("/")[0]
             lab = vocab.task_label(task, AML_CLASSES[code]) if AML_CLASSES.get(code) else None
             if lab:
                 recs.append(Record(**{**r.__dict__, "label": lab}))
         return recs
-    root = SHARED / "jiangxi-tecom-wbc"
+    root = data_root("jiangxi-tecom-wbc")
     names = {"1": "neutrophil", "2": "lymphocyte", "3": "monocyte", "4": "eosinophil", "5": "basophil"}
     recs = []
     for line in (root / "labels.csv").read_text().splitlines()[1:]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from device.model import labels as vocab
-from device.model.bundle import FORMAT, Bundle, load_bundle, pack
+from device.model.bundle import Bundle, load_bundle, pack
+from device.model.metadata import FORMAT, SCREEN_NOT_VALIDATED, parse, trained_on_line, validation_text
 from device.model.classifier import Classifier
 from device.analysis.preprocess import normalize
 from training.config import recipe_from_dict
@@ -66,7 +67,7 @@ at the smear.
 
 - Task: `{task}` — labels: {labels}.
 - Architecture: `{model}`, {quant} TFLite, input {size}x{size} RGB, {bytes:,} bytes.
-- Trained on: {datasets}. Split by {unit}{unit_note}.{backbone}
+- Trained on: {trained_on}{backbone}
 - Test split ({n} cells cut by the device's own finder from {images} images listed in `test_files.csv`):
   balanced accuracy {bal:.4f}, macro F1 {f1:.4f}
   ({quant}); float model {fbal:.4f} / {ff1:.4f}; int8-float top-1 agreement {agree:.4f}.
@@ -214,19 +215,18 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     for r in part["test"]:
         w.writerow((r.dataset, r.relpath, r.label, sha[r.relpath], r.um_per_px or "", r.kind))
     files["test_files.csv"] = test_csv.getvalue().encode()
-    unit_note = "" if summary["unit"] == "subject" else " (the data has no subject ids, so cells of one donor may be on both sides)"
-    ds_text = "; ".join(f"{d['name']} ({d['licence']})" for d in meta["datasets"])
-    validation = _validation_text(recipe.task)
     card = MODEL_CARD.format(
         name=meta["name"], version=meta["version"], task=recipe.task, labels=", ".join(names), model=recipe.model.name,
-        quant=variant, size=pp.input_size, bytes=len(tflite), datasets=ds_text, unit=summary["unit"], unit_note=unit_note,
+        quant=variant, size=pp.input_size, bytes=len(tflite),
+        trained_on=trained_on_line([(d["name"], d["licence"]) for d in meta["datasets"]], summary["unit"]),
         n=rep_q["n"], images=len(part["test"]), bal=rep_q["balanced_accuracy"], f1=rep_q["macro_f1"], fbal=rep_f["balanced_accuracy"],
-        ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation,
+        ff1=rep_f["macro_f1"], agree=agreement, review=thresholds["review"], validation=validation_text(recipe.task),
         backbone=_backbone_text(recipe.model))
     meta["model_card"] = card
     meta.update(card_fields(recipe.task, summary["sources"], summary["unit"], rep_q))
     files["MODEL_CARD.md"] = card.encode()
     files["model.tflite"] = tflite
+    parse(meta)  # the device's schema (device.model.metadata): refused here, before anything is written
     files["metadata.json"] = json.dumps(meta, indent=2).encode()
     out = Path(out) if out else run_dir / f"{meta['name']}-{variant}.lkb"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,12 +242,6 @@ def _manifest_rows(run_dir: Path):
     from training.splits import read_manifest
 
     return read_manifest(run_dir / "split_manifest.csv")
-
-
-SCREEN_NOT_VALIDATED = (
-    "lymphoblasts (ALL) in peripheral blood from a lab it was not trained on; children's samples; bone marrow "
-    "from other labs; smears photographed through the appliance's own camera and microscope; stains other than "
-    "May-Grunwald-Giemsa; lymphoma cells, myelodysplasia and other atypical cells")
 
 
 def card_fields(task: str, sources: list[dict], unit: str, rep: dict) -> dict:
@@ -288,19 +282,3 @@ def _backbone_text(model) -> str:
         return ""
     return (f"\n- Backbone initialised from ImageNet {model.name} weights, Apache-2.0 "
             f"(`{Path(model.weights).name}`, rebuilt from the TensorFlow authors' int8 model).")
-
-
-def _validation_text(task: str) -> str:
-    if task == "differential":
-        return ("Validated only on held-out images of the same dataset (normal cells from healthy donors, one lab, "
-                "one CellaVision scanner, image-level split). It has never seen a leukaemic blast: it is **not a "
-                "validated leukaemia screen**. Blasts and other unfamiliar cells should be caught by the uncertainty "
-                "and unfamiliar-cell checks and left for review, but that is a safety net, not a detector. Not "
-                "validated on other stains, microscopes or cameras, on bone marrow, or on field crops from the "
-                "appliance's own camera.")
-    if task == "screen":
-        return ("Trained on normal blood cells from two labs and on bone-marrow blasts from one lab (see Trained on). "
-                "Its figures on labs it never saw are in `cross_lab` (python -m bench.cross_lab). Never validated "
-                "on: " + SCREEN_NOT_VALIDATED + ".")
-    return ("Validated only on the held-out split recorded in test_files.csv. Not validated across laboratories, "
-            "stains, microscopes or cameras.")

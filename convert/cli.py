@@ -23,10 +23,10 @@ def _convert(args) -> int:
 
 def _model_test(args) -> int:
     from convert.verify import verify_bundle
-    from device.model.bundle import load_bundle
+    from device.cli import active_bundle
     from training.cli import data_roots
 
-    r = verify_bundle(load_bundle(args.bundle), data_roots(args.data_root))
+    r = verify_bundle(active_bundle(args)[0], data_roots(args.data_root), limit=args.limit)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -62,9 +62,14 @@ def register(commands) -> None:
     p.add_argument("--version")
     p.set_defaults(func=_convert)
 
-    q = commands.model.add_parser("test", help="recompute a bundle's test figures from its recorded test-file list")
-    q.add_argument("--bundle")
+    from device.cli import add_bundle_options
+
+    q = commands.model.add_parser("test", help="recompute a bundle's test figures from its recorded test-file list "
+                                  "(default: the bundle the device uses)")
+    add_bundle_options(q)
     q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
+    q.add_argument("--limit", type=int, metavar="N", help="classify at most N images of each label (every recorded "
+                   "file is still found and checked)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_test)
 

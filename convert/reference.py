@@ -4,8 +4,6 @@ probabilities, computed through the device's path (finder, framing, int8 LiteRT)
 calibration against them before it may be used. ``leukoscope model add-reference BUNDLE --out NEW``."""
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,46 +14,32 @@ from device.imageio import write_atomic
 from device.model.bundle import REFERENCE_MEMBER, Bundle, load_bundle, pack
 from device.model.classifier import Classifier
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 MAX_BLASTS = 150
 PER_LABEL = 40  # per (dataset, label) of the other classes
-
-
-def _root(dataset: str, roots: dict[str, str]) -> Path:
-    if dataset in roots:
-        return Path(roots[dataset])
-    for name in (dataset, dataset + "-subset"):
-        if (SHARED_DATA / name).is_dir():
-            return SHARED_DATA / name
-    raise FileNotFoundError(f"no data folder for {dataset}; pass --data-root {dataset}=PATH")
 
 
 def reference_records(bundle: Bundle, roots: dict[str, str] | None = None, max_blasts: int = MAX_BLASTS,
                       per_label: int = PER_LABEL, seed: int = 0) -> list:
     """The bundle's recorded test files (checksums verified), thinned: blasts up to ``max_blasts``, other
     labels up to ``per_label`` per source."""
-    from training.datasets import Record
+    from training.recorded import recorded_files
 
     if "test_files.csv" not in bundle.files:
         raise ValueError(f"{bundle.name} records no test files: its reference cells cannot be computed")
-    rows = list(csv.DictReader(io.StringIO(bundle.files["test_files.csv"].decode())))
     cats = dict(zip(bundle.labels, bundle.categories))
     rng = np.random.default_rng(seed)
     groups: dict[tuple, list] = {}
-    for r in rows:
-        key = ("*", r["label"]) if cats.get(r["label"]) == "malignant" else (r["dataset"], r["label"])
-        groups.setdefault(key, []).append(r)
+    for f in recorded_files(bundle, roots):
+        r = f.record
+        key = ("*", r.label) if cats.get(r.label) == "malignant" else (r.dataset, r.label)
+        groups.setdefault(key, []).append(f)
     out = []
     for key in sorted(groups):
         group = groups[key]
         limit = max_blasts if key[0] == "*" else per_label
         for i in sorted(rng.choice(len(group), min(limit, len(group)), replace=False)):
-            r = group[i]
-            path = _root(r["dataset"], roots or {}) / r["relpath"]
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != r["sha256"]:
-                continue  # missing or another content: never a reference cell
-            out.append(Record(str(path), r["relpath"], r["label"], None, r["dataset"],
-                              float(r["um_per_px"]) if r.get("um_per_px") else None, r.get("kind") or "cell"))
+            if group[i].problem() is None:  # missing or another content: never a reference cell
+                out.append(group[i].record)
     return out
 
 

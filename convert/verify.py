@@ -2,10 +2,7 @@
 device's own interpreter (no TensorFlow): ``leukoscope model test``."""
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-from pathlib import Path
+from collections import Counter
 
 import numpy as np
 
@@ -15,43 +12,51 @@ from device.imageio import read_image
 from device.analysis.preprocess import prepare_cell
 from training import metrics
 from training.data import record_views
-from training.datasets import Record
-
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from training.recorded import recorded_files
 
 
-def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: int = 2) -> dict:
-    if "test_files.csv" not in bundle.files:
-        raise ValueError("this bundle records no test files")
-    rows = list(csv.DictReader(io.StringIO(bundle.files["test_files.csv"].decode())))
-    roots = dict(roots or {})
+def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: int = 2,
+                  limit: int | None = None) -> dict:
+    """Every recorded file is found and checked first (a missing one stops with the option that fixes it);
+    ``limit``: then classify at most that many images of each label, in the list's order (a quick check)."""
     names = bundle.labels
     index = {n: i for i, n in enumerate(names)}
-    crops, y, mismatched = [], [], []
-    for row in rows:
-        root = Path(roots.get(row["dataset"], SHARED_DATA / row["dataset"]))
-        path = root / row["relpath"]
-        data = path.read_bytes() if path.is_file() else None
-        if data is None:
-            raise FileNotFoundError(f"{path} is missing; pass --data-root {row['dataset']}=PATH")
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            mismatched.append(row["relpath"])
-            continue
-        pp = bundle.preprocessing
-        img = read_image(path)
+    files, mismatched = [], []
+    for f in recorded_files(bundle, roots):
+        problem = f.problem()
+        if problem == "missing":
+            raise FileNotFoundError(f"{f.record.path} is missing; pass --data-root {f.record.dataset}=PATH")
+        if problem == "changed":
+            mismatched.append(f.record.relpath)
+        else:
+            files.append(f.record)
+    if limit is not None:
+        files = _first_per_label(files, limit)
+    pp = bundle.preprocessing
+    crops, y = [], []
+    for rec in files:
+        img = read_image(rec.path)
         if pp.crop_um:  # the device's own path, as in training
-            rec = Record(str(path), row["relpath"], row["label"], None, row["dataset"],
-                         float(row["um_per_px"]) if row.get("um_per_px") else None, row.get("kind") or "cell")
             views = [prepare_cell(v, pp) for v in record_views(img, rec, pp)]
         else:  # bundles before physical framing: the whole image, centre fraction
             views = [prepare_cell(img, pp, from_dataset=True)]
         crops += views
-        y += [index[row["label"]]] * len(views)
+        y += [index[rec.label]] * len(views)
     clf = Classifier(bundle, threads=threads)
     probs = np.concatenate([clf.raw(np.stack(crops[i : i + 64]))[0] for i in range(0, len(crops), 64)])
     m = metrics.classification_metrics(np.array(y), probs, names)
-    recorded = bundle.metadata.get("metrics", {}).get(bundle.metadata["input"].get("quantization"), {})
+    recorded = bundle.meta.test_metrics
     return {"n": m["n"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-            "accuracy": m["accuracy"], "recorded_balanced_accuracy": recorded.get("balanced_accuracy"),
+            "accuracy": m["accuracy"], "recorded_balanced_accuracy": recorded.balanced_accuracy if recorded else None,
             "files_with_other_content": mismatched, "per_class_sensitivity":
             {k: v["sensitivity"] for k, v in m["per_class"].items()}}
+
+
+def _first_per_label(records: list, limit: int) -> list:
+    taken: Counter = Counter()
+    out = []
+    for r in records:
+        if taken[r.label] < limit:
+            taken[r.label] += 1
+            out.append(r)
+    return out

@@ -18,16 +18,31 @@ COMMAND_GROUP = "leukoscope.commands"
 log = logging.getLogger("leukoscope.cli")
 
 
-def _bundle(path: str | None):
-    from device.model.bundle import load_bundle
+def add_bundle_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that works on a model: by default the bundle the device uses."""
+    p.add_argument("--bundle", help="this bundle file instead of the model the device uses")
+    p.add_argument("--config", help="config TOML (default: built-in defaults)")
+    p.add_argument("--data-dir", help="the data folder whose installed model to use")
 
-    return load_bundle(path)
+
+def active_bundle(args, threads: int | None = None, cfg=None):
+    """(bundle, classifier) a command works on: the file ``--bundle`` names (it must pass every check), else
+    the model the device uses, by the rule ``serve`` follows (``installed.load_active``): the configured bundle,
+    then the data folder's installed model, then the shipped default, the first that passes every check."""
+    from device.model.installed import load_active, load_validated
+
+    cfg = cfg or _load_config(getattr(args, "config", None), getattr(args, "data_dir", None))
+    threads = threads or cfg.model.threads
+    if getattr(args, "bundle", None):
+        return load_validated(Path(args.bundle), threads=threads)
+    bundle, clf, _ = load_active(cfg.model.bundle, cfg.data_dir, threads)
+    return bundle, clf
 
 
 def _model_info(args) -> int:
     from device.model.bundle import summary
 
-    info = summary(_bundle(args.bundle))
+    info = summary(active_bundle(args)[0])
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -49,23 +64,13 @@ def _model_info(args) -> int:
     return 0
 
 
-def cell_json(cell) -> dict:
-    """One analysed cell as ``analyze`` and ``classify`` both print it: a flagged cell is "uncertain"
-    (label and category), never the model's raw category; the model's top label stays in ``predicted``."""
-    p = cell.prediction
-    return {"box": list(cell.found.box), "label": p.shown_label, "predicted": p.label,
-            "category": "uncertain" if p.flag else p.category, "probability": round(p.probability, 4),
-            "flag": p.flag, "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}}
-
-
 def _device_analyzer(args):
-    """The device's own path: the configured (or given) bundle, the config's finder and scale settings."""
-    from device.model.installed import load_active
+    """The device's own path: the bundle the device uses (or the one given), the config's finder and scale
+    settings."""
     from device.analysis.pipeline import Analyzer
 
-    cfg = _load_config(args.config)
-    bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir,
-                                 getattr(args, "threads", None) or cfg.model.threads)
+    cfg = _load_config(args.config, args.data_dir)
+    bundle, clf = active_bundle(args, getattr(args, "threads", None), cfg)
     return bundle, Analyzer(clf, cfg.field_settings())
 
 
@@ -87,6 +92,7 @@ def _classify(args) -> int:
     cell, the bundle's physical crop and window, the device's words. Quality control is not applied:
     a single-cell image is not a field."""
     from device.analysis.cells import central_cell
+    from device.analysis.pipeline import cell_json
 
     bundle, analyzer = _device_analyzer(args)
     status = 0
@@ -142,6 +148,8 @@ def _serve(args) -> int:
 
 
 def _analyze(args) -> int:
+    from device.analysis.pipeline import cell_json
+
     bundle, analyzer = _device_analyzer(args)
     status = 0
     for path in args.images:
@@ -290,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("model", help="model bundles")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("info", help="show a bundle's metadata (default: the bundle the device uses)")
-    q.add_argument("--bundle")
+    add_bundle_options(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_info)
     q = msub.add_parser("install", help="validate a bundle and make it the current model (the old one is kept)")
@@ -305,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify the central cell of single-cell images, as analyze does")
     p.add_argument("images", nargs="+")
-    p.add_argument("--config")
-    p.add_argument("--bundle")
+    add_bundle_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--um-per-px", type=float, default=None,
@@ -322,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="run the whole-field pipeline on image files")
     p.add_argument("images", nargs="+")
-    p.add_argument("--config")
-    p.add_argument("--bundle")
+    add_bundle_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--skip-qc", action="store_true", help="analyse fields even when they fail quality control")
     p.add_argument("--um-per-px", type=float, default=None,

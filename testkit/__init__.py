@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.recorded import SHARED_DATA as _SHARED
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SHARED_DATA = _SHARED.resolve()  # where the datasets live: training.recorded says, in one place
 PBC = SHARED_DATA / "pbc-normal-wbc"
 AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
 BCCD = SHARED_DATA / "bccd"

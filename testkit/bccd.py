@@ -16,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-BCCD_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bccd" / "BCCD"
+from testkit import SHARED_DATA
+
+BCCD_ROOT = SHARED_DATA / "bccd" / "BCCD"
 Box = tuple[int, int, int, int]
 
 

@@ -7,9 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from testkit import REPO
-
-AML = REPO.parent / "shared" / "data" / "aml-cytomorphology-lmu-subset"
+from testkit import AML, PBC, REPO
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def pbc():
     from training.datasets import read_pbc
 
     bundle = load_bundle()
-    recs = [r for r in read_pbc(REPO.parent / "shared/data/pbc-normal-wbc").records
+    recs = [r for r in read_pbc(PBC).records
             if vocab.category_of(r.label) == "normal"]
     recs = [recs[i] for i in np.random.default_rng(4).choice(len(recs), 160, replace=False)]
     emb, y, probs = embed(bundle, recs, threads=2)
@@ -193,7 +191,7 @@ def test_rollback_restores_the_exact_previous_decisions(pbc, tmp_path):
     store = Store(tmp_path / "data")
     a = calibrations.propose(store, cal_a, bundle, "admin")
     calibrations.decide(store, a, True, "admin")
-    crops = load_cells(read_pbc(REPO.parent / "shared/data/pbc-normal-wbc").records[:12], bundle.preprocessing,
+    crops = load_cells(read_pbc(PBC).records[:12], bundle.preprocessing,
                        list(bundle.labels)).x
     clf = Classifier(bundle)
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from device.analysis.cells import FoundCell, central_cell
-from device.analysis.pipeline import AnalyzedCell
-from device.cli import cell_json, main
+from device.analysis.pipeline import AnalyzedCell, cell_json
+from device.cli import main
 from device.model import labels as vocab
 from device.model.bundle import default_bundle_path
 from device.model.classifier import CellPrediction
@@ -60,3 +60,34 @@ def test_a_flagged_cell_is_uncertain_never_its_raw_category():
     out = cell_json(AnalyzedCell(FoundCell((1, 2, 30, 40), (5, 6, 20, 30), 100, 60.0), None, p))
     assert out["label"] == out["category"] == vocab.UNCERTAIN and out["predicted"] == "blast"
     assert out["box"] == [1, 2, 30, 40] and out["flag"] == "low-confidence"
+
+
+def test_every_model_command_uses_the_model_of_the_data_folder(capsys, monkeypatch, tmp_path):
+    """model info, classify, analyze and model test take the bundle the device uses (the data folder's installed
+    model), not the shipped default; --bundle names another; a bad --bundle is refused, never replaced."""
+    from device.model.bundle import load_bundle
+    from device.model.installed import install_builtin
+
+    data = tmp_path / "data"
+    install_builtin("differential", data)  # what Settings' switch does
+    differential = load_bundle(data / "models" / "current.lkb")
+    image = str(SOURCES["pbc"][0][0])
+    for where in (["--data-dir", str(data)], []):  # given, then the configured one (STATE_DIRECTORY)
+        monkeypatch.setenv("STATE_DIRECTORY", str(data if not where else tmp_path / "elsewhere"))
+        capsys.readouterr()
+        assert main(["model", "info", "--json", *where]) == 0
+        info = json.loads(capsys.readouterr().out)  # indented JSON: one object over many lines
+        assert (info["name"], info["path"]) == ("pbc-differential", str(data / "models" / "current.lkb"))
+        assert _run(capsys, "classify", "--json", *where, image)[0]["model"] == differential.name
+        assert _run(capsys, "analyze", "--json", "--skip-qc", *where, image)[0]["model"] == differential.name
+        capsys.readouterr()
+        assert main(["model", "test", "--json", "--limit", "1", *where]) == 0
+        recorded = json.loads(capsys.readouterr().out)["recorded_balanced_accuracy"]
+        assert recorded == differential.metadata["metrics"]["int8"]["balanced_accuracy"]
+    other = _run(capsys, "classify", "--json", "--bundle", str(default_bundle_path()), image)[0]
+    assert other["model"] == load_bundle(default_bundle_path()).name != differential.name
+    junk = tmp_path / "junk.lkb"
+    junk.write_bytes(b"\0" * 100)
+    capsys.readouterr()
+    assert main(["classify", "--json", "--bundle", str(junk), image]) == 2
+    assert "not a Leukoscope model bundle" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,131 @@ def test_model_info_names_the_file_and_refuses_junk(tiny_bundle, tmp_path):
     out = subprocess.run([sys.executable, "-m", "device.cli", "model", "info", "--bundle", str(junk)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not a Leukoscope model bundle" in out.stderr
+
+
+def _main_json(capsys, *argv):
+    from device.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_model_test_runs_on_every_shipped_bundle_with_no_options(capsys, monkeypatch, tmp_path):
+    """`leukoscope model test` finds every recorded test file through the one data-root map (the marrow rows in
+    their -subset folder) with no --data-root, and reproduces the figure recorded in the bundle."""
+    from device.model.bundle import builtin_bundle_paths, default_bundle_path
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))  # an empty data folder: the device uses the default
+    r = _main_json(capsys, "model", "test", "--json")  # no options at all: the whole default bundle
+    default = load_bundle(default_bundle_path())
+    assert r["files_with_other_content"] == [] and r["n"] >= 0.95 * len(default.files["test_files.csv"].splitlines())
+    assert r["balanced_accuracy"] == pytest.approx(r["recorded_balanced_accuracy"], abs=0.003)
+    others = [p for p in builtin_bundle_paths().values() if p != default_bundle_path()]
+    others += sorted((REPO / "bench" / "reference").glob("*.lkb"))
+    assert len(others) >= 2
+    for path in others:
+        b = load_bundle(path)
+        # every row is found and checked before the first 3 images of each label are classified
+        r = _main_json(capsys, "model", "test", "--json", "--bundle", str(path), "--limit", "3")
+        assert r["files_with_other_content"] == [], path
+        assert 0 < r["n"] <= 3 * len(b.labels) + 3, path
+        assert r["recorded_balanced_accuracy"] == b.metadata["metrics"][b.metadata["input"]["quantization"]][
+            "balanced_accuracy"]
+
+
+def test_every_recorded_row_resolves_through_the_one_map():
+    from device.model.bundle import builtin_bundle_paths
+    from training.recorded import SHARED_DATA, data_root, recorded_files
+
+    assert data_root("bone-marrow-mll") == SHARED_DATA / "bone-marrow-mll-subset"
+    assert data_root("bone-marrow-mll", {"bone-marrow-mll": "/elsewhere"}) == Path("/elsewhere")
+    for path in [*builtin_bundle_paths().values(), *(REPO / "bench" / "reference").glob("*.lkb")]:
+        rows = recorded_files(load_bundle(path))
+        assert rows and [f.problem() for f in rows] == [None] * len(rows), path
+        assert {f.record.dataset for f in rows} <= {"pbc-normal-wbc", "bone-marrow-mll"}
+
+
+def test_model_test_names_the_option_for_a_missing_file(capsys, tmp_path):
+    from device.cli import main
+
+    capsys.readouterr()
+    code = main(["model", "test", "--bundle", str(REPO / "device/assets/models/default.lkb"),
+                 "--data-root", f"bone-marrow-mll={tmp_path}"])
+    assert code == 2 and "pass --data-root bone-marrow-mll=PATH" in capsys.readouterr().err
+
+
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _changed(path, change) -> bytes:
+    files = _members(path)
+    meta = json.loads(files["metadata.json"])
+    change(meta)
+    files["metadata.json"] = json.dumps(meta).encode()
+    return pack(files)
+
+
+DEFAULT = REPO / "device/assets/models/default.lkb"
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda m: m.pop("task"), r"^bundle: metadata.json lacks 'task'$"),
+    (lambda m: m.update(format="leukoscope-bundle/0"), r"^bundle: unsupported bundle format 'leukoscope-bundle/0' \(this"),
+    (lambda m: m.update(name=" "), r"^bundle: metadata.json: 'name' must be a non-empty text of at most 100 characters$"),
+    (lambda m: m.update(labels=[]), r"^bundle: the bundle names no labels$"),
+    (lambda m: m["labels"].append(dict(m["labels"][0])), r"metadata.json: label 'basophil' appears twice$"),
+    (lambda m: m["input"].update(size=True), r"'input.size' must be a whole number from 8 to 1024$"),
+    (lambda m: m["input"].update(dtype="int4"), r"'input.dtype' 'int4' is not int8, uint8, float32 or float16$"),
+    (lambda m: m["thresholds"].update(ood=5.0), r"threshold 'ood' of a per-class calibration is a ratio near 1$"),
+    (lambda m: m["preprocessing"].update(input_size=64), r"pre-processing input size 64 differs from input.size 128$"),
+    (lambda m: m["preprocessing"].update(zoom=2), r"^bundle: pre-processing settings are invalid \(unknown pre-processing"),
+    (lambda m: m.update(outputs={"probabilities": {}}), r"'outputs' must map each output to an object with a 'name'$"),
+    # the parts the page reads are typed too: a wrong shape is refused by name, never shown half-read
+    (lambda m: m["cross_lab"]["plain"].update(review_per_100="many"), r"metadata.json: 'cross_lab' must be an object"),
+    (lambda m: m.update(datasets="pbc"), r"metadata.json: 'datasets' must be a list of objects with a 'name'$"),
+    (lambda m: m.update(not_validated_on=["children"]), r"metadata.json: 'not_validated_on' must be a text$"),
+])
+def test_the_metadata_schema_refuses_in_the_operators_words(change, says):
+    with pytest.raises(BundleError, match=says):
+        load_bundle(data=_changed(DEFAULT, change))
+
+
+def test_the_schema_passes_unknown_keys_through_and_types_the_figures():
+    b = load_bundle(data=_changed(DEFAULT, lambda m: m.update(from_a_newer_converter={"x": [1, 2]})))
+    assert b.metadata["from_a_newer_converter"] == {"x": [1, 2]}  # kept whole: a copy writes it back unchanged
+    shipped = load_bundle(DEFAULT)
+    assert b.metadata == {**shipped.metadata, "from_a_newer_converter": {"x": [1, 2]}}
+    m = shipped.meta
+    assert (m.cross_lab.plain.review_per_100, m.cross_lab.plain.blast_per_1000) == (82, 4)
+    assert m.test_metrics.balanced_accuracy == shipped.metadata["metrics"]["int8"]["balanced_accuracy"]
+    assert m.thresholds.malignant == shipped.thresholds["malignant"] and m.preprocessing == shipped.preprocessing
+
+
+def test_the_page_reads_the_card_from_typed_fields_not_from_its_prose():
+    """The 8-class bundle carries no typed 'trained_on' or 'not_validated_on': the page builds the same words from
+    its datasets, split and task, so a card whose prose says something else changes nothing shown."""
+    from flask import Flask
+    from flask_babel import Babel
+
+    from device.web.words import model_limits
+
+    path = REPO / "device/assets/models/differential.lkb"
+    files = _members(path)
+    meta = json.loads(files["metadata.json"])
+    meta["model_card"] = "# pbc-differential\n\nTrained on: something else entirely\n\n## Not validated on\nanything\n"
+    files["metadata.json"] = json.dumps(meta).encode()
+    files["MODEL_CARD.md"] = meta["model_card"].encode()
+    app = Flask(__name__)
+    Babel(app)
+    with app.test_request_context("/"):
+        shown, other = model_limits(load_bundle(path)), model_limits(load_bundle(data=pack(files)))
+    assert other == shown
+    text = {title: words for title, words, _ in shown}
+    assert text["Trained on"] == ("pbc-normal-wbc (CC BY 4.0). Split by image (the data has no subject ids, so cells "
+                                  "of one donor may be on both sides).")
+    assert text["Never validated on"].startswith("Validated only on held-out images of the same dataset")
+    assert "it is not a validated leukaemia screen" in text["Never validated on"]
+    assert text["Measured"] == "balanced accuracy 0.974, macro F1 0.972 on 816 held-out cells"

@@ -116,6 +116,19 @@ class AnalyzedCell:
     prediction: CellPrediction
 
 
+def cell_json(cell: AnalyzedCell, probabilities: bool = True) -> dict:
+    """One analysed cell as ``analyze``, ``classify`` and the capture's answer show it: a flagged cell is
+    "uncertain" (label and category), never the model's raw category; the model's top label stays in
+    ``predicted``. The capture's answer leaves out the probabilities (``probabilities=False``)."""
+    p = cell.prediction
+    out = {"box": list(cell.found.box), "label": p.shown_label, "predicted": p.label,
+           "category": "uncertain" if p.flag else p.category, "probability": round(p.probability, 4),
+           "flag": p.flag}
+    if probabilities:
+        out["probabilities"] = {k: round(v, 4) for k, v in p.probabilities.items()}
+    return out
+
+
 @dataclass
 class FieldAnalysis:
     qc: QCResult

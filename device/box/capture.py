@@ -21,7 +21,7 @@ from device import records
 from device.camera.base import CameraError
 from device.camera.supervised import SupervisedCamera
 from device.imageio import encode_jpeg
-from device.analysis.pipeline import Analyzer
+from device.analysis.pipeline import Analyzer, cell_json
 from device.records.store import StorageFull, Store, StoreError
 
 
@@ -283,10 +283,7 @@ class CaptureLoop:
             # boxes are in the frame's pixels (the stored image may be smaller): the page draws them on this size
             "width": int(image.shape[1]), "height": int(image.shape[0]),
             "scale": analysis.scale.to_dict() if analysis.scale else None,
-            "cells": [{"box": list(c.found.box), "label": c.prediction.shown_label, "predicted": c.prediction.label,
-                       "category": c.prediction.category if not c.prediction.flag else "uncertain",
-                       "probability": round(c.prediction.probability, 4), "flag": c.prediction.flag}
-                      for c in analysis.cells],
+            "cells": [cell_json(c, probabilities=False) for c in analysis.cells],
             "timings_ms": {k: round(v, 2) for k, v in analysis.timings_ms.items()},
             "summary": summary.to_dict(),
         }

@@ -246,8 +246,8 @@ def _folds(n_ref: int, samples: np.ndarray, k: int, seed: int) -> tuple[np.ndarr
 
 def _target(bundle) -> tuple[float, float]:
     """The bundle's blast target sensitivity and its review ("possible blast") sensitivity."""
-    q = bundle.metadata.get("input", {}).get("quantization")
-    mal = bundle.metadata.get("metrics", {}).get(q, {}).get("malignant", {}) if q else {}
+    m = bundle.meta.test_metrics
+    mal = (m.malignant if m else None) or {}
     return float(mal.get("target_sensitivity", 0.97)), float(mal.get("review_sensitivity", 0.995))
 
 

@@ -10,21 +10,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import struct
 import zipfile
 import zlib
 from zlib import error as zlib_error
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from device.model import labels as vocab
 from device.analysis.preprocess import Preprocessing
+from device.model.metadata import Metadata, MetadataError, parse
 
-FORMAT = "leukoscope-bundle/1"
 REQUIRED_MEMBERS = ("model.tflite", "metadata.json")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 REFERENCE_MEMBER = "reference.npz"
@@ -37,23 +36,31 @@ class BundleError(ValueError):
 @dataclass(frozen=True)
 class Bundle:
     path: Path | None
-    metadata: dict
+    metadata: dict  # metadata.json as written: kept whole, so a copy of the bundle writes it back unchanged
     model_bytes: bytes
     ood: dict[str, np.ndarray] | None
     files: dict[str, bytes]
     reference: dict[str, np.ndarray] | None = None  # reference.npz: the bundle's own held-out cells (site calibration)
 
+    @cached_property
+    def meta(self) -> Metadata:
+        """The metadata, typed (device.model.metadata): what the device reads."""
+        try:
+            return parse(self.metadata)
+        except MetadataError as exc:
+            raise BundleError(f"{self.path.name if self.path else 'bundle'}: {exc}") from None
+
     @property
     def labels(self) -> list[str]:
-        return [entry["name"] for entry in self.metadata["labels"]]
+        return [entry.name for entry in self.meta.labels]
 
     @property
     def categories(self) -> list[str]:
-        return [entry["category"] for entry in self.metadata["labels"]]
+        return [entry.category for entry in self.meta.labels]
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.metadata["preprocessing"])
+        return self.meta.preprocessing
 
     @property
     def thresholds(self) -> dict:
@@ -61,11 +68,11 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        return f"{self.metadata['name']} {self.metadata['version']}"
+        return f"{self.meta.name} {self.meta.version}"
 
     @property
     def sha256(self) -> str:
-        return self.metadata["sha256"]["model.tflite"]
+        return self.meta.sha256.model_tflite
 
 
 def default_bundle_path() -> Path:
@@ -131,16 +138,19 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         meta = json.loads(files["metadata.json"])
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{where}: metadata.json is not valid JSON ({exc})") from None
-    _check_metadata(meta, where)
+    try:
+        typed = parse(meta)
+    except MetadataError as exc:
+        raise BundleError(f"{where}: {exc}") from None
     model = files["model.tflite"]
     digest = hashlib.sha256(model).hexdigest()
-    if digest != meta["sha256"]["model.tflite"]:
-        raise BundleError(f"{where}: model.tflite checksum mismatch (expected {meta['sha256']['model.tflite'][:12]}…, "
+    if digest != typed.sha256.model_tflite:
+        raise BundleError(f"{where}: model.tflite checksum mismatch (expected {typed.sha256.model_tflite[:12]}…, "
                           f"got {digest[:12]}…): the model file is corrupt or was altered")
-    ood = _read_ood(files["ood.npz"], len(meta["labels"]), where) if "ood.npz" in files else None
-    if "ood" in meta.get("thresholds", {}) and ood is None:
+    ood = _read_ood(files["ood.npz"], len(typed.labels), where) if "ood.npz" in files else None
+    if typed.thresholds.ood is not None and ood is None:
         raise BundleError(f"{where}: thresholds name 'ood' but the bundle has no ood.npz")
-    reference = (_read_reference(files[REFERENCE_MEMBER], len(meta["labels"]), ood, where)
+    reference = (_read_reference(files[REFERENCE_MEMBER], len(typed.labels), ood, where)
                  if REFERENCE_MEMBER in files else None)
     return Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
 
@@ -310,92 +320,6 @@ def _read_reference(raw: bytes, n_labels: int, ood: dict | None, where: str) -> 
     if (y < 0).any() or (y >= n_labels).any() or not (np.isfinite(emb).all() and np.isfinite(p).all()):
         raise BundleError(f"{where}: {REFERENCE_MEMBER} holds labels out of range or non-finite numbers")
     return {"embeddings": emb.astype(np.float32), "labels": y.astype(np.int64), "probabilities": p.astype(np.float32)}
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_metadata(meta, where: str) -> None:
-    """The metadata schema: every field the device reads, with its type and range."""
-    def bad(msg: str):
-        raise BundleError(f"{where}: metadata.json: {msg}")
-
-    if not isinstance(meta, dict):
-        bad("must be a JSON object")
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{where}: unsupported bundle format {meta.get('format')!r} (this device reads {FORMAT})")
-    for key in ("name", "version", "task", "labels", "input", "preprocessing", "sha256"):
-        if key not in meta:
-            raise BundleError(f"{where}: metadata.json lacks '{key}'")
-    for key in ("name", "version", "task"):
-        if not isinstance(meta[key], str) or not meta[key].strip() or len(meta[key]) > 100:
-            bad(f"'{key}' must be a non-empty text of at most 100 characters")
-    labels = meta["labels"]
-    if not isinstance(labels, list) or not labels:
-        raise BundleError(f"{where}: the bundle names no labels") if labels in ([], None) else bad(
-            "'labels' must be a list")
-    if len(labels) > 256:
-        bad("more than 256 labels")
-    seen = set()
-    for entry in labels:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            bad("each label must be an object with a 'name'")
-        name, cat = entry["name"], entry.get("category")
-        if cat not in vocab.CATEGORIES:
-            raise BundleError(f"{where}: label {name!r} has unknown category {cat!r}")
-        try:
-            known = vocab.category_of(name)
-        except KeyError:
-            raise BundleError(f"{where}: label {name!r} is not in this device's vocabulary; update the "
-                              "device software first") from None
-        if known != cat:
-            raise BundleError(f"{where}: label {name!r} is {known!r} in the vocabulary, the bundle says {cat!r}")
-        if name in seen:
-            bad(f"label {name!r} appears twice")
-        seen.add(name)
-    inp = meta["input"]
-    if not isinstance(inp, dict):
-        bad("'input' must be an object")
-    if not isinstance(inp.get("size"), int) or isinstance(inp.get("size"), bool) or not 8 <= inp["size"] <= 1024:
-        bad("'input.size' must be a whole number from 8 to 1024")
-    if inp.get("dtype") not in ("int8", "uint8", "float32", "float16"):
-        bad(f"'input.dtype' {inp.get('dtype')!r} is not int8, uint8, float32 or float16")
-    sha = meta["sha256"]
-    if not isinstance(sha, dict) or not isinstance(sha.get("model.tflite"), str) or len(sha["model.tflite"]) != 64:
-        bad("'sha256' must map 'model.tflite' to a 64-digit hex checksum")
-    thresholds = meta.get("thresholds", {})
-    if not isinstance(thresholds, dict):
-        bad("'thresholds' must be an object")
-    for key, value in thresholds.items():
-        if not _is_number(value):
-            bad(f"threshold {key!r} must be a number, not {value!r}")
-    for key in ("review", "malignant", "malignant_review"):
-        if key in thresholds and not 0.0 <= thresholds[key] <= 1.0:
-            bad(f"threshold {key!r} must be between 0 and 1")
-    if thresholds.get("malignant_review", 0.0) > thresholds.get("malignant", 1.0):
-        bad("threshold 'malignant_review' must not be above the operating point 'malignant'")
-    if "ood" in thresholds and thresholds["ood"] <= 0:
-        bad("threshold 'ood' must be positive")
-    if "ood" in thresholds and meta.get("ood_calibration") == "per-class" and not 0.5 <= thresholds["ood"] <= 2.0:
-        bad("threshold 'ood' of a per-class calibration is a ratio near 1")
-    outputs = meta.get("outputs", {})
-    if not isinstance(outputs, dict) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
-                                                for v in outputs.values()):
-        bad("'outputs' must map each output to an object with a 'name'")
-    if not isinstance(meta["preprocessing"], dict):
-        bad("'preprocessing' must be an object")
-    try:
-        pp = Preprocessing.from_dict(meta["preprocessing"])
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: pre-processing settings are invalid ({exc})") from None
-    if pp.input_size != inp["size"]:
-        bad(f"pre-processing input size {pp.input_size} differs from input.size {inp['size']}")
-    if not _is_number(pp.crop_fraction) or not _is_number(pp.cell_context) or not 0.5 <= pp.cell_context <= 8:
-        bad("pre-processing 'crop_fraction' and 'cell_context' must be numbers (cell_context 0.5 to 8)")
-    if pp.stain_reference is not None and (len(pp.stain_reference) != 2 or any(
-            len(v) != 3 or not all(map(math.isfinite, v)) for v in pp.stain_reference)):
-        bad("pre-processing 'stain_reference' must be two rows of three numbers (Lab mean and spread)")
 
 
 def summary(bundle: Bundle) -> dict:

@@ -114,7 +114,7 @@ class Classifier:
                 self._interp = Interpreter(model_content=bundle.model_bytes, num_threads=max(1, int(threads)))
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"{bundle.metadata.get('name', 'bundle')}: the model cannot be loaded ({exc})") from None
+            raise BundleError(f"{bundle.meta.name}: the model cannot be loaded ({exc})") from None
         self._lock = threading.Lock()  # an interpreter is not safe to share between threads
         self._check_tensors()
         self._batch = 1
@@ -122,7 +122,7 @@ class Classifier:
         self.calibration = None
 
     def _check_tensors(self) -> None:
-        meta = self.bundle.metadata
+        meta = self.bundle.meta
         inputs = self._interp.get_input_details()
         if len(inputs) != 1:
             raise BundleError(f"model has {len(inputs)} inputs; one image input expected")
@@ -131,19 +131,19 @@ class Classifier:
         if list(inp["shape"][1:]) != [s, s, 3]:
             raise BundleError(f"model input shape {list(inp['shape'])} does not match the bundle's "
                               f"{s}x{s}x3 pre-processing")
-        want = meta["input"]["dtype"]
+        want = meta.input.dtype
         if np.dtype(inp["dtype"]).name != want:
             raise BundleError(f"model input type {np.dtype(inp['dtype']).name} does not match the bundle's {want}")
         self._in = inp
         outputs = {o["name"]: o for o in self._interp.get_output_details()}
         k = len(self.bundle.labels)
-        spec = meta.get("outputs", {})
+        spec = {role: out.name for role, out in meta.outputs.items()}
         self._prob = self._embed = None
         for o in outputs.values():
             width = int(o["shape"][-1])
-            if spec.get("probabilities", {}).get("name") == o["name"] or (not spec and width == k):
+            if spec.get("probabilities") == o["name"] or (not spec and width == k):
                 self._prob = o
-            elif spec.get("embedding", {}).get("name") == o["name"]:
+            elif spec.get("embedding") == o["name"]:
                 self._embed = o
         if self._prob is None:
             shapes = [list(o["shape"]) for o in outputs.values()]

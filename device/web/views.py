@@ -614,7 +614,7 @@ def settings():
 def _shipped(r) -> list[dict]:
     from device.model import installed as models
 
-    return [{"stem": stem, "name": b.name, "version": b.metadata.get("version", ""), "task": b.metadata.get("task", ""),
+    return [{"stem": stem, "name": b.name, "version": b.meta.version, "task": b.meta.task,
              "in_use": b.sha256 == r.bundle.sha256, "has_blasts": "malignant" in b.categories}
             for stem, b in models.builtin(r.config.data_dir)]
 

@@ -14,6 +14,7 @@ from flask_babel import lazy_gettext as _l
 
 from device.config import LANGUAGES
 from device.model import labels as vocab
+from device.model.metadata import validation_text
 from device.records.sample import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
 from device.records.sample import category_of as sample_category_of
 
@@ -157,55 +158,34 @@ def disclaimer() -> str:
     return gettext(DISCLAIMER)
 
 
-def _card_text(bundle) -> str:
-    card = bundle.metadata.get("model_card")
-    if isinstance(card, str):
-        return card
-    return bundle.files.get("MODEL_CARD.md", b"").decode("utf-8", "replace")
+_MARKS = str.maketrans("", "", "*`_")
 
 
-def _plain(text) -> str:
-    if isinstance(text, (list, tuple)):
-        return "; ".join(_plain(t) for t in text)
-    if isinstance(text, dict):
-        return "; ".join(f"{k}: {_plain(v)}" for k, v in text.items())
-    return re.sub(r"[*`_]{1,2}", "", str(text)).strip()
+def _plain(text: str) -> str:
+    """A card's Markdown as plain text: the emphasis and code marks dropped."""
+    return text.translate(_MARKS).strip()
 
 
 def model_limits(bundle) -> list[tuple[str, str]]:
     """What the model was trained on, its measured figures, and what it was never validated on, from the bundle's
-    model card: structured keys (``trained_on``, ``figures``, ``not_validated_on``) where the card has them,
-    else read from the card's text and the measured metrics."""
+    typed metadata (device.model.metadata): the card's parts where the bundle has them, else the same words
+    built from its datasets, split, task and metrics."""
     if bundle is None:
         return [(gettext("Model"), gettext("Its description is not available: the model that classified this "
                                            "sample is no longer on this appliance."), False)]
-    meta = bundle.metadata
-    card = meta.get("model_card") if isinstance(meta.get("model_card"), dict) else {}
-    found: dict[str, str] = {}
-    for key in ("trained_on", "figures", "operating_point", "not_validated_on"):
-        value = card.get(key) or meta.get(key)
-        if value:
-            found[key] = _plain(value)
-    text = _card_text(bundle)
-    if "trained_on" not in found:
-        m = re.search(r"Trained on:\s*(.+)", text)
-        if m:
-            found["trained_on"] = _plain(m.group(1))
-        elif meta.get("datasets"):
-            found["trained_on"] = ", ".join(d.get("name", "?") for d in meta["datasets"])
-    if "figures" not in found:
-        q = meta.get("input", {}).get("quantization")
-        m = meta.get("metrics", {}).get(q) or {}
-        if m.get("balanced_accuracy") is not None:
-            found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out cells",
-                                       ba=m["balanced_accuracy"], f1=m.get("macro_f1", 0.0), n=m.get("n", 0))
+    meta = bundle.meta
+    found = {key: _plain(meta.part(key)) for key in ("trained_on", "figures", "operating_point", "not_validated_on")
+             if meta.part(key)}
+    if "trained_on" not in found and meta.trained_on_line():
+        found["trained_on"] = _plain(meta.trained_on_line())
+    m = meta.test_metrics
+    if "figures" not in found and m is not None and m.balanced_accuracy is not None:
+        found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out cells",
+                                   ba=m.balanced_accuracy, f1=m.macro_f1 or 0.0, n=m.n or 0)
     if "not_validated_on" not in found:
-        m = re.search(r"^#+[^\n]*validated[^\n]*\n+(.+?)(?:\n#|\Z)", text, re.S | re.M | re.I)
-        if m:
-            found["not_validated_on"] = _plain(" ".join(m.group(1).split()))
-    cross = meta.get("cross_lab")
-    if isinstance(cross, dict) and cross.get("text"):
-        found["cross_lab"] = _plain(cross["text"])
+        found["not_validated_on"] = _plain(" ".join(validation_text(meta.task).split()))
+    if meta.cross_lab is not None and meta.cross_lab.text:
+        found["cross_lab"] = _plain(meta.cross_lab.text)
     if "malignant" not in bundle.categories:
         found["blasts"] = gettext("This model has no blast class: the blast fraction counts only cells that a "
                                   "reviewer classified as blasts.")
@@ -214,7 +194,7 @@ def model_limits(bundle) -> list[tuple[str, str]]:
               "cross_lab": gettext("On a laboratory it never saw"),
               "not_validated_on": gettext("Never validated on"), "blasts": gettext("Blasts")}
     # (title, text, written by the bundle: in the card's own language, not translated here)
-    ours = {"blasts"} | ({"figures"} if "figures" not in card and "figures" not in meta else set())
+    ours = {"blasts"} | ({"figures"} if meta.part("figures") is None else set())
     order = ("trained_on", "figures", "operating_point", "cross_lab", "not_validated_on", "blasts")
     return [(titles[k], found[k], k not in ours) for k in order if k in found]
 
@@ -305,13 +285,12 @@ def limits_lead(bundle) -> list[str]:
                     "examined by a qualified person."),
             gettext("It cannot rule out leukaemia: on smears unlike those it was trained on (listed below) it misses "
                     "blasts and calls normal cells blasts more often.")]
-    plain = (bundle.metadata.get("cross_lab") or {}).get("plain")
-    if isinstance(plain, dict) and {"review_per_100", "blast_per_1000"} <= set(plain):
+    plain = bundle.meta.cross_lab.plain if bundle.meta.cross_lab else None
+    if plain is not None:
         # the bundle's measured figures on labs it never saw (bench.cross_lab), the worst of them, in plain words
         lead.append(gettext("On a lab it never saw, about %(review)d in 100 normal cells are sent to review and "
                             "%(blast)d in 1,000 are called blast (the worst of the labs it was tested on: %(labs)s).",
-                            review=int(plain["review_per_100"]), blast=int(plain["blast_per_1000"]),
-                            labs=", ".join(str(x) for x in plain.get("labs", []))))
+                            review=plain.review_per_100, blast=plain.blast_per_1000, labs=", ".join(plain.labs)))
     return lead
 
 
