@@ -29,7 +29,8 @@ def serving(tmp_path: Path, **settings):
     cfg.web.clinic_name = settings.get("clinic_name", "Test Clinic Ngong")
     rt = build_runtime(cfg)
     app = create_app(rt)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    # poll, as the box serves (device/box/serve.py): select() cannot watch a descriptor numbered above 1024
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8, asyncore_use_poll=True)
     closing = threading.Event()
 
     def serve():
@@ -46,6 +47,9 @@ def serving(tmp_path: Path, **settings):
     finally:
         closing.set()
         server.close()
+        # close() of a one-socket waitress server leaves its worker threads waiting for work, each holding
+        # its SQLite connections: ~17 descriptors a test, until the select() of a later server failed
+        server.task_dispatcher.shutdown(timeout=5)
         thread.join(3)  # a daemon thread: an open live-view socket may keep its loop alive a little
         rt.stop()
 

@@ -468,6 +468,7 @@ def test_item7_waitress_queue_depth_is_logged_once_per_backlog(caplog):
             c.join()
     finally:
         server.close()
+        server.task_dispatcher.shutdown(timeout=5)  # a one-socket server's close() leaves its worker
     lines = [r.getMessage() for r in caplog.records if r.name == "waitress.queue"]
     assert len(lines) == 1 and "queue depth" in lines[0], lines[:5]
     assert flt.suppressed > 10  # the backlog really happened: before, each of these was a log line

@@ -504,6 +504,7 @@ def test_the_whole_loop_box_district_expert_verdict_back(box, orthanc, tmp_path)
         assert "blasts confirmed (Dr A. Otieno)" in expert.get(base + "/").text
     finally:
         server.close()
+        server.task_dispatcher.shutdown(timeout=5)  # a one-socket server's close() leaves its workers
 
     # the fleet teaches the next model: the confirmed cells as a training set leukoscope train reads
     from PIL import Image
@@ -683,8 +684,9 @@ def test_the_loop_in_a_real_browser(box, orthanc, tmp_path):
             expect(page.locator(".district-verdict")).to_contain_text("2 blasts confirmed")
             b.close()
     finally:
-        dserver.close()
-        bserver.close()
+        for srv in (dserver, bserver):
+            srv.close()
+            srv.task_dispatcher.shutdown(timeout=5)  # a one-socket server's close() leaves its workers
     confirmed = [q for q in outbox.qualified_labels(box.store, sid) if q["label"] == "blast"]
     assert sorted(q["cell_id"] for q in confirmed) == blasts and study
 
