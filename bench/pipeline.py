@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from device.camera.replay import ReplayCamera
     from device.config import AppConfig
     from device.model.installed import load_active
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
     from device.records.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="leukoscope-pipeline-"))

@@ -61,7 +61,7 @@ def cell_json(cell) -> dict:
 def _device_analyzer(args):
     """The device's own path: the configured (or given) bundle, the config's finder and scale settings."""
     from device.model.installed import load_active
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
 
     cfg = _load_config(args.config)
     bundle, clf, _ = load_active(args.bundle or cfg.model.bundle, cfg.data_dir,
@@ -123,7 +123,7 @@ def _load_config(path, data_dir: str | None = None):
 def _serve(args) -> int:
     import logging
 
-    from device.box.serve import PortBusy, bind_listener, serve
+    from device.serve import PortBusy, bind_listener, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load_config(args.config, args.data_dir)

@@ -446,7 +446,7 @@ def test_item7_waitress_queue_depth_is_logged_once_per_backlog(caplog):
     import requests
     import waitress
 
-    from device.box.serve import quiet_waitress_queue
+    from device.serve import quiet_waitress_queue
 
     def slow(environ, start_response):
         time.sleep(0.05)

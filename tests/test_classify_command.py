@@ -7,7 +7,7 @@ import json
 import pytest
 
 from device.analysis.cells import FoundCell, central_cell
-from device.analysis.pipeline import AnalyzedCell
+from device.model.analyzer import AnalyzedCell
 from device.cli import cell_json, main
 from device.model import labels as vocab
 from device.model.bundle import default_bundle_path

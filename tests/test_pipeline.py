@@ -131,7 +131,7 @@ def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells()
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
 
     img = read_image(REPO / "device/assets/fields/BloodImage_00010.jpg")
     big = cv2.resize(img, (4056, 3040), interpolation=cv2.INTER_CUBIC)

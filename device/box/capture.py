@@ -21,7 +21,7 @@ from device import records
 from device.camera.base import CameraError
 from device.camera.supervised import SupervisedCamera
 from device.imageio import encode_jpeg
-from device.analysis.pipeline import Analyzer
+from device.model.analyzer import Analyzer
 from device.records.store import StorageFull, Store, StoreError
 
 

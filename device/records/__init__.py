@@ -7,7 +7,7 @@ import time
 
 from device.model import labels as vocab
 from device.imageio import encode_jpeg
-from device.analysis.pipeline import FieldAnalysis, stored_copy
+from device.model.analyzer import FieldAnalysis
 from device.records.sample import (NOT_A_CELL, POSSIBLE_BLAST, CountedCell, SampleSummary, category_of, final_label,
                                    needs_decision, summarize)
 from device.records.store import Store, StorageFull, now
@@ -64,8 +64,8 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
     if sample["status"] != "open":  # early, before the encoding work; the rule itself is below
         raise RecordError(FINISHED)
     t0 = time.perf_counter()
-    # Bounded in size (boxes keep the frame's coordinates); the analysis made that copy already.
-    field_jpeg = encode_jpeg(analysis.stored if analysis.stored is not None else stored_copy(image), quality=92)
+    # bounded in size (boxes keep the frame's coordinates): the copy the analysis made, never made again here
+    field_jpeg = encode_jpeg(analysis.stored, quality=92)
     crops = [encode_jpeg(c.crop, quality=90) for c in analysis.cells]
     store.check_space(len(field_jpeg) + sum(map(len, crops)))
     written = []
@@ -89,7 +89,7 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
             if analysis.qc.ok and analysis.cells:
                 # the same view again (key repeat, a double click, the same file twice, an unmoved slide): kept,
                 # but held out of every count until someone says it is a new view (``count_repeated_field``)
-                qc_data["view_hash"] = view_hash(analysis.stored if analysis.stored is not None else image)
+                qc_data["view_hash"] = view_hash(analysis.stored)
                 same = repeat_of(tx, sample_id, qc_data["view_hash"], [c.found.box for c in analysis.cells], w, h)
                 if same is not None:
                     qc_data.update(repeat_of=same, held=True)

@@ -100,7 +100,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
         return {"calibration_note": lambda sample_id: calibration.note(runtime.store, sample_id),
                 "site_text": calibration.site_text}
     app.add_url_rule("/health", "health", views.health)
-    from device.district import web as district_web
+    from device.web import district as district_web
 
     district_web.install(app, runtime)  # issue 25: send state and verdicts, district settings
 
