@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     import cv2
 
-    from device import records
+    from device.records import samples as records
     from device.camera.replay import ReplayCamera
     from device.config import AppConfig
     from device.model.installed import load_active

@@ -196,7 +196,7 @@ def _restore(args) -> int:
 
 
 def _retention(args) -> int:
-    from device import records
+    from device.records import samples
     from device.records.store import Store
 
     cfg = _load_config(args.config, args.data_dir)
@@ -204,7 +204,7 @@ def _retention(args) -> int:
     if days <= 0:
         print("retention is off (storage.retention_days = 0): nothing deleted")
         return 0
-    deleted = records.apply_retention(Store(cfg.data_dir), days)
+    deleted = samples.apply_retention(Store(cfg.data_dir), days)
     print(f"deleted {len(deleted)} sample(s) older than {days} days")
     return 0
 

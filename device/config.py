@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from device.analysis.cells import CellFinderSettings
 from device.analysis.qc import QCSettings
-from device.records.sample import DEFAULT_RULES, FlagRule
+from device.records.counts import DEFAULT_RULES, FlagRule
 
 
 @dataclass

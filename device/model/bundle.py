@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.analysis.preprocess import Preprocessing
 
 FORMAT = "leukoscope-bundle/1"
@@ -342,10 +342,10 @@ def _check_metadata(meta, where: str) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             bad("each label must be an object with a 'name'")
         name, cat = entry["name"], entry.get("category")
-        if cat not in vocab.CATEGORIES:
+        if cat not in vocabulary.CATEGORIES:
             raise BundleError(f"{where}: label {name!r} has unknown category {cat!r}")
         try:
-            known = vocab.category_of(name)
+            known = vocabulary.category_of(name)
         except KeyError:
             raise BundleError(f"{where}: label {name!r} is not in this device's vocabulary; update the "
                               "device software first") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, g, redirect, request, url_for
 from flask_babel import gettext as _
 
-from device import records
+from device.records import samples
 from device import settings as st
 from device.config import ConfigError
 from device.district.link import Link, LinkError
@@ -46,9 +46,9 @@ def install(app, runtime) -> None:
 
     def make_pdf(sample_id: int) -> bytes:
         with app.test_request_context():
-            s = records.get_sample(runtime.store, sample_id)
+            s = samples.get_sample(runtime.store, sample_id)
             return sample_pdf(runtime.store, s, runtime.config, models.bundle_of_sample(
-                runtime.config.data_dir, records.models_of(runtime.store, sample_id), runtime.bundle))
+                runtime.config.data_dir, samples.models_of(runtime.store, sample_id), runtime.bundle))
 
     if getattr(runtime, "district", None) is not None:
         runtime.district.make_pdf = make_pdf

@@ -10,8 +10,8 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, r
                    send_file, url_for)
 from flask_babel import gettext as _
 
-from device.model import labels as vocab
-from device import records
+from device.model import vocabulary
+from device.records import samples
 from device.model.bundle import BundleError
 from device.box.capture import CaptureError
 from device.web import words
@@ -47,15 +47,15 @@ def _text(name: str, limit: int = MAX_TEXT) -> str:
 
 def _sample_or_404(sample_id: int):
     try:
-        return records.get_sample(rt().store, sample_id)
-    except records.RecordError:
+        return samples.get_sample(rt().store, sample_id)
+    except samples.RecordError:
         abort(404)
 
 
 @bp.route("/")
 def index(duplicates=None, form=None):
     store = rt().store
-    open_samples = records.search_samples(store, flag="open", limit=20)
+    open_samples = samples.search_samples(store, flag="open", limit=20)
     return render_template("index.html", open_samples=open_samples, target=rt().config.sample.target_cells,
                            state=rt().loop.state(), model=rt().bundle, duplicates=duplicates, form=form or {})
 
@@ -74,11 +74,11 @@ def new_sample():
     sex = _text("patient_sex", 16)
     if sex not in ("", "female", "male", "other"):
         sex = "other"
-    duplicates = records.find_by_code(r.store, code)
+    duplicates = samples.find_by_code(r.store, code)
     if duplicates and request.form.get("confirm_duplicate") != "1":
         # a second sample with the same id is allowed only deliberately: show the form again with a warning
         return index(duplicates=duplicates, form=request.form), 409
-    sid = records.create_sample(r.store, code, g.user["username"], g.user["id"], _text("patient_name", 120), age, sex,
+    sid = samples.create_sample(r.store, code, g.user["username"], g.user["id"], _text("patient_name", 120), age, sex,
                                 _text("note", 1000), r.config.sample.target_cells, r.bundle.name, r.bundle.sha256)
     return redirect(url_for("views.sample", sample_id=sid))
 
@@ -87,27 +87,27 @@ def new_sample():
 def sample(sample_id: int):
     r = rt()
     s = _sample_or_404(sample_id)
-    fields = records.fields_of(r.store, sample_id)
-    summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
+    fields = samples.fields_of(r.store, sample_id)
+    summary = samples.summary_of(r.store, sample_id, r.config.sample.flags)
     if s["status"] == "finished":
-        cells = records.cells_of(r.store, sample_id)
-        highlighted = [c for c in records.report_order(cells)
-                       if records.cell_final(c)[1] in ("malignant", "atypical", vocab.UNCERTAIN)
-                       or records.cell_reclassified(c) or c["flag"] == records.POSSIBLE_BLAST]
-        used = records.models_of(r.store, sample_id)
+        cells = samples.cells_of(r.store, sample_id)
+        highlighted = [c for c in samples.report_order(cells)
+                       if samples.cell_final(c)[1] in ("malignant", "atypical", vocabulary.UNCERTAIN)
+                       or samples.cell_reclassified(c) or c["flag"] == samples.POSSIBLE_BLAST]
+        used = samples.models_of(r.store, sample_id)
         models_info = sample_models(r, s, used)
         return render_template("result.html", s=s, summary=summary, fields=fields, highlighted=highlighted[:48],
                                n_highlighted=len(highlighted), model=r.bundle, models_info=models_info,
                                screens=any(m["screens"] for m in models_info),
                                suspected=possible_blasts(cells), result=json.loads(s["result_json"] or "{}"),
-                               reviewers=records.reviewers_of(r.store, sample_id), models_used=used)
+                               reviewers=samples.reviewers_of(r.store, sample_id), models_used=used)
     last = fields[-1] if fields else None
-    last_cells = records.cells_of(r.store, sample_id, last["id"]) if last else []
+    last_cells = samples.cells_of(r.store, sample_id, last["id"]) if last else []
     last_qc = json.loads(last["qc_json"] or "{}") if last else {}
-    used = records.models_of(r.store, sample_id)
+    used = samples.models_of(r.store, sample_id)
     return render_template("capture.html", s=s, summary=summary, fields=fields, last=last, last_cells=last_cells,
                            last_scale=last_qc.get("scale") or None, repeat=_repeat_info(fields, last, last_qc),
-                           held=len(records.held_fields(r.store, sample_id)),
+                           held=len(samples.held_fields(r.store, sample_id)),
                            other_models=[m | {"label": f"{m['name']} {m['version']}".strip()} for m in used
                                          if m["sha256"] != r.bundle.sha256],
                            # the push-button's controls only where one is set up (or has been used)
@@ -144,7 +144,7 @@ def possible_blasts(cells) -> dict:
     and the report whatever a reviewer chose."""
     from collections import Counter
 
-    suspected = [c for c in cells if c["flag"] == records.POSSIBLE_BLAST]
+    suspected = [c for c in cells if c["flag"] == samples.POSSIBLE_BLAST]
     decided = Counter(c["operator_label"] for c in suspected if c["operator_label"])
     return {"n": len(suspected), "decided": sorted(decided.items(), key=lambda kv: -kv[1]),
             "undecided": sum(1 for c in suspected if not c["operator_label"])}
@@ -163,7 +163,7 @@ def use_button(sample_id: int):
 
 def _count_panel(s, summary, n_fields: int) -> str:
     return render_template("_count.html", s=s, summary=summary, n_fields=n_fields,
-                           held=len(records.held_fields(rt().store, s["id"])))
+                           held=len(samples.held_fields(rt().store, s["id"])))
 
 
 @bp.route("/samples/<int:sample_id>/capture", methods=["POST"])
@@ -189,8 +189,8 @@ def _capture_json(s, result: dict) -> dict:
     r = rt()
     sid = s["id"]
     result["image_url"] = url_for("views.field_image", sample_id=sid, field_id=result["field_id"])
-    summary = records.summary_of(r.store, sid, r.config.sample.flags)
-    fields = records.fields_of(r.store, sid)
+    summary = samples.summary_of(r.store, sid, r.config.sample.flags)
+    fields = samples.fields_of(r.store, sid)
     result["count_html"] = _count_panel(s, summary, len(fields))
     row = next((f for f in fields if f["id"] == result["field_id"]), None)
     repeat = _repeat_info(fields, row, json.loads(row["qc_json"] or "{}") if row is not None else {})
@@ -249,19 +249,19 @@ def repeated_field(sample_id: int, field_id: int):
     _sample_or_404(sample_id)
     try:
         if request.form.get("action") == "count":
-            records.count_repeated_field(r.store, sample_id, field_id, g.user["username"])
+            samples.count_repeated_field(r.store, sample_id, field_id, g.user["username"])
             flash(_("The field is counted as a new view."))
         else:
-            records.discard_repeated_field(r.store, sample_id, field_id, g.user["username"])
+            samples.discard_repeated_field(r.store, sample_id, field_id, g.user["username"])
             flash(_("The repeated view was discarded; nothing of it was counted."))
-    except records.RecordError as exc:
+    except samples.RecordError as exc:
         return error_page(409, _(str(exc)))
     return redirect(url_for("views.sample", sample_id=sample_id))
 
 
 @bp.route("/samples/<int:sample_id>/fields/<int:field_id>.jpg")
 def field_image(sample_id: int, field_id: int):
-    row = records.field_of(rt().store, sample_id, field_id)
+    row = samples.field_of(rt().store, sample_id, field_id)
     if row is None:
         abort(404)
     return _send_stored(row["image_path"])
@@ -269,7 +269,7 @@ def field_image(sample_id: int, field_id: int):
 
 @bp.route("/cells/<int:cell_id>.jpg")
 def cell_image(cell_id: int):
-    row = records.cell_of(rt().store, cell_id)
+    row = samples.cell_of(rt().store, cell_id)
     if row is None:
         abort(404)
     return _send_stored(row["crop_path"])
@@ -332,7 +332,7 @@ REVIEW_PAGE = 24  # cells per review page: a page the 800x480 screen can scroll 
 
 def review_labels(bundle) -> list[str]:
     extra = [n for n in ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell") if n not in bundle.labels]
-    return sorted(list(bundle.labels) + extra, key=lambda n: (records.GROUP_ORDER.index(vocab.category_of(n)),
+    return sorted(list(bundle.labels) + extra, key=lambda n: (samples.GROUP_ORDER.index(vocabulary.category_of(n)),
                                                               words.display(n)))
 
 
@@ -343,8 +343,8 @@ def quick_labels(cell, keyed: list[str], n: int = 3) -> list[str]:
     except ValueError:
         probs = {}
     top = [k for k, _v in sorted(probs.items(), key=lambda kv: -kv[1]) if k in keyed][:n]
-    blast = next((k for k in keyed if vocab.category_of(k) == "malignant"), None)
-    if blast and not any(vocab.category_of(k) == "malignant" for k in top):
+    blast = next((k for k in keyed if vocabulary.category_of(k) == "malignant"), None)
+    if blast and not any(vocabulary.category_of(k) == "malignant" for k in top):
         top.append(blast)
     return top
 
@@ -353,8 +353,8 @@ def quick_labels(cell, keyed: list[str], n: int = 3) -> list[str]:
 def review(sample_id: int):
     r = rt()
     s = _sample_or_404(sample_id)
-    cells = records.cells_of(r.store, sample_id)
-    groups = records.review_groups(cells)
+    cells = samples.cells_of(r.store, sample_id)
+    groups = samples.review_groups(cells)
     flat = [(g, c) for g in groups for c in g["cells"]]
     pages = max(1, -(-len(flat) // REVIEW_PAGE))
     page = min(max(1, request.args.get("page", 1, type=int)), pages)
@@ -370,7 +370,7 @@ def review(sample_id: int):
         i += len(g["cells"])
     labels = review_labels(r.bundle)
     keyed = [n for n in labels if n in r.bundle.labels][:9]  # keys 1-9: the model's own classes
-    summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
+    summary = samples.summary_of(r.store, sample_id, r.config.sample.flags)
     return render_template("review.html", s=s, groups=groups, page_groups=page_groups, page=page, pages=pages,
                            starts=starts, labels=labels, keyed=keyed, quick=lambda c: quick_labels(c, labels),
                            left=sum(c["operator_label"] is None for c in cells), summary=summary,
@@ -381,7 +381,7 @@ def review(sample_id: int):
 def review_cell(cell_id: int):
     r = rt()
     label = request.form.get("label", "") or request.form.get("label_other", "")
-    row = records.cell_of(r.store, cell_id)
+    row = samples.cell_of(r.store, cell_id)
     if row is None:
         abort(404)
     confirm = request.form.get("confirm") == "1"
@@ -392,17 +392,17 @@ def review_cell(cell_id: int):
         msg = _("Choose the cell type first.")
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     try:
-        records.review_cell(r.store, cell_id, label, g.user["username"], g.user["id"],
+        samples.review_cell(r.store, cell_id, label, g.user["username"], g.user["id"],
                             confirm=confirm)
-    except (records.RecordError, KeyError) as exc:
+    except (samples.RecordError, KeyError) as exc:
         msg = _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label.")
         return (jsonify(error=msg), 400) if wants_json else error_page(400, msg)
     if wants_json:
-        summary = records.summary_of(r.store, row["sample_id"], r.config.sample.flags)
-        s = records.get_sample(r.store, row["sample_id"])
+        summary = samples.summary_of(r.store, row["sample_id"], r.config.sample.flags)
+        s = samples.get_sample(r.store, row["sample_id"])
         final = label if not confirm else row["label"]
         return jsonify(ok=True, summary=summary.to_dict(), label=final, display=words.display(final),
-                       category=records.category_of(final),
+                       category=samples.category_of(final),
                        live_html=render_template("_live.html", summary=summary, s=s))
     page = request.form.get("page", type=int) or 1
     return redirect(url_for("views.review", sample_id=row["sample_id"], page=page) + f"#cell-{cell_id}")
@@ -415,8 +415,8 @@ def accept_class(sample_id: int):
     _sample_or_404(sample_id)
     label = request.form.get("label", "")
     try:
-        n = records.accept_class(r.store, sample_id, label, g.user["username"], g.user["id"])
-    except (records.RecordError, KeyError) as exc:
+        n = samples.accept_class(r.store, sample_id, label, g.user["username"], g.user["id"])
+    except (samples.RecordError, KeyError) as exc:
         return error_page(400, _(str(exc).strip('"')) if not isinstance(exc, KeyError) else _("Unknown label."))
     flash(_("%(cells)s accepted as %(label)s.", cells=words.cells(n), label=words.display(label)))
     return redirect(url_for("views.review", sample_id=sample_id))
@@ -431,8 +431,8 @@ def accept_above(sample_id: int):
     if p is None:
         return error_page(400, _("Give the lowest model probability to accept, in per cent."))
     try:
-        n = records.accept_confident(r.store, sample_id, p / 100.0, g.user["username"], g.user["id"])
-    except records.RecordError as exc:
+        n = samples.accept_confident(r.store, sample_id, p / 100.0, g.user["username"], g.user["id"])
+    except samples.RecordError as exc:
         return error_page(400, _(str(exc)))
     flash(_("%(cells)s of normal classes accepted as the model called them (model %(p)s %% or more).",
             cells=words.cells(n), p="%g" % p))
@@ -446,13 +446,13 @@ def finish(sample_id: int):
     s = _sample_or_404(sample_id)
     if s["status"] != "open":
         return redirect(url_for("views.sample", sample_id=sample_id))
-    summary = records.summary_of(r.store, sample_id, r.config.sample.flags)
+    summary = samples.summary_of(r.store, sample_id, r.config.sample.flags)
     if request.method == "GET" or request.form.get("confirmed") != "1":
         return render_template("finish.html", s=s, summary=summary)
     try:
-        records.finish_sample(r.store, sample_id, g.user["username"], r.config.sample.flags,
+        samples.finish_sample(r.store, sample_id, g.user["username"], r.config.sample.flags,
                               verified_by=_text("verified_by", 120))
-    except records.RecordError as exc:
+    except samples.RecordError as exc:
         return error_page(409, _(str(exc)))
     r.sample_finished(sample_id)  # the push-button no longer captures into it
     return redirect(url_for("views.sample", sample_id=sample_id))
@@ -463,8 +463,8 @@ def finish(sample_id: int):
 def reopen(sample_id: int):
     _sample_or_404(sample_id)
     try:
-        records.reopen_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
-    except records.RecordError as exc:
+        samples.reopen_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
+    except samples.RecordError as exc:
         return error_page(409, _(str(exc)))
     flash(_("Sample re-opened for amendment. Finish it again when the changes are made."))
     return redirect(url_for("views.review", sample_id=sample_id))
@@ -480,7 +480,7 @@ def history():
             return error_page(400, _("Dates are written YYYY-MM-DD."))
     flag = request.args.get("flag", "")
     flag = flag if flag in ("", "refer", "review", "insufficient", "none", "open") else ""
-    rows = records.search_samples(rt().store, q, date_from, date_to, flag)
+    rows = samples.search_samples(rt().store, q, date_from, date_to, flag)
     results = {r["id"]: json.loads(r["result_json"]) if r["result_json"] else None for r in rows}
     return render_template("history.html", rows=rows, results=results, q=q, date_from=date_from, date_to=date_to,
                            flag=flag)
@@ -499,7 +499,7 @@ def report_pdf(sample_id: int):
     s = _sample_or_404(sample_id)
     from device.model import installed as models
 
-    used = records.models_of(r.store, s["id"])
+    used = samples.models_of(r.store, s["id"])
     pdf = sample_pdf(r.store, s, r.config, models.bundle_of_sample(r.config.data_dir, used, r.bundle),
                      models_info=sample_models(r, s, used))
     r.store.audit(g.user["username"], "export-pdf", f"sample:{sample_id}")
@@ -525,7 +525,7 @@ def export_cells(sample_id: int, fmt: str):
 @admin_required
 def delete(sample_id: int):
     _sample_or_404(sample_id)
-    records.delete_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
+    samples.delete_sample(rt().store, sample_id, g.user["username"], _text("reason", 200))
     flash(_("Sample deleted."))
     return redirect(url_for("views.history"))
 
@@ -539,12 +539,12 @@ def audit():
     """The audit log, newest first, a page at a time (``before``: older than that entry), searchable."""
     q = request.args.get("q", "")[:100]
     before = request.args.get("before", type=int)
-    rows = records.recent_audit(rt().store, AUDIT_PAGE + 1, before, q)
+    rows = samples.recent_audit(rt().store, AUDIT_PAGE + 1, before, q)
     more = len(rows) > AUDIT_PAGE
     rows = rows[:AUDIT_PAGE]
     return render_template("audit.html", rows=rows, q=q, before=before,
                            older=rows[-1]["id"] if more and rows else None,
-                           last_backup=records.last_backup(rt().store))
+                           last_backup=samples.last_backup(rt().store))
 
 
 @bp.route("/backup.tar.gz", methods=["POST"])
@@ -605,8 +605,8 @@ def settings():
                            model=r.bundle,
                            problems=r.model_problems + ([r.store.reserve_problem] if r.store.reserve_problem else []),
                            error=error, shipped=_shipped(r),
-                           measured=records.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
-                           last_backup=records.last_backup(r.store)), \
+                           measured=samples.last_camera_scale(r.store), language_names=LANGUAGE_NAMES,
+                           last_backup=samples.last_backup(r.store)), \
         400 if error else 200
 
 
@@ -631,7 +631,7 @@ def keep_scale():
 
     r = rt()
     # only a reading from this box's own camera: an uploaded photograph was taken through another optic
-    measured = records.last_camera_scale(r.store)
+    measured = samples.last_camera_scale(r.store)
     if measured is None:
         return error_page(409, _("No field has been measured yet: capture a field with red cells first."))
     value = round(measured["um_per_px"], 5)
