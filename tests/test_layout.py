@@ -196,3 +196,11 @@ def test_the_flow_check_finds_a_back_import(tmp_path):
                      "device/gadget.py: 'gadget' is in no layer: add it to LAYERS where the data reaches it",
                      "device/model/bundle.py:2: model imports device.records (records comes after model)",
                      "device/records/__init__.py:1: records imports device.web (web comes after records)"], found
+
+
+def test_one_rule_decides_whether_a_request_wants_json():
+    # the pages answered JSON-or-HTML by three different tests of the request; now one helper decides for all
+    readers = [f"{p.relative_to(REPO)}:{n}" for p in _sources("device/web")
+               for n, line in enumerate(p.read_text("utf-8").splitlines(), 1)
+               if re.search(r"accept_mimetypes|request\.is_json|startswith\(\s*[\"']/api/", line)]
+    assert readers and all(r.startswith("device/web/common.py:") for r in readers), readers

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+from collections import Counter
 
 from device.model import vocabulary
 from device.imageio import encode_jpeg
@@ -24,6 +26,17 @@ class Discarded(RecordError):
 
 
 FINISHED = "this sample is finished; start a new sample to capture more"
+PATIENT_SEXES = ("female", "male", "other")
+
+
+def patient_age_ok(age: str) -> bool:
+    """An age is a whole number of years from 0 to 120, or not given."""
+    return not age or bool(re.fullmatch(r"\d{1,3}", age)) and int(age) <= 120
+
+
+def patient_sex(value: str) -> str:
+    """The sex recorded: one of ``PATIENT_SEXES``, "" when not given; anything else is recorded as "other"."""
+    return value if value in ("", *PATIENT_SEXES) else "other"
 
 
 def create_sample(store: Store, code: str, user: str, operator_id: int | None = None, patient_name: str = "",
@@ -208,6 +221,45 @@ def report_order(cells) -> list:
             return 3
         return 4
     return sorted(cells, key=lambda c: (rank(c), c["id"]))
+
+
+HIGHLIGHTED = ("malignant", "atypical", vocabulary.UNCERTAIN)
+
+
+def highlighted(cells) -> list:
+    """The cells a result shows (in the report's order): malignant, atypical or uncertain in the end, reclassified
+    by a reviewer, or suspected of being blasts by the model whatever a reviewer decided."""
+    return [c for c in report_order(cells) if cell_final(c)[1] in HIGHLIGHTED or cell_reclassified(c)
+            or c["flag"] == POSSIBLE_BLAST]
+
+
+def possible_blasts(cells) -> dict:
+    """The cells the model suspected of being blasts, and how they were decided: they stay visible on the result
+    and the report whatever a reviewer chose."""
+    suspected = [c for c in cells if c["flag"] == POSSIBLE_BLAST]
+    decided = Counter(c["operator_label"] for c in suspected if c["operator_label"])
+    return {"n": len(suspected), "decided": sorted(decided.items(), key=lambda kv: -kv[1]),
+            "undecided": sum(1 for c in suspected if not c["operator_label"])}
+
+
+def review_labels(model_labels, display) -> list[str]:
+    """The classes a reviewer chooses from (``vocabulary.review_choices``), in the review's group order, then by
+    the name shown (``display``)."""
+    return sorted(vocabulary.review_choices(model_labels),
+                  key=lambda n: (GROUP_ORDER.index(vocabulary.category_of(n)), display(n)))
+
+
+def quick_labels(cell, keyed: list[str], n: int = 3) -> list[str]:
+    """The one-tap buttons of a cell's card: the model's most probable classes, then a blast, if not among them."""
+    try:
+        probs = json.loads(cell["probabilities_json"] or "{}")
+    except ValueError:
+        probs = {}
+    top = [k for k, _v in sorted(probs.items(), key=lambda kv: -kv[1]) if k in keyed][:n]
+    blast = next((k for k in keyed if vocabulary.category_of(k) == "malignant"), None)
+    if blast and not any(vocabulary.category_of(k) == "malignant" for k in top):
+        top.append(blast)
+    return top
 
 
 def summary_of(store: Store, sample_id: int, rules, target: int | None = None, conn=None) -> SampleSummary:
@@ -399,6 +451,14 @@ def reopen_sample(store: Store, sample_id: int, user: str, reason: str) -> None:
                      "previous_result": json.loads(row["result_json"]) if row["result_json"] else None}, conn=tx)
 
 
+# The history's filters: a sample with a referral, a review flag, none, too few cells, or still open.
+SEARCH_FLAGS = {"refer": "s.result_json LIKE '%\"level\": \"refer\"%'",
+                "review": "s.result_json LIKE '%\"level\": \"review\"%'",
+                "none": "s.result_json LIKE '%\"flags\": []%'",
+                "insufficient": "s.result_json LIKE '%\"level\": \"insufficient\"%'",
+                "open": "s.status = 'open'"}
+
+
 def search_samples(store: Store, text: str = "", date_from: str = "", date_to: str = "", flag: str = "",
                    limit: int = 200) -> list[sqlite3.Row]:
     sql = "SELECT s.*, u.username AS operator FROM samples s LEFT JOIN users u ON u.id = s.operator_id WHERE 1=1"
@@ -413,16 +473,8 @@ def search_samples(store: Store, text: str = "", date_from: str = "", date_to: s
     if date_to:
         sql += " AND s.created_at < date(?, '+1 day')"
         args.append(date_to)
-    if flag == "refer":
-        sql += " AND s.result_json LIKE '%\"level\": \"refer\"%'"
-    elif flag == "review":
-        sql += " AND s.result_json LIKE '%\"level\": \"review\"%'"
-    elif flag == "none":
-        sql += " AND s.result_json LIKE '%\"flags\": []%'"
-    elif flag == "insufficient":
-        sql += " AND s.result_json LIKE '%\"level\": \"insufficient\"%'"
-    elif flag == "open":
-        sql += " AND s.status = 'open'"
+    if flag in SEARCH_FLAGS:
+        sql += " AND " + SEARCH_FLAGS[flag]
     sql += " ORDER BY s.id DESC LIMIT ?"
     args.append(int(limit))
     return store.connect().execute(sql, args).fetchall()

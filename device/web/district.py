@@ -78,12 +78,12 @@ def save():
         changes["password"] = form["password"]
     if changes["url"] and not changes["url"].startswith(("https://", "http://")):
         flash(_("The district URL must start with https:// (or http:// on a trusted network)."), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     try:
         new = st.save_overrides(r.config, {"district": changes})
     except ConfigError as exc:
         flash(words.config_error(exc), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     r.apply_config(new)
     r.store.audit(g.user["username"], "settings-changed",
                   detail={"district": {k: v for k, v in changes.items() if k != "password"}
@@ -92,7 +92,7 @@ def save():
         outbox.retry_now(r.store)
         r.district.wake()
     flash(_("District settings saved."))
-    return redirect(url_for("views.settings") + "#district")
+    return redirect(url_for("admin.settings") + "#district")
 
 
 @bp.route("/settings/district/test", methods=["POST"])
@@ -102,7 +102,7 @@ def test_link():
     d = r.config.district
     if not d.url:
         flash(_("Set the district URL first."), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     try:
         Link.from_config(d).check()
     except LinkError as exc:
@@ -114,4 +114,4 @@ def test_link():
         if getattr(r, "district", None) is not None:
             outbox.retry_now(r.store)
             r.district.wake()
-    return redirect(url_for("views.settings") + "#district")
+    return redirect(url_for("admin.settings") + "#district")

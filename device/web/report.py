@@ -123,7 +123,7 @@ def _wrap(pdf, text: str, width: float) -> list[str]:
 
 
 def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
-    """``models_info``: each model that classified the sample with its limits (``web.views.sample_models``);
+    """``models_info``: each model that classified the sample with its limits (``web.common.sample_models``);
     by default the one ``bundle``."""
     _ = words.gettext
     summary = samples.summary_of(store, s["id"], cfg.sample.flags)
