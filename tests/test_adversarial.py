@@ -334,7 +334,8 @@ def test_item4_eight_parallel_16mp_uploads_are_bounded_and_health_and_capture_st
 
     import requests
 
-    from device import imageio, records
+    from device import imageio
+    from device.records import samples as records
 
     slots, retry_after = imageio.DECODE_SLOTS, getattr(imageio, "RETRY_AFTER_S", 5)
     base, app, rt, _ = live_app
