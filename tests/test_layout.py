@@ -118,8 +118,9 @@ def test_the_commands_run_through_the_console_entry():
 
 # The data flows one way: a field from the camera, through the image work, the model, the records, to the
 # box's loop and the page. A package may import those before it, never one after it (two packages importing
-# each other would be one job split in two). Top-level modules are layers of their own.
-LAYERS = ("imageio", "camera", "analysis", "model", "calibration", "records", "config", "settings", "district",
+# each other would be one job split in two). Top-level modules are layers of their own (``schema``: the typed
+# settings every layer declares its section with).
+LAYERS = ("schema", "imageio", "camera", "analysis", "model", "calibration", "records", "config", "settings", "district",
           "box", "web", "serve", "cli")
 
 
