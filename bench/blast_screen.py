@@ -65,7 +65,7 @@ class Called:
 
 
 def share(k: int, n: int) -> dict:
-    from device.records.sample import wilson_interval
+    from device.records.counts import wilson_interval
 
     lo, hi = wilson_interval(int(k), int(n))
     return {"k": int(k), "n": int(n), "value": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
@@ -161,7 +161,7 @@ def pbc_differential(c: Called, bundle) -> dict:
 def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: int) -> list[dict]:
     """Samples of SAMPLE_CELLS cells drawn without replacement from held-out cells; each counted by
     the device's own ``summarize`` and flag rules."""
-    from device.records.sample import summarize
+    from device.records.counts import summarize
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -188,7 +188,7 @@ def simulate(blasts: list, others: list, fractions, samples: int, rules, seed: i
 
 
 def counted(c: Called, keep) -> list:
-    from device.records.sample import CountedCell
+    from device.records.counts import CountedCell
 
     # an image without a cell found adds nothing to a sample: the device counts the cells it finds
     return [CountedCell(p.label, p.category, p.flag) for p, lab in zip(c.preds, c.labels) if p and keep(lab)]
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     per_label = 20 if args.fast else 0
     samples = 40 if args.fast else args.samples
 
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from device.config import AppConfig
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{bundle.name} was trained on {trained_on}: AML-LMU is the unseen-lab test, not training data")
     clf = Classifier(bundle, threads=args.threads)
     task = bundle.metadata["task"]
-    names = vocab.task_labels(task)
+    names = vocabulary.task_labels(task)
     out = {"bench": "blast_screen", "bundle": bundle.name, "version": bundle.metadata.get("version"),
            "sha256": bundle.sha256, "fast": args.fast, "unit": "image (one cell each)",
            "operating_point": bundle.thresholds.get("malignant"),
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
 
     aml = read_aml_lmu(data_root("aml-cytomorphology-lmu"))
     recs = [r for r in aml.records if r.relpath.split("/")[0] in AML_BLASTS + AML_NORMALS]
-    recs = [r.__class__(**{**r.__dict__, "label": vocab.task_label(task, r.label)}) for r in recs]
+    recs = [r.__class__(**{**r.__dict__, "label": vocabulary.task_label(task, r.label)}) for r in recs]
     c_aml = cells(recs, bundle, clf, names)
     out["unseen_lab"] = unseen_lab(c_aml, [recs[i].relpath.split("/")[0] for i in c_aml.image])
 
@@ -252,9 +252,9 @@ def main(argv=None) -> int:
         lb = load_bundle(args.loso_bundle)
         lclf = Classifier(lb, threads=args.threads)
         allp = [r for r in read_pbc(data_root("pbc-normal-wbc")).records
-                if vocab.category_of(r.label) == "normal"]
+                if vocabulary.category_of(r.label) == "normal"]
         allp = thin(allp, per_label or 0, args.seed)
-        c_lo = cells(allp, lb, lclf, vocab.task_labels(lb.metadata["task"]))
+        c_lo = cells(allp, lb, lclf, vocabulary.task_labels(lb.metadata["task"]))
         out["other_lab_normals"] = {
             "bundle": lb.name, "trained_on": [d["name"] for d in lb.metadata.get("datasets", [])],
             "set": "PBC normal leukocytes (never seen by this bundle)",
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     mll_cells_other = counted(c_mll, lambda lab: lab != "blast")
     out["per_sample"] = simulate(mll_cells_blast, mll_cells_other, FRACTIONS if not args.fast else (0.0, 0.05),
                                  samples, rules, args.seed)
-    pbc_normals = counted(c_pbc, lambda lab: vocab.category_of(lab) in ("normal", "atypical"))
+    pbc_normals = counted(c_pbc, lambda lab: vocabulary.category_of(lab) in ("normal", "atypical"))
     out["per_sample_pbc_normals"] = simulate([], pbc_normals, (0.0,), samples, rules, args.seed)
     out["refer_rule"] = [r.__dict__ for r in rules if r.level == "refer"]
     out["seconds"] = round(time.monotonic() - t0, 1)

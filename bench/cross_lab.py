@@ -56,7 +56,7 @@ class Scored:
     called_blast: np.ndarray  # malignant and not flagged
     flagged: np.ndarray  # sent to review
     passed: np.ndarray  # a normal type, not flagged
-    counted: list  # device.records.sample.CountedCell per cell, for the per-sample rules
+    counted: list  # device.records.counts.CountedCell per cell, for the per-sample rules
     images: int
     no_cell: int  # images (or annotated cells, for fields) in which no cell was found
 
@@ -64,7 +64,7 @@ class Scored:
 # ---- scoring: the device's path (bundles) -------------------------------------------------------------
 
 def _decisions(preds, bundle_categories, labels_of_bundle):
-    from device.records.sample import CountedCell
+    from device.records.counts import CountedCell
 
     mal = [i for i, c in enumerate(bundle_categories) if c == "malignant"]
     probs = np.array([[p.probabilities[n] for n in labels_of_bundle] for p in preds]).reshape(len(preds), -1)
@@ -76,10 +76,10 @@ def _decisions(preds, bundle_categories, labels_of_bundle):
 
 
 def score_records(bundle, clf, records) -> Scored:
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from training.data import load_cells
 
-    names = list(vocab.task_labels(bundle.metadata["task"]))
+    names = list(vocabulary.task_labels(bundle.metadata["task"]))
     cs = load_cells(records, bundle.preprocessing, names)
     preds = []
     for i in range(0, len(cs.x), 64):
@@ -162,8 +162,8 @@ def train_baseline(records, names: list[str], seed: int, epochs: int, out: Path,
 
 
 def score_baseline(model, names: list[str], records) -> Scored:
-    from device.model import labels as vocab
-    from device.records.sample import CountedCell
+    from device.model import vocabulary
+    from device.records.counts import CountedCell
 
     imgs = [_whole(r.path) for r in records]
     keep = [i for i, im in enumerate(imgs) if im is not None]
@@ -173,7 +173,7 @@ def score_baseline(model, names: list[str], records) -> Scored:
     probs = model.predict(np.stack([imgs[i] for i in keep]).astype(np.float32) / 255.0, verbose=0, batch_size=128)
     top = probs.argmax(1)
     b = names.index("blast")
-    cats = np.array([vocab.category_of(names[t]) for t in top])
+    cats = np.array([vocabulary.category_of(names[t]) for t in top])
     counted = [CountedCell(names[t], c, None) for t, c in zip(top, cats)]
     return Scored([records[i].label for i in keep], probs[:, b], top == b, np.zeros(len(keep), bool),
                   cats == "normal", counted, len(records), len(records) - len(keep))
@@ -185,13 +185,13 @@ def score_baseline_bccd(model, names, views) -> Scored:
 
     crops = [crop_box(v.image, t, 2.0) for v in views for t in v.boxes]
     import cv2
-    from device.model import labels as vocab
-    from device.records.sample import CountedCell
+    from device.model import vocabulary
+    from device.records.counts import CountedCell
 
     x = np.stack([cv2.resize(c, (BASELINE_SIZE, BASELINE_SIZE)) for c in crops]).astype(np.float32) / 255.0
     probs = model.predict(x, verbose=0, batch_size=128)
     top = probs.argmax(1)
-    cats = np.array([vocab.category_of(names[t]) for t in top])
+    cats = np.array([vocabulary.category_of(names[t]) for t in top])
     b = names.index("blast")
     return Scored(["normal"] * len(top), probs[:, b], top == b, np.zeros(len(top), bool), cats == "normal",
                   [CountedCell(names[t], c, None) for t, c in zip(top, cats)], len(crops), 0)
@@ -200,12 +200,12 @@ def score_baseline_bccd(model, names, views) -> Scored:
 # ---- the labs -------------------------------------------------------------------------------------------
 
 def lab_records(task: str, per_label: int, seed: int) -> dict:
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from training.datasets import read_aml_lmu, read_jiangxi, read_pbc
     from training.recorded import data_root
 
     def to_task(recs):
-        return [replace(r, label=vocab.task_label(task, r.label)) for r in recs]
+        return [replace(r, label=vocabulary.task_label(task, r.label)) for r in recs]
 
     aml = [r for r in read_aml_lmu(data_root("aml-cytomorphology-lmu")).records
            if r.relpath.split("/")[0] in AML_BLASTS + AML_NORMALS]
@@ -233,7 +233,7 @@ def simulate(sc: Scored, samples: int, seed: int) -> dict:
     """Samples of 100 cells drawn with replacement from the lab's own cells at 0 / 5 / 20 % blasts,
     counted by the device's summary and flag rules: the share referred."""
     from device.config import AppConfig
-    from device.records.sample import summarize
+    from device.records.counts import summarize
 
     rules = AppConfig().sample.flags
     rng = np.random.default_rng(seed)
@@ -443,11 +443,11 @@ def baseline(args, labs, views, samples: int, per_label: int, log) -> dict:
     """Train (or reuse) the prototype-style CNN per seed, with and without PBC, and score it on every lab."""
     import keras
 
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from training.config import load_recipe
     from training.train import prepare_data
 
-    names = list(vocab.task_labels("screen"))
+    names = list(vocabulary.task_labels("screen"))
     repo = Path(__file__).resolve().parent.parent
     runs, loso = [], []
     for i in range(args.baseline_seeds):

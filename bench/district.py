@@ -35,7 +35,7 @@ WORKER_RETRY = {"retry_base_s": 0.2, "retry_max_s": 2, "poll_seconds": 1, "timeo
 # ---- the box process ---------------------------------------------------------------------------------
 def worker(data_dir: Path, url: str, user: str, password: str) -> int:
     """A box without its web server: finish every open sample (printing ACK after each commit) and send."""
-    from device import records
+    from device.records import samples as records
     from device.box.runtime import build_runtime
     from device.config import AppConfig
     from device.district.sender import Sender
@@ -101,7 +101,7 @@ class Box:
 # ---- preparing samples -------------------------------------------------------------------------------
 def prepare(data_dir: Path, n: int, prefix: str) -> None:
     """``n`` open samples of one analysed field each (real analysis of two bundled fields, reused)."""
-    from device import records
+    from device.records import samples as records
     from device.box.runtime import build_runtime
     from device.config import AppConfig
     from device.imageio import read_image
@@ -123,7 +123,7 @@ def prepare(data_dir: Path, n: int, prefix: str) -> None:
 
 def expected(data_dir: Path) -> dict[int, dict]:
     """Every finished sample: its study UID, its object count, its bytes sent."""
-    from device import records
+    from device.records import samples as records
     from device.district.dicom import uid
     from device.records import district as outbox
     from device.records.store import Store
@@ -176,7 +176,7 @@ def ingest(orthanc, data_dir: Path, n: int, threads: int = 4) -> dict:
     from another box so that every one is new to Orthanc) posted by ``threads`` boxes at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from device import records
+    from device.records import samples as records
     from device.district import dicom
     from device.district.export import sample_record
     from device.district.link import Link

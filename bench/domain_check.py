@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     from device.model.classifier import Classifier
     from device.config import AppConfig
     from device.imageio import read_image
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
 
     bundle = load_bundle(args.bundle)
     cfg = AppConfig()

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", help="a bundle (default: the bundled default)")
     args = ap.parse_args(argv)
 
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from testkit.bccd import magnified, views_for

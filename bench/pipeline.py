@@ -72,11 +72,11 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     import cv2
 
-    from device import records
+    from device.records import samples as records
     from device.camera.replay import ReplayCamera
     from device.config import AppConfig
     from device.model.installed import load_active
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
     from device.records.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="leukoscope-pipeline-"))

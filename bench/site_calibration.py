@@ -52,7 +52,7 @@ JIANGXI_UM_PER_PX = 0.158
 
 
 def lab_records(name: str, task: str):
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from training.datasets import AML_CLASSES, Record, read_aml_lmu
     from training.recorded import data_root
 
@@ -60,7 +60,7 @@ def lab_records(name: str, task: str):
         recs = []
         for r in read_aml_lmu(data_root("aml-cytomorphology-lmu")).records:
             code = r.relpath.split("/")[0]
-            lab = vocab.task_label(task, AML_CLASSES[code]) if AML_CLASSES.get(code) else None
+            lab = vocabulary.task_label(task, AML_CLASSES[code]) if AML_CLASSES.get(code) else None
             if lab:
                 recs.append(Record(**{**r.__dict__, "label": lab}))
         return recs
@@ -71,7 +71,7 @@ def lab_records(name: str, task: str):
         iid, cls = [v.strip() for v in line.split(",")[:2]]
         if cls in names:
             rel = f"images/{int(iid):03d}.bmp"
-            recs.append(Record(str(root / rel), rel, vocab.task_label(task, names[cls]), None, "jiangxi-tecom-wbc",
+            recs.append(Record(str(root / rel), rel, vocabulary.task_label(task, names[cls]), None, "jiangxi-tecom-wbc",
                                JIANGXI_UM_PER_PX, "cell"))
     return recs
 
@@ -217,7 +217,7 @@ def fit_time_2000(bundle, reference, emb, y, probs, seed) -> float:
 def _fmt(s):
     if not s or s.get("value") is None:
         return "    -           "
-    from device.records.sample import wilson_interval
+    from device.records.counts import wilson_interval
 
     lo, hi = wilson_interval(s["k"], s["n"])
     return f"{s['value']:.3f} [{lo:.3f}-{hi:.3f}] ({s['k']}/{s['n']})"

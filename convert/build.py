@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.model.bundle import Bundle, load_bundle, pack
 from device.model.metadata import FORMAT, SCREEN_NOT_VALIDATED, parse, trained_on_line, validation_text
 from device.model.classifier import Classifier
@@ -100,7 +100,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
             raise ValueError("blast_specificity must be within [0, 1)")
         recipe.evaluate.blast_specificity = blast_specificity
     summary = json.loads((run_dir / "split_summary.json").read_text())
-    names = list(vocab.task_labels(recipe.task))
+    names = list(vocabulary.task_labels(recipe.task))
     pp = recipe.preprocessing
     pairs = records_from_manifest(run_dir)
     part = {s: [r for sp, r in pairs if sp == s] for s in ("train", "val", "test")}
@@ -119,7 +119,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     x_te, y_te = load_records(part["test"], pp, names)
 
     input_dtype = "int8" if variant == "int8" else "float32"
-    labels_meta = [{"name": n, "category": vocab.category_of(n), "display": vocab.label(n).display} for n in names]
+    labels_meta = [{"name": n, "category": vocabulary.category_of(n), "display": vocabulary.label(n).display} for n in names]
     meta = {
         "format": FORMAT, "name": name or recipe.name or recipe.task,
         "version": version or datetime.now(timezone.utc).strftime("%Y.%m.%d"),
@@ -191,7 +191,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
         from device.model.bundle import REFERENCE_MEMBER
 
         files[REFERENCE_MEMBER], meta["reference"] = reference_member(
-            e_va, y_va, q_va, names, [vocab.category_of(n) for n in names], "validation split, int8", thin=True)
+            e_va, y_va, q_va, names, [vocabulary.category_of(n) for n in names], "validation split, int8", thin=True)
     meta["thresholds"] = thresholds
     meta["thresholds_note"] = ("review: lowest top-probability at which validation accuracy on kept cells reaches "
                                f"{recipe.evaluate.review_accuracy}; ood: 1 = each class's 99.5th percentile of validation distances to its mean; "

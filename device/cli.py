@@ -67,7 +67,7 @@ def _model_info(args) -> int:
 def _device_analyzer(args):
     """The device's own path: the bundle the device uses (or the one given), the config's finder and scale
     settings."""
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
 
     cfg = _load_config(args.config, args.data_dir)
     bundle, clf = active_bundle(args, getattr(args, "threads", None), cfg)
@@ -92,7 +92,7 @@ def _classify(args) -> int:
     cell, the bundle's physical crop and window, the device's words. Quality control is not applied:
     a single-cell image is not a field."""
     from device.analysis.cells import central_cell
-    from device.analysis.pipeline import cell_json
+    from device.model.analyzer import cell_json
 
     bundle, analyzer = _device_analyzer(args)
     status = 0
@@ -129,7 +129,7 @@ def _load_config(path, data_dir: str | None = None):
 def _serve(args) -> int:
     import logging
 
-    from device.box.serve import PortBusy, bind_listener, serve
+    from device.serve import PortBusy, bind_listener, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load_config(args.config, args.data_dir)
@@ -148,7 +148,7 @@ def _serve(args) -> int:
 
 
 def _analyze(args) -> int:
-    from device.analysis.pipeline import cell_json
+    from device.model.analyzer import cell_json
 
     bundle, analyzer = _device_analyzer(args)
     status = 0
@@ -204,7 +204,7 @@ def _restore(args) -> int:
 
 
 def _retention(args) -> int:
-    from device import records
+    from device.records import samples
     from device.records.store import Store
 
     cfg = _load_config(args.config, args.data_dir)
@@ -212,7 +212,7 @@ def _retention(args) -> int:
     if days <= 0:
         print("retention is off (storage.retention_days = 0): nothing deleted")
         return 0
-    deleted = records.apply_retention(Store(cfg.data_dir), days)
+    deleted = samples.apply_retention(Store(cfg.data_dir), days)
     print(f"deleted {len(deleted)} sample(s) older than {days} days")
     return 0
 

@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 from device.analysis.cells import CellFinderSettings
 from device.analysis.qc import QCSettings
 from device.camera import CameraConfig
-from device.records.sample import FlagRule, SampleConfig
+from device.records.counts import FlagRule, SampleConfig
 from device.schema import N_, ConfigError, RuleError, Spec, check, setting, spec_of
 
 

@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from device.district import dicom
 from device.district.link import Link, LinkError
-from device.model import labels as vocab  # the label vocabulary only (no capture, no analysis)
+from device.model import vocabulary  # the label vocabulary only (no capture, no analysis)
 from district.accounts import AccountError, Accounts
 from district.catalogue import Catalogue, gallery
 
@@ -187,7 +187,7 @@ def create_app(link: Link, data_dir: Path, testing: bool = False) -> Flask:
     def helpers():
         def display(name: str) -> str:
             try:
-                return vocab.label(name).display
+                return vocabulary.label(name).display
             except KeyError:
                 return name
 
@@ -199,5 +199,5 @@ def create_app(link: Link, data_dir: Path, testing: bool = False) -> Flask:
 def _labels() -> list[str]:
     """Every label of the vocabulary, blasts first (what an expert may choose for a cell)."""
     rank = {"malignant": 0, "atypical": 1, "normal": 2}
-    names = list(vocab._vocabulary()[0])
-    return sorted(names, key=lambda n: (rank.get(vocab.category_of(n), 3), n))
+    names = list(vocabulary._vocabulary()[0])
+    return sorted(names, key=lambda n: (rank.get(vocabulary.category_of(n), 3), n))

@@ -211,7 +211,7 @@ def test_item2_full_disk_after_a_restart_sign_in_and_delete_still_work(tmp_path,
 
     import requests
 
-    from device import records
+    from device.records import samples as records
     from testkit.web import serving
 
     data = small_disk / "data"
@@ -308,7 +308,7 @@ def test_item3_settings_that_would_stop_the_box_are_refused_by_field(live_app, t
                                                        **{"storage.min_free_mb": str(total_mb - 1)}),
                allow_redirects=False)
     assert r.status_code == 302 and rt.config.storage.min_free_mb == total_mb - 1
-    from device import records
+    from device.records import samples as records
 
     sid = records.create_sample(rt.store, "BOUNDS", "admin")
     rt.config.storage.min_free_mb = rt.store.min_free_mb = 0
@@ -334,7 +334,8 @@ def test_item4_eight_parallel_16mp_uploads_are_bounded_and_health_and_capture_st
 
     import requests
 
-    from device import imageio, records
+    from device import imageio
+    from device.records import samples as records
 
     slots, retry_after = imageio.DECODE_SLOTS, getattr(imageio, "RETRY_AFTER_S", 5)
     base, app, rt, _ = live_app
@@ -404,7 +405,7 @@ def _float_tiff(values) -> bytes:
 def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(live_app, recwarn):
     import numpy as np
 
-    from device import records
+    from device.records import samples as records
     from device.imageio import ImageError, decode_image
 
     for name, fill in (("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)):
@@ -446,7 +447,7 @@ def test_item7_waitress_queue_depth_is_logged_once_per_backlog(caplog):
     import requests
     import waitress
 
-    from device.box.serve import quiet_waitress_queue
+    from device.serve import quiet_waitress_queue
 
     def slow(environ, start_response):
         time.sleep(0.05)
@@ -584,7 +585,7 @@ def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app, monk
     import requests
 
     import device.web
-    from device import records
+    from device.records import samples as records
 
     monkeypatch.setattr(device.web, "CAPTURE_FIRST_WAIT_S", 10.0, raising=False)  # the bound is not tested here
     base, app, rt, _ = live_app
@@ -617,7 +618,7 @@ def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app, monk
 def test_item5_the_operators_capture_goes_before_queued_uploads(live_app):
     import threading
 
-    from device import records
+    from device.records import samples as records
     from device.imageio import decode_image
 
     base, app, rt, _ = live_app

@@ -176,7 +176,7 @@ def test_backup_mid_capture_restores_every_record_and_image(tmp_path):
 
 
 def test_retention_deletes_old_records_with_audit(tmp_path):
-    from device import records
+    from device.records import samples as records
     from device.records.store import Store
 
     store = Store(tmp_path)

@@ -14,7 +14,7 @@ from testkit import AML, PBC, REPO
 def lab():
     """AML-LMU cells as the box would store them: embeddings (float16), labels, the bundle's probabilities."""
     from convert.reference import embed
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from device.model.bundle import load_bundle
     from training.datasets import AML_CLASSES, Record, read_aml_lmu
 
@@ -22,7 +22,7 @@ def lab():
     recs = []
     for r in read_aml_lmu(AML).records:
         name = AML_CLASSES.get(r.relpath.split("/")[0])
-        lab = vocab.task_label("screen", name) if name else None
+        lab = vocabulary.task_label("screen", name) if name else None
         if lab:
             recs.append(Record(**{**r.__dict__, "label": lab}))
     emb, y, probs = embed(bundle, recs, threads=2)
@@ -33,13 +33,13 @@ def lab():
 def pbc():
     """Held-out-style PBC normal cells (the reference's own lab): a site where the bundle already does well."""
     from convert.reference import embed
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from device.model.bundle import load_bundle
     from training.datasets import read_pbc
 
     bundle = load_bundle()
     recs = [r for r in read_pbc(PBC).records
-            if vocab.category_of(r.label) == "normal"]
+            if vocabulary.category_of(r.label) == "normal"]
     recs = [recs[i] for i in np.random.default_rng(4).choice(len(recs), 160, replace=False)]
     emb, y, probs = embed(bundle, recs, threads=2)
     return bundle, emb.astype(np.float16).astype(np.float32), y.astype(int), probs
@@ -276,7 +276,7 @@ def test_a_tampered_or_mismatched_calibration_is_refused_at_start(pbc, tmp_path,
 
 
 def test_site_refer_rule_counts_excess_over_false_calls():
-    from device.records.sample import SITE_REFER, SITE_UNDECIDED, CountedCell, summarize
+    from device.records.counts import SITE_REFER, SITE_UNDECIDED, CountedCell, summarize
 
     def sample(blasts, normals, undecided=0):
         return ([CountedCell("blast", "malignant")] * blasts + [CountedCell("neutrophil", "normal")] * normals

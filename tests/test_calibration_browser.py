@@ -15,9 +15,9 @@ SMALL = {"width": 800, "height": 480}
 
 def _seed_reviewed_samples(rt, n_samples=5, per_sample=26):
     """Earlier samples of this box: real PBC cell images captured as fields, every cell decided by the admin."""
-    from device import records
+    from device.records import samples as records
     from device.imageio import read_image
-    from device.model import labels as vocab
+    from device.model import vocabulary
 
     user = rt.store.connect().execute("SELECT id FROM users WHERE username = 'admin'").fetchone()[0]
     classes = sorted(p for p in PBC.iterdir() if p.is_dir())
@@ -32,7 +32,7 @@ def _seed_reviewed_samples(rt, n_samples=5, per_sample=26):
             path = files[int(rng.integers(len(files)))]
             img = read_image(path)
             records.save_field(rt.store, sid, img, rt.analyzer.analyze(img), "admin", model=rt.bundle)
-            label = vocab.task_label("screen", folder.name) if folder.name != "ig" else "ig"
+            label = vocabulary.task_label("screen", folder.name) if folder.name != "ig" else "ig"
             for c in records.cells_of(rt.store, sid)[-len(records.cells_of(rt.store, sid)):]:
                 if not c["operator_label"]:
                     records.review_cell(rt.store, c["id"], label, "admin", user)
@@ -42,7 +42,7 @@ def _seed_reviewed_samples(rt, n_samples=5, per_sample=26):
 def test_review_calibrate_accept_capture_and_the_result_names_it(live_app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from device import records
+    from device.records import samples as records
 
     base, app, rt, _ = live_app
     rt.config.sample.target_cells = 1

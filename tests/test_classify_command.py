@@ -7,9 +7,9 @@ import json
 import pytest
 
 from device.analysis.cells import FoundCell, central_cell
-from device.analysis.pipeline import AnalyzedCell, cell_json
+from device.model.analyzer import AnalyzedCell, cell_json
 from device.cli import main
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.model.bundle import default_bundle_path
 from device.model.classifier import CellPrediction
 from testkit import AML, JIANGXI, JIANGXI_UM_PER_PX, MLL, PBC, REPO
@@ -51,14 +51,14 @@ def test_classify_and_analyze_agree_on_every_cell(source, given_scale, capsys, m
         want = next(x for x in a["cells"] if tuple(x["box"]) == central.box)
         assert {k: c[k] for k in want} == want  # box, label, category, probability, flag, probabilities
         if c["flag"]:
-            assert c["label"] == c["category"] == vocab.UNCERTAIN
+            assert c["label"] == c["category"] == vocabulary.UNCERTAIN
     assert found >= len(paths) - 1
 
 
 def test_a_flagged_cell_is_uncertain_never_its_raw_category():
     p = CellPrediction("blast", "malignant", 0.41, {"blast": 0.41, "lymphocyte": 0.39}, "low-confidence", None)
     out = cell_json(AnalyzedCell(FoundCell((1, 2, 30, 40), (5, 6, 20, 30), 100, 60.0), None, p))
-    assert out["label"] == out["category"] == vocab.UNCERTAIN and out["predicted"] == "blast"
+    assert out["label"] == out["category"] == vocabulary.UNCERTAIN and out["predicted"] == "blast"
     assert out["box"] == [1, 2, 30, 40] and out["flag"] == "low-confidence"
 
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # ---- the config file: `leukoscope serve --config` exits with one line naming section and key ----------
 
 def _serve_refuses(tmp_path, capsys, monkeypatch, toml: str, *expected: str) -> str:
-    from device.box import serve as serve_mod
+    from device import serve as serve_mod
     from device.cli import main
 
     # a config the schema wrongly let through must not start a real server inside the test run

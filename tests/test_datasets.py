@@ -26,7 +26,7 @@ def test_aml_reader_maps_blasts_and_keeps_myelocyte_apart():
     assert by_code["MYO"] == {"myeloblast"}
     assert by_code["MOB"] == {"monoblast"}
     assert by_code["MYB"] == {"myelocyte"}  # MYB is a myelocyte, not a myeloblast
-    from device.model.labels import category_of
+    from device.model.vocabulary import category_of
     blasts = [r for r in ds.records if category_of(r.label) == "malignant"]
     assert len(blasts) == 22
     assert len(ds.records) == 160
@@ -78,7 +78,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_every_source_maps_onto_the_screen_task():
     """The blast screen's labels from each source: PBC's normal differential, the bone-marrow set's
     blasts (BLA) and promyelocytes (as immature granulocytes), AML-LMU's myeloblasts and monoblasts."""
-    from device.model.labels import category_of, task_label, task_labels
+    from device.model.vocabulary import category_of, task_label, task_labels
     from training.datasets import read_source
 
     screen = set(task_labels("screen"))

@@ -23,7 +23,7 @@ def test_a_training_crop_is_the_crop_analyze_makes_and_gives_the_same_prediction
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
     from device.analysis.preprocess import prepare_cell
     from training.data import record_views
     from training.datasets import PBC_INFO, Record
@@ -92,7 +92,7 @@ def test_a_field_dataset_goes_from_train_through_convert_to_analyze(taleqani_fie
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
     from training.config import recipe_from_dict
     from training.evaluate import records_from_manifest
     from training.train import train

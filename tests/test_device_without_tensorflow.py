@@ -44,7 +44,7 @@ def test_default_bundle_classifies_a_field_without_tensorflow():
 from device.model.bundle import load_bundle
 from device.model.classifier import Classifier
 from device.imageio import read_image
-from device.analysis.pipeline import Analyzer
+from device.model.analyzer import Analyzer
 b = load_bundle()
 clf = Classifier(b, threads=1)
 res = Analyzer(clf).analyze(read_image('device/assets/fields/BloodImage_00000.jpg'))

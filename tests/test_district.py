@@ -63,7 +63,7 @@ class Box:
         self.store = self.rt.store
 
     def sample(self, code: str = "S-1", fields: int = 2, blasts: int = 0, patient: str = "Amina Wanjiru") -> int:
-        from device import records
+        from device.records import samples as records
         from device.imageio import read_image
 
         if not _analyses:
@@ -81,7 +81,7 @@ class Box:
         return sid
 
     def finish(self, sid: int) -> None:
-        from device import records
+        from device.records import samples as records
 
         records.finish_sample(self.store, sid, "admin", self.rt.config.sample.flags)
 
@@ -106,7 +106,7 @@ def test_a_finished_sample_is_dicom_that_validates_and_reads_back_identical(box,
     import highdicom as hd
     import pydicom
 
-    from device import records
+    from device.records import samples as records
     from device.district import dicom
     from device.district.export import sample_record
     from device.district.link import Link
@@ -194,7 +194,7 @@ def test_every_object_passes_dciodvfy(box, tmp_path):
 def test_a_large_frame_is_sent_as_its_stored_copy_with_regions_in_its_pixels(tmp_path):
     import numpy as np
 
-    from device import records
+    from device.records import samples as records
     from device.district import dicom
     from device.district.export import sample_record
     from device.imageio import read_image
@@ -222,7 +222,7 @@ def test_a_large_frame_is_sent_as_its_stored_copy_with_regions_in_its_pixels(tmp
 
 
 def test_finish_and_queue_are_one_transaction(tmp_path, monkeypatch):
-    from device import records
+    from device.records import samples as records
     from device.records import district as outbox
 
     b = Box(tmp_path)
@@ -256,7 +256,7 @@ def test_finish_and_queue_are_one_transaction(tmp_path, monkeypatch):
 
 
 def test_an_amended_sample_is_sent_again_as_a_new_revision(box, orthanc):
-    from device import records
+    from device.records import samples as records
 
     before = orthanc.rest("/statistics")["CountInstances"]
     sid = box.sample(code="AMEND-1", fields=1)

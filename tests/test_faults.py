@@ -87,7 +87,7 @@ def test_bad_input_on_every_upload_path(live_app):
 def test_disk_full_refuses_capture_and_damages_nothing(tmp_path):
     import shutil
 
-    from device import records
+    from device.records import samples as records
     from device.box.capture import CaptureError
     from device.config import AppConfig
     from device.box.runtime import build_runtime

@@ -135,7 +135,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """One real server for the whole form fuzz (Hypothesis reruns the test body many times)."""
-    from device import records
+    from device.records import samples as records
     from testkit.web import serving
 
     with serving(tmp_path_factory.mktemp("fuzz")) as (base, app, rt):

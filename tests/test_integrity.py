@@ -95,7 +95,7 @@ def test_item1_a_large_accepted_field_is_analysed_at_a_bounded_size(live_app):
 
 
 def test_item1_a_long_job_is_not_a_dead_loop_but_a_stuck_one_is(rt):
-    from device import records
+    from device.records import samples as records
 
     sid = records.create_sample(rt.store, "LONG", "t")
     _slow(rt.analyzer, 1.5)
@@ -127,7 +127,7 @@ def test_item1_concurrent_decodes_are_bounded():
 # -- 2: a capture the caller gave up on is never saved later ------------------------------
 
 def test_item2_abandoned_capture_is_never_saved_later(rt):
-    from device import records
+    from device.records import samples as records
     from device.box.capture import CaptureError
 
     sid = records.create_sample(rt.store, "LATE", "t")
@@ -151,7 +151,7 @@ def test_item2_abandoned_capture_is_never_saved_later(rt):
 # -- 3: the worker is supervised -----------------------------------------------------------
 
 def test_item3_capture_loop_restarts_after_it_dies(rt):
-    from device import records
+    from device.records import samples as records
 
     sid = records.create_sample(rt.store, "SUP", "t")
     real_poll, calls = rt.loop.camera.poll, []
@@ -176,7 +176,7 @@ def test_item3_capture_loop_restarts_after_it_dies(rt):
 # -- 4: rule and write in one transaction --------------------------------------------------
 
 def test_item4_capture_cannot_land_in_a_sample_finished_meanwhile(rt, monkeypatch):
-    from device import records
+    from device.records import samples as records
     from device.box.capture import CaptureError
 
     sid = records.create_sample(rt.store, "RACE", "t")
@@ -201,8 +201,8 @@ def test_item4_capture_cannot_land_in_a_sample_finished_meanwhile(rt, monkeypatc
 def test_item4_finished_result_matches_its_cells_under_a_racing_capture(rt, monkeypatch):
     import json
 
-    from device import records
-    from device.records import sample as sample_mod
+    from device.records import samples as records
+    from device.records import counts as sample_mod
     sid = records.create_sample(rt.store, "RACE2", "t")
     rt.loop.capture(sid, "t")
     real, raced = sample_mod.summarize, []
@@ -271,7 +271,7 @@ def test_item6_missing_or_empty_database_beside_images_refuses_to_start(tmp_path
     from device.records.store import Store, StoreDamaged
 
     store = Store(tmp_path)
-    from device import records
+    from device.records import samples as records
 
     sid = records.create_sample(store, "S", "t")
     store.write_file(store.new_name(sid, ".jpg"), b"an image")
@@ -289,7 +289,7 @@ def test_item6_missing_or_empty_database_beside_images_refuses_to_start(tmp_path
 
 
 def test_item6_failed_integrity_check_refuses_to_start_with_advice(tmp_path):
-    from device import records
+    from device.records import samples as records
     from device.records.store import Store
 
     store = Store(tmp_path)
@@ -313,7 +313,7 @@ def test_item6_failed_integrity_check_refuses_to_start_with_advice(tmp_path):
 # -- 7: a failed COMMIT rolls back ----------------------------------------------------------
 
 def test_item7_failed_commit_leaves_no_open_transaction(tmp_path):
-    from device import records
+    from device.records import samples as records
     from device.records.store import Store
 
     store = Store(tmp_path)
@@ -494,7 +494,7 @@ def test_item10_bad_bundles_are_refused_fast_and_the_running_model_stays(live_ap
 
 
 def records_create(rt, code):
-    from device import records
+    from device.records import samples as records
 
     return records.create_sample(rt.store, code, "admin")
 
@@ -524,7 +524,7 @@ def test_item11_each_field_records_its_model_and_reports_list_every_model(live_a
     import zipfile
 
     from device.model import bundle as bundle_mod
-    from device import records
+    from device.records import samples as records
     from device.model import installed as models
 
     base, app, rt, _ = live_app

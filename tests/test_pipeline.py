@@ -35,7 +35,7 @@ def test_default_bundle_loads_without_tensorflow_code_path():
 
 
 def test_capture_loop_stores_fields_cells_and_counts(runtime):
-    from device import records
+    from device.records import samples as records
 
     store = runtime.store
     sid = records.create_sample(store, "S-001", "tester", target=5)
@@ -76,7 +76,7 @@ def test_capture_loop_stores_fields_cells_and_counts(runtime):
 def test_capture_reports_a_vanished_camera_and_recovers(runtime, tmp_path):
     import time
 
-    from device import records
+    from device.records import samples as records
     from device.box.capture import CaptureError
 
     sid = records.create_sample(runtime.store, "S-002", "tester")
@@ -131,7 +131,7 @@ def test_a_12_megapixel_frame_costs_one_resample_more_and_finds_the_same_cells()
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
     from device.imageio import read_image
-    from device.analysis.pipeline import Analyzer
+    from device.model.analyzer import Analyzer
 
     img = read_image(REPO / "device/assets/fields/BloodImage_00010.jpg")
     big = cv2.resize(img, (4056, 3040), interpolation=cv2.INTER_CUBIC)
@@ -161,7 +161,7 @@ def test_boxes_of_a_large_frame_are_drawn_on_the_frame_size_not_the_stored_copy(
     and what the page is given to draw them (width, height) is the frame's size."""
     import cv2
 
-    from device import records
+    from device.records import samples as records
     from device.imageio import read_image
     from testkit.web import serving
 

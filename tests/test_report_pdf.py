@@ -148,7 +148,7 @@ def test_arabic_report_captions_are_whole_shaped_words_and_intervals_read_low_to
     assert fragments == [], fragments
     assert tokens.count("المراجعة") >= 2  # in the counts table and under the cell
     # the 95 % interval reads low to high, as on the page ("1.0-8.1", never "8.1-1.0")
-    from device import records
+    from device.records import samples as records
 
     summary = records.summary_of(rt.store, sid, rt.config.sample.flags)
     lo, hi = (f"{100 * v:.1f}" for v in summary.malignant_ci)

@@ -33,7 +33,7 @@ def _text(html: str) -> str:
 
 
 def test_row_rules_one_final_label_groups_and_report_order():
-    from device import records
+    from device.records import samples as records
 
     def cell(i, label, flag=None, op=None, p=0.9):
         cat = {"lymphoblast": "malignant", "ig": "atypical", "platelet": "non-leukocyte"}.get(label, "normal")

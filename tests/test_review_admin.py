@@ -28,7 +28,7 @@ def test_upload_refusals_are_in_the_page_language(live_app):
 
 
 def test_the_audit_log_pages_and_searches(live_app):
-    from device import records
+    from device.records import samples as records
 
     base, app, rt, _ = live_app
     s = signed_in(base)

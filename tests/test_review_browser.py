@@ -203,7 +203,7 @@ def test_the_same_picture_twice_is_held_out_of_the_count_until_the_operator_deci
     expect(page.locator("#count")).to_have_text(counted)  # nothing counted twice
     expect(page.locator("#held")).to_have_text("1 repeated view not counted")
     assert len(rt.store.connect().execute("SELECT id FROM fields WHERE sample_id = ?", (sid,)).fetchall()) == 2
-    from device import records
+    from device.records import samples as records
 
     assert records.summary_of(rt.store, sid, rt.config.sample.flags).leukocytes + \
         records.summary_of(rt.store, sid, rt.config.sample.flags).uncertain == n_cells
@@ -241,7 +241,7 @@ def test_the_replay_demo_does_not_silently_recount_its_fields(browser, live_app)
     expect(page.locator("#repeat-warning")).to_be_visible()
     expect(page.locator("#held")).to_be_visible()
     summary_cells = sum(1 for c in cells(rt, sid))
-    from device import records
+    from device.records import samples as records
 
     assert len(records.cells_of(rt.store, sid)) < summary_cells  # the repeat's cells are in no count
     assert int(page.locator("#count").inner_text()) >= before
@@ -255,7 +255,7 @@ def test_the_replay_demo_does_not_silently_recount_its_fields(browser, live_app)
 def test_not_a_white_cell_removes_a_cell_from_every_count(browser, live_app, tmp_path):
     from playwright.sync_api import expect
 
-    from device import records
+    from device.records import samples as records
 
     base, app, rt, _ = live_app
     rt.config.sample.target_cells = 1
@@ -309,7 +309,7 @@ def many_cells(rt, sid, n_min=40):
 def test_review_is_one_tap_per_cell_paged_with_live_counts(browser, live_app):
     from playwright.sync_api import expect
 
-    from device import records
+    from device.records import samples as records
 
     base, app, rt, _ = live_app
     ctx, page, errors = admin_page(browser, base)

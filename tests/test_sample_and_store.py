@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from device.records.sample import CountedCell, FlagRule, summarize, wilson_interval
+from device.records.counts import CountedCell, FlagRule, summarize, wilson_interval
 from device.records.store import MIGRATIONS, Store
 
 
@@ -49,7 +49,7 @@ def test_an_empty_or_short_sample_is_insufficient_never_no_flag():
 
 
 def test_one_final_label_rule():
-    from device.records.sample import final_label
+    from device.records.counts import final_label
 
     assert final_label("platelet", "low-confidence", None) == ("uncertain", "uncertain")
     assert final_label("platelet", "low-confidence", "neutrophil") == ("neutrophil", "normal")
@@ -83,7 +83,7 @@ def test_store_schema_wal_and_foreign_keys(tmp_path):
 
 
 def test_consistency_check_quarantines_orphans_and_keeps_dangling_rows(tmp_path):
-    from device import records
+    from device.records import samples as records
 
     store = Store(tmp_path)
     sid = records.create_sample(store, "S1", "tester")

@@ -61,7 +61,7 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     a refused press is logged and shown on the capture page."""
     from gpiozero.pins.mock import MockFactory
 
-    from device import records
+    from device.records import samples as records
     from device.box.button import start_button
 
     base, app, rt, _ = live_app
@@ -145,6 +145,6 @@ def test_the_settings_page_keeps_the_last_measured_scale(live_app):
 
 
 def records_sample(rt) -> int:
-    from device import records
+    from device.records import samples as records
 
     return records.create_sample(rt.store, "SCALE-1", "tester")

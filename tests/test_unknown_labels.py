@@ -24,7 +24,7 @@ def _csrf(html: str) -> str:
 
 
 def test_unknown_stored_labels_show_as_stored_and_count_as_uncertain(tmp_path):
-    from device import records
+    from device.records import samples as records
     from device.box.runtime import build_runtime
     from device.config import AppConfig
     from device.imageio import read_image
@@ -95,7 +95,7 @@ def test_unknown_stored_labels_show_as_stored_and_count_as_uncertain(tmp_path):
 
 
 def test_the_one_category_rule():
-    from device.records.sample import category_of, final_label
+    from device.records.counts import category_of, final_label
 
     assert final_label("neutrophil", None, None) == ("neutrophil", "normal")
     assert final_label("neutrophil", "low-confidence", None) == ("uncertain", "uncertain")

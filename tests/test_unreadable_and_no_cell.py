@@ -36,12 +36,12 @@ def test_a_truncated_jpeg_is_counted_not_fatal(tmp_path):
 
 def test_the_blast_screen_keeps_images_without_a_cell_in_its_denominators(tmp_path):
     from bench.blast_screen import cells, in_lab, unseen_lab
-    from device.model import labels as vocab
+    from device.model import vocabulary
     from device.model.bundle import load_bundle
     from device.model.classifier import Classifier
 
     bundle = load_bundle(None)
-    names = vocab.task_labels(bundle.metadata["task"])
+    names = vocabulary.task_labels(bundle.metadata["task"])
     blasts = sorted((MLL / "BLA").glob("*.jpg"))[:4]
     records = _records(tmp_path, "blast", blasts)
     c = cells(records, bundle, Classifier(bundle, threads=2), names)

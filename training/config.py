@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from device.model import labels
+from device.model import vocabulary
 from device.schema import ConfigError
 from device.analysis.preprocess import Preprocessing
 
@@ -37,7 +37,9 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class NetworkConfig:
+    """The network trained (the recipe's [model] section); not the device's ``device.config.ModelConfig`` (which bundle
+    the box runs)."""
     name: str = "leukonet"
     width: float = 1.0  # channel multiplier (leukonet) or alpha (mobilenetv2)
     dropout: float = 0.3
@@ -113,7 +115,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     # Cells are framed as the device frames them: a square of DEFAULT_CROP_UM micrometres.
     preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing(crop_um=DEFAULT_CROP_UM))
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
@@ -162,8 +164,8 @@ def resolve_data_path(path: str, base: Path | None = None) -> Path:
     return (Path.cwd() / p).resolve()
 
 
-def _model_section(raw: dict, base: Path | None) -> ModelConfig:
-    model = build_section(ModelConfig, raw, "model")
+def _model_section(raw: dict, base: Path | None) -> NetworkConfig:
+    model = build_section(NetworkConfig, raw, "model")
     if model.weights:  # a local file, found as data paths are
         model.weights = str(resolve_data_path(model.weights, base))
     return model
@@ -173,7 +175,7 @@ def recipe_from_dict(raw: dict, base: Path | None = None) -> Recipe:
     raw = dict(raw)
     if "task" not in raw:
         raise ValueError("the recipe must name a task")
-    labels.task_labels(raw["task"])
+    vocabulary.task_labels(raw["task"])
     data_raw = dict(raw.pop("data", {}))
     sources = []
     for s in data_raw.pop("sources", []):

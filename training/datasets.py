@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from device.model import labels
+from device.model import vocabulary
 from device.imageio import IMAGE_SUFFIXES
 
 
@@ -67,7 +67,7 @@ def _from_class_folders(root: Path, name: str, mapping: Callable[[str], str | No
         label = mapping(folder.name)
         if label is None:
             continue
-        labels.label(label)  # fail early on a label outside the vocabulary
+        vocabulary.label(label)  # fail early on a label outside the vocabulary
         for img in _images(folder):
             records.append(Record(str(img.resolve()), img.relative_to(root).as_posix(), label, None, name,
                                   um_per_px, kind))
@@ -300,7 +300,7 @@ def read_district(root: str | Path) -> Dataset:
                 label, rel, box = row["label"], row["path"], row["box"]
             except KeyError as exc:
                 raise ValueError(f"{manifest}: column {exc} missing") from None
-            labels.label(label)  # a label outside the vocabulary fails here, naming the line
+            vocabulary.label(label)  # a label outside the vocabulary fails here, naming the line
             img = (root / rel).resolve()
             if root.resolve() not in img.parents or not img.is_file():
                 raise ValueError(f"{manifest} line {n}: image {rel!r} not found under {root}")

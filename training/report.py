@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import labels
+from device.model import vocabulary
 from training import metrics
 from training.config import EvalConfig
 
 
 def malignant_score(probs: np.ndarray, class_names: list[str]) -> np.ndarray | None:
-    mask = np.array([labels.category_of(c) == "malignant" for c in class_names])
+    mask = np.array([vocabulary.category_of(c) == "malignant" for c in class_names])
     return probs[:, mask].sum(1) if mask.any() else None
 
 
@@ -31,11 +31,11 @@ def build_report(class_names: list[str], test_probs: np.ndarray, test_y: np.ndar
     report["reliability"] = metrics.reliability(test_probs, test_y)
     val_score = malignant_score(val_probs, class_names)
     if val_score is not None and not np.isin(val_y, [i for i, c in enumerate(class_names)
-                                                    if labels.category_of(c) == "malignant"]).any():
+                                                    if vocabulary.category_of(c) == "malignant"]).any():
         report["malignant_note"] = "no malignant cell in the validation split: no operating point chosen"
         val_score = None
     if val_score is not None:
-        malignant_idx = [i for i, c in enumerate(class_names) if labels.category_of(c) == "malignant"]
+        malignant_idx = [i for i, c in enumerate(class_names) if vocabulary.category_of(c) == "malignant"]
         val_pos = np.isin(val_y, malignant_idx)
         test_pos = np.isin(test_y, malignant_idx)
         test_score = malignant_score(test_probs, class_names)

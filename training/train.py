@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.model import labels
+from device.model import vocabulary
 from training import splits
 from training.config import Recipe
 from training.datasets import Dataset, Record, read_source
@@ -41,11 +41,11 @@ def library_versions() -> dict:
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
-    class_names = list(labels.task_labels(recipe.task))
+    class_names = list(vocabulary.task_labels(recipe.task))
     datasets = [read_source(s.kind, s.path, **s.options) for s in recipe.data.sources]
     # Each source's labels as the task counts them (e.g. a promyelocyte is an "ig" for the screen).
-    records = [replace(r, label=labels.task_label(recipe.task, r.label)) for d in datasets for r in d.records
-               if labels.task_label(recipe.task, r.label)]
+    records = [replace(r, label=vocabulary.task_label(recipe.task, r.label)) for d in datasets for r in d.records
+               if vocabulary.task_label(recipe.task, r.label)]
     if not records:
         raise ValueError(f"no images with labels of task {recipe.task!r} in the given sources")
     dedup = splits.deduplicate(records)

@@ -1,1 +1,1 @@
-"""One field through the analysis: pixel size, quality, the cell finder, crops, the classifier."""
+"""One field through the image work: pixel size, quality, the cell finder, crops (no model: that is ``device.model``)."""

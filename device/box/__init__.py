@@ -1,1 +1,1 @@
-"""The box: the runtime that wires it together, the capture loop, the server and its watchdog, the button."""
+"""The box: the runtime that wires it together, the capture loop, the button (the server is ``device.serve``)."""

@@ -17,11 +17,11 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from device import records
+from device.records import samples
 from device.camera.base import CameraError
 from device.camera.supervised import SupervisedCamera
 from device.imageio import encode_jpeg
-from device.analysis.pipeline import Analyzer, cell_json
+from device.model.analyzer import Analyzer, cell_json
 from device.records.store import StorageFull, Store, StoreError
 
 
@@ -224,11 +224,11 @@ class CaptureLoop:
             self.busy, self.busy_since = True, time.monotonic()
             try:
                 job.future.set_result(self._capture(job))
-            except records.Discarded:
+            except samples.Discarded:
                 self.discarded += 1
                 log.info("capture for sample %s discarded: its caller had given up", job.sample_id)
                 job.future.set_exception(CaptureError("the capture took too long and was cancelled; nothing was saved"))
-            except (CaptureError, CameraError, records.RecordError, StorageFull, StoreError) as exc:
+            except (CaptureError, CameraError, samples.RecordError, StorageFull, StoreError) as exc:
                 msg = str(exc) if not isinstance(exc, StorageFull) else exc.strerror or str(exc)
                 job.future.set_exception(CaptureError(msg))
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any single bad capture
@@ -273,11 +273,11 @@ class CaptureLoop:
         analysis = self.analyzer.analyze(image)
         model = getattr(self.analyzer.classifier, "bundle", None)
         calibration = getattr(self.analyzer.classifier, "calibration", None)
-        fid = records.save_field(self.store, job.sample_id, image, analysis, job.user, captured_at=captured_at,
+        fid = samples.save_field(self.store, job.sample_id, image, analysis, job.user, captured_at=captured_at,
                                  source=source, may_commit=job.may_commit, model=model,
                                  calibration=calibration)
         self.captures += 1
-        summary = records.summary_of(self.store, job.sample_id, self.rules)
+        summary = samples.summary_of(self.store, job.sample_id, self.rules)
         return {
             "field_id": fid, "qc": analysis.qc.figures(), "qc_ok": analysis.qc.ok, "qc_message": analysis.qc.message,
             # boxes are in the frame's pixels (the stored image may be smaller): the page draws them on this size

@@ -12,7 +12,7 @@ from device.box.capture import CaptureLoop
 from device.model.classifier import Classifier
 from device.config import AppConfig
 from device.model.installed import load_active, load_validated, models_dir
-from device.analysis.pipeline import Analyzer
+from device.model.analyzer import Analyzer
 from device.records.store import RepairReport, Store, StoreError
 
 log = logging.getLogger("leukoscope")

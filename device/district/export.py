@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 
-from device import records
+from device.records import samples
 from device.district.dicom import SampleRecord
 from device.records import district as outbox
 
 
 def sample_record(store, sample_id: int, revision: int, clinic: str, pdf: bytes | None = None) -> SampleRecord:
-    s = records.get_sample(store, sample_id)
+    s = samples.get_sample(store, sample_id)
     fields, factor = [], {}
-    for f in records.fields_of(store, sample_id):
+    for f in samples.fields_of(store, sample_id):
         scale = (json.loads(f["qc_json"] or "{}").get("scale") or {})
         jpeg = store.path(f["image_path"]).read_bytes()
         w, h = _jpeg_size(jpeg)
@@ -23,8 +23,8 @@ def sample_record(store, sample_id: int, revision: int, clinic: str, pdf: bytes 
         fields.append({"id": f["id"], "jpeg": jpeg, "width": w, "height": h, "captured_at": f["captured_at"],
                        "um_per_px": um / k if um else None})
     cells = []
-    for c in records.cells_of(store, sample_id):
-        final, cat = records.cell_final(c)
+    for c in samples.cells_of(store, sample_id):
+        final, cat = samples.cell_final(c)
         k = factor.get(c["field_id"], 1.0)
         box = tuple(round(v * k) for v in (c["x1"], c["y1"], c["x2"], c["y2"]))
         cells.append({"id": c["id"], "field_id": c["field_id"], "box": box,
@@ -37,7 +37,7 @@ def sample_record(store, sample_id: int, revision: int, clinic: str, pdf: bytes 
         created_at=s["created_at"], finished_at=s["finished_at"] or "", finished_by=s["finished_by"] or "",
         revision=revision, clinic=clinic, patient_name=s["patient_name"], patient_age=s["patient_age"],
         patient_sex=s["patient_sex"], result=json.loads(s["result_json"] or "{}"),
-        models=records.models_of(store, sample_id), fields=fields, cells=cells, pdf=pdf)
+        models=samples.models_of(store, sample_id), fields=fields, cells=cells, pdf=pdf)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.model.bundle import Bundle, BundleError
 from device.analysis.preprocess import normalize
 
@@ -69,7 +69,7 @@ class CellPrediction:
 
     @property
     def shown_label(self) -> str:
-        return vocab.UNCERTAIN if self.uncertain else self.label
+        return vocabulary.UNCERTAIN if self.uncertain else self.label
 
 
 _NOTICE = b"Created TensorFlow Lite XNNPACK delegate for CPU."

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from device.analysis.preprocess import Preprocessing
-from device.model import labels as vocab
+from device.model import vocabulary
 
 FORMAT = "leukoscope-bundle/1"
 REQUIRED = ("name", "version", "task", "labels", "input", "preprocessing", "sha256")
@@ -93,10 +93,10 @@ class Label(_Open):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise _refuse("each label must be an object with a 'name'")
         name, cat = entry["name"], entry.get("category")
-        if cat not in vocab.CATEGORIES:
+        if cat not in vocabulary.CATEGORIES:
             raise _refuse(f"label {name!r} has unknown category {cat!r}", own=True)
         try:
-            known = vocab.category_of(name)
+            known = vocabulary.category_of(name)
         except KeyError:
             raise _refuse(f"label {name!r} is not in this device's vocabulary; update the device software first",
                           own=True) from None

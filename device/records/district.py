@@ -119,7 +119,7 @@ def save_verdict(store: Store, sample_id: int, sop_uid: str, expert: str, role: 
     """A verdict from the district and the expert's label of each cell, in one transaction, audited. The labels
     are decisions of a qualified reviewer (who and with which role), kept beside the operator's, never over
     them. Returns False if this verdict was already stored (polling again is harmless)."""
-    from device.records.sample import category_of
+    from device.records.counts import category_of
 
     with store.transaction() as tx:
         if tx.execute("SELECT 1 FROM district_verdicts WHERE sop_uid = ?", (sop_uid,)).fetchone():

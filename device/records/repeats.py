@@ -64,3 +64,14 @@ def repeat_of(conn, sample_id: int, vhash: str, boxes: list, width: int, height:
         if boxes_match(boxes, old):
             return f["id"]
     return None
+
+
+def held_repeat(fields, field) -> dict | None:
+    """A field held as a repeated view: its id and the number (1, 2, ...) of the field it repeats in the sample
+    (0 when that field is gone); None for a counted field or none."""
+    qc = json.loads(field["qc_json"] or "{}") if field is not None else {}
+    if not qc.get("held"):
+        return None
+    ids = [f["id"] for f in fields]
+    same = qc.get("repeat_of")
+    return {"field_id": field["id"], "same_as": ids.index(same) + 1 if same in ids else 0}

@@ -16,8 +16,9 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from device.box.runtime import Runtime
-from device.web import words
 from device.records.store import StoreError
+from device.web import admin, auth, calibration, capture, common, district, exports, media, review, samples, words
+from device.web.common import error_page
 
 log = logging.getLogger("leukoscope.web")
 
@@ -31,11 +32,11 @@ def _is_disk_full(exc: BaseException) -> bool:
 PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health"}
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024
 # What never waits for a capture in progress: the capture itself and what the operator watches it by.
-CAPTURE_FIRST_EXEMPT = {"health", "static", "views.capture", "views.upload_field", "views.status",
-                        "views.preview_still", "views.preview", "views.use_button"}
+CAPTURE_FIRST_EXEMPT = {"health", "static", "capture.capture", "capture.upload_field", "capture.status",
+                        "media.preview_still", "media.preview", "capture.use_button"}
 CAPTURE_FIRST_WAIT_S = 1.0
 PAGE_WAIT_S = 0.3  # pages are light: they wait for a capture in progress only briefly
-EXPORT_ENDPOINTS = {"views.report_pdf", "views.export_cells"}
+EXPORT_ENDPOINTS = {"exports.report_pdf", "exports.export_cells"}
 EXPORT_WAIT_S = 30.0
 _exporting = threading.BoundedSemaphore(1)
 REQUEST_NICE = 5  # web-server threads: this much nicer than the capture thread (Linux threads each have one)
@@ -89,20 +90,15 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
     Babel(app, locale_selector=lambda: words.page_language(runtime),
           timezone_selector=lambda: runtime.config.web.time_zone)
 
-    from device.web import auth, calibration, views
-
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(views.bp)
-    app.register_blueprint(calibration.bp)
+    for blueprint in (auth.bp, samples.bp, capture.bp, review.bp, media.bp, exports.bp, admin.bp, calibration.bp):
+        app.register_blueprint(blueprint)
 
     @app.context_processor
     def calibration_words():
         return {"calibration_note": lambda sample_id: calibration.note(runtime.store, sample_id),
                 "site_text": calibration.site_text}
-    app.add_url_rule("/health", "health", views.health)
-    from device.district import web as district_web
-
-    district_web.install(app, runtime)  # issue 25: send state and verdicts, district settings
+    app.add_url_rule("/health", "health", common.health)
+    district.install(app, runtime)  # issue 25: send state and verdicts, district settings
 
     @app.before_request
     def storage_present():
@@ -112,7 +108,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
             runtime.store.verify()
         except StoreError as exc:
             if request.endpoint not in ("health", "static"):
-                return views.error_page(503, str(exc))
+                return error_page(503, str(exc))
         if request.method == "POST":
             runtime.store.keep_reserve()  # nearly full: release the reserve before this request writes
         return None
@@ -128,7 +124,7 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
         runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S if request.endpoint in EXPORT_ENDPOINTS else PAGE_WAIT_S)
         if request.endpoint in EXPORT_ENDPOINTS:
             if not _exporting.acquire(timeout=EXPORT_WAIT_S):
-                body, code = views.error_page(503, _("Other exports are being prepared; try again in a moment."))
+                body, code = error_page(503, _("Other exports are being prepared; try again in a moment."))
                 return body, code, {"Retry-After": "5"}
             g.export_slot = True
             runtime.loop.wait_idle(CAPTURE_FIRST_WAIT_S)
@@ -164,49 +160,47 @@ def create_app(runtime: Runtime, testing: bool = False) -> Flask:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
-        return views.error_page(400, _("The form expired or was not sent by this page. Reload the page and try again."))
+        return error_page(400, _("The form expired or was not sent by this page. Reload the page and try again."))
 
     @app.errorhandler(413)
     def too_large(exc):
-        return views.error_page(413, _("The upload is larger than %(mb)d MB.", mb=MAX_UPLOAD_BYTES // (1024 * 1024)))
+        return error_page(413, _("The upload is larger than %(mb)d MB.", mb=MAX_UPLOAD_BYTES // (1024 * 1024)))
 
     @app.errorhandler(403)
     def forbidden(exc):
-        return views.error_page(403, _("Only an administrator can do this."))
+        return error_page(403, _("Only an administrator can do this."))
 
     @app.errorhandler(404)
     def not_found(exc):
-        return views.error_page(404, _("There is nothing at this address."))
+        return error_page(404, _("There is nothing at this address."))
 
     @app.errorhandler(405)
     def not_allowed(exc):
-        return views.error_page(405, _("That action is not available here."))
+        return error_page(405, _("That action is not available here."))
 
     @app.errorhandler(StoreError)
     def store_error(exc):
         log.error("storage: %s", exc)
-        return views.error_page(503, str(exc))
+        return error_page(503, str(exc))
 
     @app.errorhandler(OSError)
     @app.errorhandler(sqlite3.OperationalError)
     def disk_full(exc):
         if not _is_disk_full(exc):
             log.exception("request failed")
-            return views.error_page(500, "Something went wrong on the appliance. Nothing was lost; try again.")
+            return error_page(500, "Something went wrong on the appliance. Nothing was lost; try again.")
         runtime.store.keep_reserve()
         log.error("storage full: %s", exc)
-        return views.error_page(507, "The appliance's storage is full: nothing was changed. An administrator can "
+        return error_page(507, "The appliance's storage is full: nothing was changed. An administrator can "
                                      "export and delete old samples (History) to free space.")
 
     @app.errorhandler(500)
     def server_error(exc):
-        return views.error_page(500, _("Something went wrong on the appliance. Nothing was lost; try again."))
+        return error_page(500, _("Something went wrong on the appliance. Nothing was lost; try again."))
 
     @app.context_processor
     def inject():
-        from device.web.views import _scale_text
-
         return words.template_helpers(runtime) | {"clinic_name": runtime.config.web.clinic_name, "user": g.get("user"),
-                                                  "scale_text": _scale_text}
+                                                  "scale_text": common.scale_text}
 
     return app

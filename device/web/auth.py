@@ -237,7 +237,7 @@ def setup():
                 return redirect(url_for("auth.login"))
             start_session(store, uid, runtime().config.web.session_hours, request.remote_addr or "")
             flash(_("Administrator created. Add operators under Users."))
-            return redirect(url_for("views.index"))
+            return redirect(url_for("samples.index"))
     return render_template("setup.html", error=error), 400 if error else 200
 
 
@@ -255,7 +255,7 @@ def login():
                                    web.lockout_minutes)
         if row is not None:
             start_session(store, row["id"], web.session_hours, request.remote_addr or "")
-            return redirect(safe_next(request.args.get("next")) or url_for("views.index"))
+            return redirect(safe_next(request.args.get("next")) or url_for("samples.index"))
         if reason == "client-limit":
             error, code = _("Too many failed sign-ins from this device. Wait %(m)d minutes, then try again.",
                             m=int(CLIENT_WINDOW.total_seconds() // 60)), 429

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fpdf import FPDF
 
-from device import records
-from device.records.sample import DISCLAIMER
+from device.records import samples
+from device.records.counts import DISCLAIMER
 from device.web import words
 
 CELL_FIELDS = ("cell_id", "field_id", "x1", "y1", "x2", "y2", "model_label", "model_category", "probability", "flag",
@@ -19,8 +19,8 @@ CELL_FIELDS = ("cell_id", "field_id", "x1", "y1", "x2", "y2", "model_label", "mo
 
 
 def _cell_rows(store, s):
-    for c in records.cells_of(store, s["id"]):
-        final, cat = records.cell_final(c)
+    for c in samples.cells_of(store, s["id"]):
+        final, cat = samples.cell_final(c)
         yield {"cell_id": c["id"], "field_id": c["field_id"], "x1": c["x1"], "y1": c["y1"], "x2": c["x2"], "y2": c["y2"],
                "model_label": c["label"], "model_category": c["category"], "probability": round(c["probability"], 4),
                "flag": c["flag"] or "", "operator_label": c["operator_label"] or "", "final_label": final,
@@ -45,7 +45,7 @@ def cells_csv(store, s) -> str:
 
 
 def cells_json(store, s, cfg) -> str:
-    summary = records.summary_of(store, s["id"], cfg.sample.flags)
+    summary = samples.summary_of(store, s["id"], cfg.sample.flags)
     return json.dumps({
         "sample": {k: s[k] for k in ("id", "sample_code", "patient_name", "patient_age", "patient_sex", "note",
                                      "status", "created_at", "finished_at", "finished_by", "verified_by", "reopened_at",
@@ -123,10 +123,10 @@ def _wrap(pdf, text: str, width: float) -> list[str]:
 
 
 def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
-    """``models_info``: each model that classified the sample with its limits (``web.views.sample_models``);
+    """``models_info``: each model that classified the sample with its limits (``web.common.sample_models``);
     by default the one ``bundle``."""
     _ = words.gettext
-    summary = records.summary_of(store, s["id"], cfg.sample.flags)
+    summary = samples.summary_of(store, s["id"], cfg.sample.flags)
     pdf = _Report(cfg.web.clinic_name, rtl=words.lang() in words.RTL)
     pdf.alias_nb_pages()
     pdf.add_page()
@@ -214,7 +214,7 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                                   cells=words.cells(summary.malignant)))
     else:
         kv(_("Blast fraction"), _("not computable: no white cell counted"))
-    suspected = [c for c in records.cells_of(store, s["id"]) if c["flag"] == records.POSSIBLE_BLAST]
+    suspected = [c for c in samples.cells_of(store, s["id"]) if c["flag"] == samples.POSSIBLE_BLAST]
     if suspected:
         from collections import Counter
 
@@ -249,8 +249,8 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
             table.row((words.display(row["label"]), words.category_name(cat), str(row["count"]), pct))
     pdf.ln(2)
 
-    cells = records.cells_of(store, s["id"])
-    ordered = records.report_order(cells)
+    cells = samples.cells_of(store, s["id"])
+    ordered = samples.report_order(cells)
     shown = ordered[:GALLERY_MAX]
     if shown:
         if pdf.get_y() + 7 + 28 + 10 > pdf.h - 25:
@@ -272,12 +272,12 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
             except (OSError, ValueError):
                 pass
             pdf.set_font("noto", "", 6)
-            final, _cat = records.cell_final(c)
+            final, _cat = samples.cell_final(c)
             text = words.display(final)
-            if c["flag"] == records.POSSIBLE_BLAST:
+            if c["flag"] == samples.POSSIBLE_BLAST:
                 text = _("Possible blast") + ": " + text
             lines = _wrap(pdf, text, size)
-            if records.cell_reclassified(c):
+            if samples.cell_reclassified(c):
                 lines += _wrap(pdf, _("model: %(label)s", label=words.display(c["label"])), size)
             for k, line in enumerate(lines[:3]):
                 # one shaped line per cell: fpdf2's own wrapping of a right-to-left caption splits words and
@@ -320,12 +320,12 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
 
     for line in note(store, s["id"]):
         kv(_("Site calibration"), line)
-    summary_site = site_text(records.summary_of(store, s["id"], cfg.sample.flags))
+    summary_site = site_text(samples.summary_of(store, s["id"], cfg.sample.flags))
     if summary_site:
         kv(_("Refer rule"), summary_site)
     pdf.ln(2)
     pdf.heading(_("Sign-off"))
-    kv(_("Reviewed by"), ", ".join(records.reviewers_of(store, s["id"])) or "-")
+    kv(_("Reviewed by"), ", ".join(samples.reviewers_of(store, s["id"])) or "-")
     kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
     from device.records import district  # issue 25: the district experts' verdicts on this sample
 

@@ -13,10 +13,10 @@ from flask_babel import format_datetime, get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
 from device.config import LANGUAGES
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.model.metadata import validation_text
-from device.records.sample import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
-from device.records.sample import category_of as sample_category_of
+from device.records.counts import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
+from device.records.counts import category_of as sample_category_of
 
 RTL = {"ar"}
 
@@ -58,7 +58,7 @@ DATA_STRINGS = (
     _l("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person reviewing the smear."),
 )
 CATEGORY_NAMES = {"normal": _l("normal"), "malignant": _l("blast / malignant"), "atypical": _l("atypical"),
-                  "non-leukocyte": _l("not a white cell"), vocab.UNCERTAIN: _l("uncertain")}
+                  "non-leukocyte": _l("not a white cell"), vocabulary.UNCERTAIN: _l("uncertain")}
 LEVEL_NAMES = {"refer": _l("refer"), "review": _l("review"), INSUFFICIENT: _l("insufficient")}
 
 
@@ -77,7 +77,7 @@ def lang() -> str:
     return str(get_locale() or "en").split("_")[0]
 
 
-# The category a label counts in: the one rule (device.records.sample.category_of), for the templates.
+# The category a label counts in: the one rule (device.records.counts.category_of), for the templates.
 category_of = sample_category_of
 
 
@@ -85,14 +85,14 @@ def display(name: str | None) -> str:
     """The translated display name of a label ("Immature granulocyte", never "ig")."""
     if not name:
         return "–"
-    if name == vocab.UNCERTAIN:
+    if name == vocabulary.UNCERTAIN:
         return gettext("Uncertain (awaiting review)")
     if name == NOT_A_CELL:
         return gettext("Not a white cell / fragment")
     if name == POSSIBLE_BLAST:
         return gettext("Possible blast")
     try:
-        return gettext(vocab.label(name).display)
+        return gettext(vocabulary.label(name).display)
     except KeyError:
         return name
 
@@ -313,7 +313,7 @@ def sample_warnings(bundle, s) -> list[str]:
 
 
 def template_helpers(runtime) -> dict:
-    from device.records import cell_final, cell_undecided
+    from device.records.samples import cell_final, cell_undecided
 
     # a stored cell's final label and category, and whether it awaits a decision: the one rule, in the templates
     return {"disclaimer": disclaimer(), "final_of": lambda c: cell_final(c)[0], "category_of": category_of,

@@ -9,6 +9,9 @@ from importlib import resources
 CATEGORIES = ("normal", "malignant", "atypical", "non-leukocyte")
 # A cell the classifier is not confident about; never forced into a class.
 UNCERTAIN = "uncertain"
+# Classes a reviewer may choose although the model in use does not know them (a blast subtype, an atypical
+# lymphocyte, a smudge cell): the reviewer sees more than the model was trained on.
+REVIEW_EXTRA = ("lymphoblast", "myeloblast", "atypical-lymphocyte", "smudge-cell")
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,8 @@ def task_labels(task: str) -> tuple[str, ...]:
 
 def tasks() -> tuple[str, ...]:
     return tuple(_vocabulary()[1])
+
+
+def review_choices(model_labels) -> list[str]:
+    """Every class a reviewer may choose: the model's own, then the review extras it lacks."""
+    return list(model_labels) + [n for n in REVIEW_EXTRA if n not in model_labels]

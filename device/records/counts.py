@@ -1,11 +1,12 @@
-"""Per-sample counting: cells over many fields -> counts, malignant fraction, flags."""
+"""Counting a sample: cells over many fields -> counts per label and category, malignant fraction, flags; the
+final-label rule every count, page and export uses."""
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from device.model import labels as vocab
+from device.model import vocabulary
 from device.schema import N_, check, setting
 
 DISCLAIMER = ("Screening aid only, not a diagnosis. Every result must be confirmed by a qualified person "
@@ -24,7 +25,7 @@ class FlagRule:
     min_fraction: float = setting(0.0, ge=0, le=1)
 
     def __post_init__(self):
-        if self.category not in (*vocab.CATEGORIES, vocab.UNCERTAIN):
+        if self.category not in (*vocabulary.CATEGORIES, vocabulary.UNCERTAIN):
             raise ValueError(f"flag rule: unknown category {self.category!r}")
         if self.min_count <= 0 and self.min_fraction <= 0:
             raise ValueError("flag rule: give min_count or min_fraction")
@@ -42,7 +43,7 @@ DEFAULT_RULES = (
              min_fraction=0.03),
     FlagRule("malignant", "Suspicious for acute leukaemia: refer", "refer", min_fraction=0.20),
     FlagRule("atypical", "Atypical or immature cells present: review", "review", min_count=1),
-    FlagRule(vocab.UNCERTAIN, "Cells the model could not classify confidently: review them", "review", min_count=1),
+    FlagRule(vocabulary.UNCERTAIN, "Cells the model could not classify confidently: review them", "review", min_count=1),
 )
 
 
@@ -63,14 +64,14 @@ def category_of(name: str) -> str:
     """The category a (final) label counts in: the vocabulary's. "uncertain" for the uncertain label and for a
     label the vocabulary does not know (stored by a bundle since removed): such a cell keeps its stored name and
     is counted and flagged as uncertain, never dropped and never an error."""
-    if name == vocab.UNCERTAIN:
-        return vocab.UNCERTAIN
+    if name == vocabulary.UNCERTAIN:
+        return vocabulary.UNCERTAIN
     if name == NOT_A_CELL:
         return "non-leukocyte"
     try:
-        return vocab.category_of(name)
+        return vocabulary.category_of(name)
     except KeyError:
-        return vocab.UNCERTAIN
+        return vocabulary.UNCERTAIN
 
 
 def final_label(label: str, flag: str | None, operator_label: str | None) -> tuple[str, str]:
@@ -80,7 +81,7 @@ def final_label(label: str, flag: str | None, operator_label: str | None) -> tup
     if operator_label:
         return operator_label, category_of(operator_label)
     if flag:
-        return vocab.UNCERTAIN, vocab.UNCERTAIN
+        return vocabulary.UNCERTAIN, vocabulary.UNCERTAIN
     return label, category_of(label)
 
 
@@ -134,14 +135,14 @@ class SampleSummary:
     def rows(self) -> list[dict]:
         out = []
         for name, n in self.by_label.items():
-            if name == vocab.UNCERTAIN:
-                out.append({"label": name, "display": "Uncertain (awaiting review)", "category": vocab.UNCERTAIN,
+            if name == vocabulary.UNCERTAIN:
+                out.append({"label": name, "display": "Uncertain (awaiting review)", "category": vocabulary.UNCERTAIN,
                             "count": n})
             elif name == NOT_A_CELL:
                 out.append({"label": name, "display": "Not a white cell / fragment", "category": "non-leukocyte",
                             "count": n})
             else:
-                known = vocab.label(name) if category_of(name) != vocab.UNCERTAIN else None
+                known = vocabulary.label(name) if category_of(name) != vocabulary.UNCERTAIN else None
                 out.append({"label": name, "display": known.display if known else name, "category": category_of(name),
                             "count": n})
         return out
@@ -198,7 +199,7 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES, 
     fixed blast-fraction refer rules."""
     finals = [c.final for c in cells]
     by_label = dict(sorted(Counter(lbl for lbl, _ in finals).items()))
-    by_category = {c: 0 for c in (*vocab.CATEGORIES, vocab.UNCERTAIN)}
+    by_category = {c: 0 for c in (*vocabulary.CATEGORIES, vocabulary.UNCERTAIN)}
     for _, cat in finals:
         by_category[cat] += 1
     leukocytes = by_category["normal"] + by_category["malignant"] + by_category["atypical"]
@@ -224,7 +225,7 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES, 
     unreviewed = sum(1 for c in cells if not c.operator_label)
     whole = leukocytes + undecided
     frange = (malignant / whole, (malignant + undecided) / whole) if whole else (0.0, 0.0)
-    return SampleSummary(by_label, by_category, by_category[vocab.UNCERTAIN], leukocytes, malignant, fraction,
+    return SampleSummary(by_label, by_category, by_category[vocabulary.UNCERTAIN], leukocytes, malignant, fraction,
                          wilson_interval(malignant, leukocytes), leukocytes, target,
                          min(1.0, leukocytes / target) if target else 1.0, flags, unreviewed,
                          undecided=undecided, malignant_range=frange, site=site_result)

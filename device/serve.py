@@ -1,4 +1,5 @@
-"""``leukoscope serve``: the appliance process (web page, capture loop, systemd integration)."""
+"""``leukoscope serve``: the appliance process (web page, capture loop, systemd integration). It builds the page
+over the runtime, so it sits above both: `device.box` never imports the page."""
 from __future__ import annotations
 
 import logging

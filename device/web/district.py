@@ -1,12 +1,20 @@
 """The district on the box's page: the sample's send state and verdicts (result page), the district settings
-with "Test the link" (Settings page), and the sender's PDF (rendered in the app, in the box's language)."""
+with "Test the link" (Settings page), and the sender's PDF (rendered in the app, in the box's language). The
+protocol, the outbox and the sender stay in ``device.district``, which never imports the page."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, redirect, request, url_for
 from flask_babel import gettext as _
 
+from device.records import samples
+from device import settings as st
+from device.config import ConfigError
+from device.district.link import Link, LinkError
+from device.model import installed as models
 from device.records import district as outbox
+from device.web import words
 from device.web.auth import admin_required
+from device.web.report import sample_pdf
 
 bp = Blueprint("district", __name__)
 
@@ -17,21 +25,19 @@ def _rt():
 
 def state_text(row, sender_status: dict | None) -> tuple[str, str]:
     """(css class, sentence) of a sample's send state, for the result page."""
-    from device.web.words import local_time
-
     if row is None:
         return "muted", _("Not queued for the district (finished before the district was set up).")
     if row["state"] == "sent":
-        return "ok", _("Sent to the district at %(when)s.", when=local_time(row["sent_at"]))
+        return "ok", _("Sent to the district at %(when)s.", when=words.local_time(row["sent_at"]))
     if sender_status is not None and not sender_status.get("configured"):
         return "muted", _("Queued for the district; no district is set up in Settings.")
     if row["state"] == "error":
         return "error", _("Not sent: %(why)s. The box tries again at %(when)s.", why=row["error"] or "-",
-                          when=local_time(row["next_try_at"]))
+                          when=words.local_time(row["next_try_at"]))
     if row["attempts"]:
         return "warn", _("Waiting for a link to the district since %(when)s (%(why)s).",
-                         when=local_time(row["queued_at"]), why=row["error"] or "-")
-    return "warn", _("Queued for the district since %(when)s.", when=local_time(row["queued_at"]))
+                         when=words.local_time(row["queued_at"]), why=row["error"] or "-")
+    return "warn", _("Queued for the district since %(when)s.", when=words.local_time(row["queued_at"]))
 
 
 def install(app, runtime) -> None:
@@ -39,14 +45,10 @@ def install(app, runtime) -> None:
     app.register_blueprint(bp)
 
     def make_pdf(sample_id: int) -> bytes:
-        from device import records
-        from device.model import installed as models
-        from device.web.report import sample_pdf
-
         with app.test_request_context():
-            s = records.get_sample(runtime.store, sample_id)
+            s = samples.get_sample(runtime.store, sample_id)
             return sample_pdf(runtime.store, s, runtime.config, models.bundle_of_sample(
-                runtime.config.data_dir, records.models_of(runtime.store, sample_id), runtime.bundle))
+                runtime.config.data_dir, samples.models_of(runtime.store, sample_id), runtime.bundle))
 
     if getattr(runtime, "district", None) is not None:
         runtime.district.make_pdf = make_pdf
@@ -68,10 +70,6 @@ def install(app, runtime) -> None:
 @bp.route("/settings/district", methods=["POST"])
 @admin_required
 def save():
-    from device import settings as st
-    from device.config import ConfigError
-    from device.web import words
-
     r = _rt()
     form = request.form
     changes = {"url": form.get("url", "").strip(), "username": form.get("username", "").strip(),
@@ -80,12 +78,12 @@ def save():
         changes["password"] = form["password"]
     if changes["url"] and not changes["url"].startswith(("https://", "http://")):
         flash(_("The district URL must start with https:// (or http:// on a trusted network)."), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     try:
         new = st.save_overrides(r.config, {"district": changes})
     except ConfigError as exc:
         flash(words.config_error(exc), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     r.apply_config(new)
     r.store.audit(g.user["username"], "settings-changed",
                   detail={"district": {k: v for k, v in changes.items() if k != "password"}
@@ -94,19 +92,17 @@ def save():
         outbox.retry_now(r.store)
         r.district.wake()
     flash(_("District settings saved."))
-    return redirect(url_for("views.settings") + "#district")
+    return redirect(url_for("admin.settings") + "#district")
 
 
 @bp.route("/settings/district/test", methods=["POST"])
 @admin_required
 def test_link():
-    from device.district.link import Link, LinkError
-
     r = _rt()
     d = r.config.district
     if not d.url:
         flash(_("Set the district URL first."), "error")
-        return redirect(url_for("views.settings") + "#district")
+        return redirect(url_for("admin.settings") + "#district")
     try:
         Link.from_config(d).check()
     except LinkError as exc:
@@ -118,4 +114,4 @@ def test_link():
         if getattr(r, "district", None) is not None:
             outbox.retry_now(r.store)
             r.district.wake()
-    return redirect(url_for("views.settings") + "#district")
+    return redirect(url_for("admin.settings") + "#district")
