@@ -114,6 +114,7 @@ def review_by_groups(page, rt, sample_id, prefix, decided_text, blast_text):
 
     ensure_uncertain(rt, sample_id)
     page.click("#review-link")
+    page.wait_for_load_state()  # choosing a class below is heard once the page's script has run
     above_fold(page, "#finish")
     groups = page.locator("section.group")
     suspected = rt.store.connect().execute("SELECT 1 FROM cells WHERE sample_id = ? AND flag = 'possible-blast' AND "
@@ -264,6 +265,7 @@ def test_operator_workflow_end_to_end(browser, live_app, tmp_path):
     page.goto(f"{base}/samples/{sid}")
     page.fill("#reopen-form input[name=reason]", "blast recount requested")
     page.click("#reopen")
+    page.wait_for_load_state()  # the page's script listens for the choice once it has run (a slow CI machine chose first)
     card = page.locator(f"#cell-{blast_id}")
     card.locator("select").select_option("lymphocyte")
     expect(card.locator(".label")).to_have_text("Lymphocyte")

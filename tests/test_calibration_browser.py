@@ -70,6 +70,7 @@ def test_review_calibrate_accept_capture_and_the_result_names_it(live_app, tmp_p
         page.click("#capture")
         expect(page.locator("#fields")).to_have_text("1")
         page.click("#review-link")
+        page.wait_for_load_state()  # the choice below is heard once the page's script has run
         card = page.locator("article.cell").first
         cell_id = int(card.get_attribute("id").split("-")[1])
         card.locator("select.other").select_option("neutrophil")  # one step: choosing the class decides it
