@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import struct
 import zipfile
 import zlib
@@ -23,6 +24,8 @@ import numpy as np
 
 from device.analysis.preprocess import Preprocessing
 from device.model.metadata import Metadata, MetadataError, parse
+
+log = logging.getLogger("leukoscope.model")
 
 REQUIRED_MEMBERS = ("model.tflite", "metadata.json")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -142,6 +145,8 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         typed = parse(meta)
     except MetadataError as exc:
         raise BundleError(f"{where}: {exc}") from None
+    for note in typed.notes:
+        log.warning("%s: %s", where, note)
     model = files["model.tflite"]
     digest = hashlib.sha256(model).hexdigest()
     if digest != typed.sha256.model_tflite:
@@ -152,7 +157,9 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         raise BundleError(f"{where}: thresholds name 'ood' but the bundle has no ood.npz")
     reference = (_read_reference(files[REFERENCE_MEMBER], len(typed.labels), ood, where)
                  if REFERENCE_MEMBER in files else None)
-    return Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
+    bundle = Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
+    bundle.__dict__["meta"] = typed  # the cached typed view (cached_property's slot): parsed and noted once
+    return bundle
 
 
 def _read_members(data: bytes, where: str, limits: dict[str, int] = MEMBER_LIMITS,
@@ -333,4 +340,4 @@ def summary(bundle: Bundle) -> dict:
         "datasets": meta.get("datasets"), "metrics": meta.get("metrics"), "parity": meta.get("parity"),
         "sha256": meta["sha256"], "model_bytes": len(bundle.model_bytes),
         "versions": meta.get("versions"), "model_card": meta.get("model_card"),
-    }
+    } | ({"notes": bundle.meta.notes} if bundle.meta.notes else {})
