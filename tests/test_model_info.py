@@ -82,3 +82,42 @@ def test_every_command_reads_the_appliances_config_when_none_is_given(capsys, mo
     given.write_text("[model]\nthreads = 1\n")
     code, out, _ = _run(capsys, "model", "info", "--json", "--config", str(given))
     assert code == 0 and json.loads(out)["task"] == "screen"  # --config wins
+
+
+# ---- `leukoscope model test` on what it cannot test: one line each, never a traceback --------------------------
+
+@pytest.mark.parametrize("limit", ["0", "-1", "two"])
+def test_model_test_accepts_only_a_positive_limit(capsys, limit):
+    from device.cli import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(["model", "test", "--bundle", str(DIFFERENTIAL), "--limit", limit])
+    assert ex.value.code == 2 and "argument --limit:" in capsys.readouterr().err
+
+
+def test_model_test_says_not_recorded_for_a_bundle_without_its_variants_figures(capsys, tmp_path):
+    path = tmp_path / "nometrics.lkb"
+    path.write_bytes(_changed(DIFFERENTIAL, lambda m, f: m.pop("metrics")))
+    code, out, err = _run(capsys, "model", "test", "--bundle", str(path), "--limit", "1")
+    assert code == 0, err
+    assert out.startswith("8 cells from the recorded test images: balanced accuracy ")
+    assert out.rstrip().endswith("(recorded in the bundle: not recorded)")
+
+
+def test_model_test_refuses_in_one_line_when_nothing_is_left_to_classify(capsys, tmp_path):
+    def changed_content(m, f):
+        lines = f["test_files.csv"].decode().splitlines()
+        head, rows = lines[0], lines[1:4]
+        f["test_files.csv"] = "\n".join([head] + [r.replace(r.split(",")[3], "0" * 64) for r in rows]).encode()
+
+    path = tmp_path / "changed.lkb"
+    path.write_bytes(_changed(DIFFERENTIAL, changed_content))
+    code, out, err = _run(capsys, "model", "test", "--bundle", str(path))
+    assert code == 2 and out == ""
+    assert err == ("leukoscope model: changed.lkb: none of its 3 recorded test files is left to classify (3 differ "
+                   "from the record)\n")
+    path = tmp_path / "notests.lkb"
+    path.write_bytes(_changed(DIFFERENTIAL, lambda m, f: f.pop("test_files.csv")))
+    code, out, err = _run(capsys, "model", "test", "--bundle", str(path))
+    assert code == 2 and err == "leukoscope model: notests.lkb: the bundle records no test files, so there is nothing " \
+                                "to test\n"
