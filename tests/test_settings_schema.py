@@ -275,3 +275,26 @@ def test_the_settings_page_shows_a_labelled_bool_as_yes_and_no():
     assert '<select name="lamp.on"><option value="true" selected>Oui</option><option value="false" >Non</option>' \
         in html
     assert '<input name="lamp.note" value=""' in html
+
+
+def test_what_a_training_machine_needs_pydantic_for_is_declared():
+    """The recipes and the data loading import without pydantic; the commands that write or read a bundle (convert,
+    model test) go through the device's metadata schema, so the 'train' extra installs pydantic."""
+    import subprocess
+    import tomllib
+
+    code = ("import importlib, sys; sys.modules['pydantic'] = None; sys.modules['pydantic_core'] = None\n"
+            "for m in sys.argv[1:]:\n"
+            "    try:\n"
+            "        importlib.import_module(m); print(m, 'ok')\n"
+            "    except ImportError:\n"
+            "        print(m, 'needs pydantic')\n")
+    modules = ["training.config", "training.datasets", "training.data", "training.recorded", "training.cli",
+               "convert.verify", "convert.build", "device.model.bundle"]
+    out = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    found = dict(line.rsplit(" ", 1) if line.endswith(" ok") else line.split(" ", 1) for line in out.stdout.splitlines())
+    assert {m for m, v in found.items() if v == "ok"} == set(modules[:5]), out.stdout
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.replace(" ", "").startswith("pydantic>=") for d in extras["train"])
