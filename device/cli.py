@@ -289,12 +289,12 @@ def _cameras(args) -> int:
         else:
             print(why, file=sys.stderr)
         return 0 if models else 1
-    for m in models:
-        print(f"picamera2  {m}    [camera] backend = \"picamera2\"")
-    if not models:
-        print(f"picamera2  none: {why}")
-    videos = sorted(str(p) for p in Path("/dev").glob("video*"))
-    print(f"opencv     {', '.join(videos) if videos else 'no /dev/video* devices'}")
+    from device.camera import backends
+
+    # every back-end that can look for hardware says what it finds (the registry; the most specialised first)
+    for b in sorted(backends().values(), key=lambda b: b.rank, reverse=True):
+        for line in b.detect() if b.detect else []:
+            print(f"{b.name:<10} {line}")
     return 0
 
 
