@@ -67,7 +67,8 @@ class Bundle:
 
     @property
     def thresholds(self) -> dict:
-        return self.metadata.get("thresholds", {})
+        """The typed thresholds as the classifier takes them (``review``, ``malignant``, ..., ``ood``)."""
+        return self.meta.thresholds.as_written()
 
     @property
     def name(self) -> str:
@@ -331,13 +332,20 @@ def _read_reference(raw: bytes, n_labels: int, ood: dict | None, where: str) -> 
 
 def summary(bundle: Bundle) -> dict:
     """What ``leukoscope model info`` shows."""
-    meta = bundle.metadata
+    meta = bundle.meta
+    given = meta.model_fields_set
+
+    def part(value):
+        return value.as_written() if hasattr(value, "as_written") else value
+
     return {
         "path": str(bundle.path) if bundle.path else None,
-        "name": meta["name"], "version": meta["version"], "task": meta["task"],
-        "created_at": meta.get("created_at"), "quantization": meta["input"].get("quantization"),
-        "labels": meta["labels"], "input": meta["input"], "thresholds": meta.get("thresholds"),
-        "datasets": meta.get("datasets"), "metrics": meta.get("metrics"), "parity": meta.get("parity"),
-        "sha256": meta["sha256"], "model_bytes": len(bundle.model_bytes),
-        "versions": meta.get("versions"), "model_card": meta.get("model_card"),
-    } | ({"notes": bundle.meta.notes} if bundle.meta.notes else {})
+        "name": meta.name, "version": meta.version, "task": meta.task,
+        "created_at": meta.created_at, "quantization": meta.input.quantization,
+        "labels": [label.as_written() for label in meta.labels], "input": meta.input.as_written(),
+        "thresholds": meta.thresholds.as_written() if "thresholds" in given else None,
+        "datasets": [d.as_written() for d in meta.datasets] if meta.datasets is not None else None,
+        "metrics": {k: m.as_written() for k, m in meta.metrics.items()} if meta.metrics is not None else None,
+        "parity": part(meta.parity), "sha256": meta.sha256.as_written(), "model_bytes": len(bundle.model_bytes),
+        "versions": (meta.model_extra or {}).get("versions"), "model_card": part(meta.model_card),
+    } | ({"notes": meta.notes} if meta.notes else {})

@@ -86,6 +86,10 @@ class _Open(BaseModel):
     """A part of the metadata whose other keys pass through (written by a newer converter, or read elsewhere)."""
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    def as_written(self) -> dict:
+        """The part as JSON, with the keys the bundle gave (what ``model info`` prints)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
 
 # ---- what the device needs to run the model -------------------------------------------------------------
 
@@ -214,10 +218,16 @@ class Split(_Open):
 
 
 class Metrics(_Open):
-    """One variant's figures on the held-out test split."""
+    """One variant's figures on the held-out test split. Declared in the order convert writes them (``Any``: the
+    device does not read those), so ``as_written`` gives them back in that order."""
     n: int | None = None
+    accuracy: Any = None
     balanced_accuracy: float | None = None
     macro_f1: float | None = None
+    weighted_f1: Any = None
+    macro_roc_auc: Any = None
+    ece: Any = None
+    per_class_sensitivity: Any = None
     malignant: dict | None = None  # the blast operating point: validation and test figures
 
 
@@ -333,8 +343,8 @@ DESCRIBED = {
     "not_validated_on": ("must be a text", 1),
     "cross_lab": ("must be an object with a 'text' and 'plain' figures in whole numbers", 2),
 }
-DESCRIBED_INPUT = {"quantization": "must be a text", "color_order": "must be a text",
-                   "normalization": "must be a text", "scale": "must be a number", "zero_point": "must be a whole number"}
+DESCRIBED_INPUT = {"quantization": "must be a text", "color_order": "must be a text", "normalization": "must be a text",
+                   "scale": "must be a number", "zero_point": "must be a whole number"}
 
 
 def _descriptive(raw: dict, loc: tuple) -> tuple[tuple, str] | None:
