@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("serve", help="run the appliance: camera, analysis, storage and the local page")
-    p.add_argument("--config", help="config TOML (default: built-in defaults)")
+    p.add_argument("--config", help=f"config TOML (default: {SYSTEM_CONFIG} if it exists, else built-in defaults)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--data-dir")
