@@ -121,3 +121,36 @@ def test_model_test_refuses_in_one_line_when_nothing_is_left_to_classify(capsys,
     code, out, err = _run(capsys, "model", "test", "--bundle", str(path))
     assert code == 2 and err == "leukoscope model: notests.lkb: the bundle records no test files, so there is nothing " \
                                 "to test\n"
+
+
+# ---- any value in a descriptive part: the bundle's metadata still parses, with an operator's note -----------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                     max_leaves=8)
+_RAW = json.loads(zipfile.ZipFile(REPO / "device/assets/models/default.lkb").read("metadata.json"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(["datasets", "metrics", "parity", "cross_lab", "model_card", "split", "trained_on",
+                            "created_at", "ood_calibration", "labels.0.display", "input.quantization", "input.scale",
+                            "cross_lab.plain", "metrics.int8", "datasets.0"]), value=_JSON)
+def test_any_value_in_a_descriptive_part_parses_with_a_note(key, value):
+    import copy
+
+    from device.model.metadata import parse
+
+    raw = copy.deepcopy(_RAW)
+    *parents, last = [int(p) if p.isdigit() else p for p in key.split(".")]
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    meta = parse(raw)  # never refused over a description
+    assert meta.name == "screen" and len(meta.labels) == len(_RAW["labels"])
+    for note in meta.notes:
+        assert note.startswith("metadata.json: ") and note.endswith(" was left out")
+        assert "should be" not in note and "Input" not in note

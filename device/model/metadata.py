@@ -365,12 +365,18 @@ def _descriptive(raw: dict, loc: tuple) -> tuple[tuple, str] | None:
     return None
 
 
-def _cut(raw: dict, path: tuple) -> None:
-    *parents, last = path
-    node = raw
-    for step in parents:
-        node = node[step]
-    del node[last]
+def _cut(raw: dict, path: tuple) -> tuple:
+    """Remove ``path`` from ``raw``; where it does not lead anywhere, the whole top-level part. Returns what went."""
+    try:
+        *parents, last = path
+        node = raw
+        for step in parents:
+            node = node[step]
+        del node[last]
+        return path
+    except (KeyError, IndexError, TypeError):
+        raw.pop(path[0], None)
+        return path[:1]
 
 
 def _refusal(err: dict) -> MetadataError:
@@ -402,7 +408,7 @@ def parse(raw: Any) -> Metadata:
         if work is raw:
             work = copy.deepcopy(raw)
         path, why = found[0][1]
-        _cut(work, path)
+        path = _cut(work, path)
         notes.append(f"metadata.json: {why}; " + ".".join(str(p) for p in path) + " was left out")
     raise MetadataError("metadata.json: too many malformed parts")
 
