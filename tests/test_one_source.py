@@ -50,6 +50,8 @@ def test_bundle_metadata_is_read_through_its_typed_schema_only():
             if re.search(r"\b(?!f\b)\w+\.metadata(\[|\.get\()", code) or re.search(r"=\s*\w+\.metadata\s*$", code):
                 found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert not found, found
+    pages = [p.name for p in (REPO / "device" / "web" / "templates").glob("*.html") if ".metadata." in p.read_text()]
+    assert not pages, pages
 
 
 def test_model_info_and_the_thresholds_come_from_the_typed_metadata(capsys, tmp_path):
