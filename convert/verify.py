@@ -21,27 +21,9 @@ def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: 
     ``limit``: then classify at most that many images of each label, in the list's order (a quick check)."""
     names = bundle.labels
     index = {n: i for i, n in enumerate(names)}
-    where = bundle.path.name if bundle.path else bundle.name
     if limit is not None and limit < 1:
         raise ValueError("limit must be at least 1")
-    files, mismatched = [], []
-    try:
-        recorded = recorded_files(bundle, roots)
-    except ValueError:  # no test_files.csv
-        raise BundleError(f"{where}: the bundle records no test files, so there is nothing to test") from None
-    for f in recorded:
-        problem = f.problem()
-        if problem == "missing":
-            raise FileNotFoundError(f"{f.record.path} is missing; pass --data-root {f.record.dataset}=PATH")
-        if problem == "changed":
-            mismatched.append(f.record.relpath)
-        else:
-            files.append(f.record)
-    if limit is not None:
-        files = _first_per_label(files, limit)
-    if not files:
-        raise BundleError(f"{where}: none of its {len(recorded)} recorded test files is left to classify"
-                          + (f" ({len(mismatched)} differ from the record)" if mismatched else ""))
+    files, mismatched = _usable_files(bundle, roots, limit)
     pp = bundle.preprocessing
     crops, y = [], []
     for rec in files:
@@ -60,6 +42,31 @@ def verify_bundle(bundle: Bundle, roots: dict[str, str] | None = None, threads: 
             "accuracy": m["accuracy"], "recorded_balanced_accuracy": figures.balanced_accuracy if figures else None,
             "files_with_other_content": mismatched, "per_class_sensitivity":
             {k: v["sensitivity"] for k, v in m["per_class"].items()}}
+
+
+def _usable_files(bundle: Bundle, roots, limit: int | None) -> tuple[list, list[str]]:
+    """(the records to classify, the relpaths whose content differs from the record); BundleError when none is
+    left, FileNotFoundError (naming the option) for a missing file."""
+    where = bundle.path.name if bundle.path else bundle.name
+    try:
+        recorded = recorded_files(bundle, roots)
+    except ValueError:  # no test_files.csv
+        raise BundleError(f"{where}: the bundle records no test files, so there is nothing to test") from None
+    files, mismatched = [], []
+    for f in recorded:
+        problem = f.problem()
+        if problem == "missing":
+            raise FileNotFoundError(f"{f.record.path} is missing; pass --data-root {f.record.dataset}=PATH")
+        if problem == "changed":
+            mismatched.append(f.record.relpath)
+        else:
+            files.append(f.record)
+    if limit is not None:
+        files = _first_per_label(files, limit)
+    if not files:
+        raise BundleError(f"{where}: none of its {len(recorded)} recorded test files is left to classify"
+                          + (f" ({len(mismatched)} differ from the record)" if mismatched else ""))
+    return files, mismatched
 
 
 def _first_per_label(records: list, limit: int) -> list:

@@ -71,6 +71,12 @@ def _model_info(args) -> int:
     return 0
 
 
+def _dataset_line(d: dict) -> str:
+    """A part the bundle does not record is left unsaid, never printed as "None"."""
+    return (f"data:     {d['name']}" + (f" ({d['licence']})" if d.get("licence") else "")
+            + (f", split by {d['split_unit']}" if d.get("split_unit") else ""))
+
+
 def _figure(x) -> str:
     return f"{x:.4f}" if isinstance(x, (int, float)) else "not recorded"
 
@@ -87,9 +93,8 @@ def _print_info(info: dict, as_json: bool) -> int:
           f"{info['input']['dtype']}")
     print("labels:   " + ", ".join(f"{l['name']} ({l['category']})" for l in info["labels"]))
     print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in (info["thresholds"] or {}).items()))
-    for d in info["datasets"] or []:  # a part the bundle does not record is left unsaid, never printed "None"
-        print(f"data:     {d['name']}" + (f" ({d['licence']})" if d.get("licence") else "")
-              + (f", split by {d['split_unit']}" if d.get("split_unit") else ""))
+    for d in info["datasets"] or []:
+        print(_dataset_line(d))
     for name, m in (info["metrics"] or {}).items():
         print(f"test {name}: balanced accuracy {_figure(m.get('balanced_accuracy'))}, "
               f"macro F1 {_figure(m.get('macro_f1'))} (n={m.get('n')})")

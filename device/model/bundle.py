@@ -142,12 +142,7 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         meta = json.loads(files["metadata.json"])
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{where}: metadata.json is not valid JSON ({exc})") from None
-    try:
-        typed = parse(meta)
-    except MetadataError as exc:
-        raise BundleError(f"{where}: {exc}") from None
-    for note in typed.notes:
-        log.warning("%s: %s", where, note)
+    typed = _typed(meta, where)
     model = files["model.tflite"]
     digest = hashlib.sha256(model).hexdigest()
     if digest != typed.sha256.model_tflite:
@@ -161,6 +156,17 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
     bundle = Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
     bundle.__dict__["meta"] = typed  # the cached typed view (cached_property's slot): parsed and noted once
     return bundle
+
+
+def _typed(meta, where: str) -> Metadata:
+    """The typed metadata, or BundleError naming the file; what was left out as malformed is logged."""
+    try:
+        typed = parse(meta)
+    except MetadataError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    for note in typed.notes:
+        log.warning("%s: %s", where, note)
+    return typed
 
 
 def _read_members(data: bytes, where: str, limits: dict[str, int] = MEMBER_LIMITS,

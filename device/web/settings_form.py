@@ -80,31 +80,32 @@ def _size(text: str) -> list:
     return [_number(p) for p in parts]
 
 
+def _value(kind: str, raw: str, max_length: int | None):
+    """One field's text as its kind reads it; ValueError (or KeyError) when it is no such value."""
+    if kind in ("int", "float"):
+        return _number(raw)
+    if kind == "bool":
+        return BOOL_TEXT[raw.lower()]
+    if kind == "size":
+        return _size(raw)
+    if kind.startswith("choice:") and raw not in kind.split(":", 1)[1].split(","):
+        raise ValueError(raw)
+    if not kind.startswith("choice:") and max_length is not None and len(raw) > max_length:
+        raise ValueError(raw)
+    return raw
+
+
 def parse_form(form, cfg: AppConfig) -> dict:
     """Form fields -> a dict of sections; raises ConfigError naming the field. Only the text is read
     here; types and ranges are the schema's (device.config), checked on the whole result by save_overrides."""
     changes: dict = {}
     for section, key, label, kind in editable(cfg):
-        max_length = _declared(cfg, section, key).max_length
         raw = form.get(f"{section}.{key}")
         if raw is None:
             continue
         raw = raw.strip()
         try:
-            if kind in ("int", "float"):
-                value = _number(raw)
-            elif kind == "bool":
-                value = BOOL_TEXT[raw.lower()]
-            elif kind == "size":
-                value = _size(raw)
-            elif kind.startswith("choice:"):
-                if raw not in kind.split(":", 1)[1].split(","):
-                    raise ValueError
-                value = raw
-            else:
-                if max_length is not None and len(raw) > max_length:
-                    raise ValueError
-                value = raw
+            value = _value(kind, raw, _declared(cfg, section, key).max_length)
         except (ValueError, KeyError):
             raise ConfigError(f"{label}: {raw[:40]!r} is not a valid value", section, key,
                               N_("%(value)s is not a valid value"), {"value": repr(raw[:40])}) from None

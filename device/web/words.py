@@ -166,6 +166,21 @@ def _plain(text: str) -> str:
     return text.translate(_MARKS).strip()
 
 
+def _own_words(bundle) -> dict[str, str]:
+    """The parts the bundle words itself: its typed fields, else (a bundle written before they were typed) its
+    card's text, else for what it was trained on its datasets' names."""
+    meta = bundle.meta
+    card = card_sections(meta.card_markdown or bundle.files.get("MODEL_CARD.md", b"").decode("utf-8", "replace"))
+    found = {}
+    for key in ("trained_on", "figures", "operating_point", "not_validated_on"):
+        text = meta.part(key) or card.get(key)
+        if text:
+            found[key] = _plain(text)
+    if "trained_on" not in found and meta.datasets:
+        found["trained_on"] = ", ".join(d.name for d in meta.datasets)
+    return found
+
+
 def model_limits(bundle) -> list[tuple[str, str]]:
     """What the model was trained on, its measured figures, and what it was never validated on, from the bundle's
     typed metadata (device.model.metadata); a bundle written before these parts were typed is described by its
@@ -174,19 +189,11 @@ def model_limits(bundle) -> list[tuple[str, str]]:
         return [(gettext("Model"), gettext("Its description is not available: the model that classified this "
                                            "sample is no longer on this appliance."), False)]
     meta = bundle.meta
-    found = {key: _plain(meta.part(key)) for key in ("trained_on", "figures", "operating_point", "not_validated_on")
-             if meta.part(key)}
-    card = card_sections(meta.card_markdown or bundle.files.get("MODEL_CARD.md", b"").decode("utf-8", "replace"))
-    if "trained_on" not in found and card.get("trained_on"):
-        found["trained_on"] = _plain(card["trained_on"])
-    elif "trained_on" not in found and meta.datasets:
-        found["trained_on"] = ", ".join(d.name for d in meta.datasets)
+    found = _own_words(bundle)
     m = meta.test_metrics
     if "figures" not in found and m is not None and m.balanced_accuracy is not None:
         found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out cells",
                                    ba=m.balanced_accuracy, f1=m.macro_f1 or 0.0, n=m.n or 0)
-    if "not_validated_on" not in found and card.get("not_validated_on"):
-        found["not_validated_on"] = _plain(card["not_validated_on"])
     if meta.cross_lab is not None and meta.cross_lab.text:
         found["cross_lab"] = _plain(meta.cross_lab.text)
     if "malignant" not in bundle.categories:
