@@ -219,20 +219,20 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     if "malignant" not in bundle.categories:
         raise SystemExit(f"{bundle.name} has no blast class: not a screen bundle")
-    trained_on = [d.get("name", "") for d in bundle.metadata.get("datasets", [])]
+    trained_on = [d.name for d in bundle.meta.datasets or []]
     if any(n.startswith("aml") for n in trained_on):
         raise SystemExit(f"{bundle.name} was trained on {trained_on}: AML-LMU is the unseen-lab test, not training data")
     clf = Classifier(bundle, threads=args.threads)
-    task = bundle.metadata["task"]
+    task = bundle.meta.task
     names = vocabulary.task_labels(task)
-    out = {"bench": "blast_screen", "bundle": bundle.name, "version": bundle.metadata.get("version"),
+    out = {"bench": "blast_screen", "bundle": bundle.name, "version": bundle.meta.version,
            "sha256": bundle.sha256, "fast": args.fast, "unit": "image (one cell each)",
            "operating_point": bundle.thresholds.get("malignant"),
            "review_from": bundle.thresholds.get("malignant_review"),
            # the validation points the operating point was chosen from (the chosen one, the one that only just
            # reaches the target, and the next one down in threshold, which costs specificity)
-           "validation_points": (bundle.metadata.get("metrics", {}).get(bundle.metadata["input"].get("quantization"), {})
-                                 .get("malignant", {}).get("validation_points"))}
+           "validation_points": ((bundle.meta.test_metrics.malignant or {}).get("validation_points")
+                                 if bundle.meta.test_metrics else None)}
 
     mll = thin(test_records(bundle, "bone-marrow-mll", None), per_label, args.seed)
     c_mll = cells(mll, bundle, clf, names)
@@ -254,9 +254,9 @@ def main(argv=None) -> int:
         allp = [r for r in read_pbc(data_root("pbc-normal-wbc")).records
                 if vocabulary.category_of(r.label) == "normal"]
         allp = thin(allp, per_label or 0, args.seed)
-        c_lo = cells(allp, lb, lclf, vocabulary.task_labels(lb.metadata["task"]))
+        c_lo = cells(allp, lb, lclf, vocabulary.task_labels(lb.meta.task))
         out["other_lab_normals"] = {
-            "bundle": lb.name, "trained_on": [d["name"] for d in lb.metadata.get("datasets", [])],
+            "bundle": lb.name, "trained_on": [d.name for d in lb.meta.datasets or []],
             "set": "PBC normal leukocytes (never seen by this bundle)",
             "called_blast": share(c_lo.called_blast.sum(), len(c_lo.labels)),
             "flagged": share(c_lo.flagged.sum(), len(c_lo.labels)),

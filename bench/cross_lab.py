@@ -79,7 +79,7 @@ def score_records(bundle, clf, records) -> Scored:
     from device.model import vocabulary
     from training.data import load_cells
 
-    names = list(vocabulary.task_labels(bundle.metadata["task"]))
+    names = list(vocabulary.task_labels(bundle.meta.task))
     cs = load_cells(records, bundle.preprocessing, names)
     preds = []
     for i in range(0, len(cs.x), 64):
@@ -325,9 +325,9 @@ def run_bundle(path: str, labs: dict, views, marrow_per_label: int | None, sampl
     b = load_bundle(path)
     if "malignant" not in b.categories:
         raise SystemExit(f"{path}: no blast class: not a screen bundle")
-    trained = [d.get("name", "") for d in b.metadata.get("datasets", [])]
+    trained = [d.name for d in b.meta.datasets or []]
     clf = Classifier(b, threads=threads)
-    out = {"bundle": str(path), "name": b.name, "version": b.metadata.get("version"), "sha256": b.sha256,
+    out = {"bundle": str(path), "name": b.name, "version": b.meta.version, "sha256": b.sha256,
            "trained_on": trained}
     t0 = time.monotonic()
     for lab, recs in labs.items():

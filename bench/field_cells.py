@@ -42,8 +42,8 @@ def main(argv=None) -> int:
         cells.append(len(out.cells))
     t = np.array(times) * 1000
     per10 = float(np.median(t / np.maximum(cells, 1) * 10))
-    out = {"bench": "field_cells", "bundle": bundle.name, "version": bundle.metadata.get("version"),
-           "input": bundle.metadata["input"]["size"], "quantization": bundle.metadata["input"].get("quantization"),
+    out = {"bench": "field_cells", "bundle": bundle.name, "version": bundle.meta.version,
+           "input": bundle.meta.input.size, "quantization": bundle.meta.input.quantization,
            "threads": args.threads, "frames": len(frames), "cells_per_frame_median": float(np.median(cells)),
            "ms_per_frame_median": round(float(np.median(t)), 1), "ms_per_frame_p90": round(float(np.percentile(t, 90)), 1),
            "ms_per_10_cells_median": round(per10, 1)}

@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     out = {"bench": "site_calibration", "bundle": bundle.name, "sha256": bundle.sha256, "fast": args.fast,
            "reference": {"source": ref_source, "cells": int(len(reference.y))}, "min_cells": MIN_CELLS,
            "min_samples": MIN_SAMPLES, "cells_per_sample": PER_SAMPLE, "labs": {}}
-    task = bundle.metadata["task"]
+    task = bundle.meta.task
     fit_data = None
     for lab in ("aml-lmu", "jiangxi"):
         recs = lab_records(lab, task)

@@ -13,7 +13,7 @@ import numpy as np
 
 from device.model import vocabulary
 from device.model.bundle import Bundle, load_bundle, pack
-from device.model.metadata import FORMAT, SCREEN_NOT_VALIDATED, parse, trained_on_line, validation_text
+from device.model.metadata import FORMAT, parse
 from device.model.classifier import Classifier
 from device.analysis.preprocess import normalize
 from training.config import recipe_from_dict
@@ -238,6 +238,40 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None, variant: str
     return out
 
 
+# ---- the card's prose (written into MODEL_CARD.md and, typed, into the metadata by card_fields) ----------------
+def trained_on_line(datasets: list[tuple[str, str | None]], unit: str | None) -> str:
+    """The card's "Trained on" line: each dataset with its licence, and how the split was cut (an unknown licence
+    or split is left unsaid, never written as "None")."""
+    names = "; ".join(f"{name} ({licence})" if licence else name for name, licence in datasets)
+    if not unit:
+        return names + "."
+    note = "" if unit == "subject" else " (the data has no subject ids, so cells of one donor may be on both sides)"
+    return names + f". Split by {unit}{note}."
+
+
+SCREEN_NOT_VALIDATED = (
+    "lymphoblasts (ALL) in peripheral blood from a lab it was not trained on; children's samples; bone marrow "
+    "from other labs; smears photographed through the appliance's own camera and microscope; stains other than "
+    "May-Grunwald-Giemsa; lymphoma cells, myelodysplasia and other atypical cells")
+
+
+def validation_text(task: str) -> str:
+    """The card's "What it was and was not validated on" section, per task."""
+    if task == "differential":
+        return ("Validated only on held-out images of the same dataset (normal cells from healthy donors, one lab, "
+                "one CellaVision scanner, image-level split). It has never seen a leukaemic blast: it is **not a "
+                "validated leukaemia screen**. Blasts and other unfamiliar cells should be caught by the uncertainty "
+                "and unfamiliar-cell checks and left for review, but that is a safety net, not a detector. Not "
+                "validated on other stains, microscopes or cameras, on bone marrow, or on field crops from the "
+                "appliance's own camera.")
+    if task == "screen":
+        return ("Trained on normal blood cells from two labs and on bone-marrow blasts from one lab (see Trained on). "
+                "Its figures on labs it never saw are in `cross_lab` (python -m bench.cross_lab). Never validated "
+                "on: " + SCREEN_NOT_VALIDATED + ".")
+    return ("Validated only on the held-out split recorded in test_files.csv. Not validated across laboratories, "
+            "stains, microscopes or cameras.")
+
+
 def _manifest_rows(run_dir: Path):
     from training.splits import read_manifest
 
@@ -253,8 +287,10 @@ def card_fields(task: str, sources: list[dict], unit: str, rep: dict) -> dict:
     parts = [f"{s['name']} ({s.get('about') or about_of(s['name']) or 'no description'})" for s in sources]
     out = {"trained_on": "; ".join(parts) + f"; {split}"}
     mal = rep.get("malignant")
+    # every bundle says, typed, what it was never validated on: the device shows these words, never its own prose
+    out["not_validated_on"] = (SCREEN_NOT_VALIDATED if task == "screen"
+                               else " ".join(validation_text(task).replace("**", "").split()))
     if task == "screen" and mal:
-        out["not_validated_on"] = SCREEN_NOT_VALIDATED
         v, t = mal["validation"], mal["test"]
 
         def pct(x):

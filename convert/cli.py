@@ -2,9 +2,21 @@
 ``leukoscope.commands`` entry points in pyproject.toml), so that ``device`` never imports ``convert``."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+
+
+def _positive(text: str) -> int:
+    """--limit: a whole number of at least 1 (0 or less would classify nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {n})")
+    return n
 
 
 def _convert(args) -> int:
@@ -30,8 +42,10 @@ def _model_test(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
     else:
+        recorded = r["recorded_balanced_accuracy"]
         print(f"{r['n']} cells from the recorded test images: balanced accuracy {r['balanced_accuracy']:.4f}, "
-              f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: {r['recorded_balanced_accuracy']:.4f})")
+              f"macro F1 {r['macro_f1']:.4f} (recorded in the bundle: "
+              + (f"{recorded:.4f})" if recorded is not None else "not recorded)"))
         if r["files_with_other_content"]:
             print(f"skipped {len(r['files_with_other_content'])} files whose content differs from the record")
     return 0
@@ -68,7 +82,7 @@ def register(commands) -> None:
                                   "(default: the bundle the device uses)")
     add_bundle_options(q)
     q.add_argument("--data-root", action="append", metavar="NAME=PATH", help="where dataset NAME lives")
-    q.add_argument("--limit", type=int, metavar="N", help="classify at most N images of each label (every recorded "
+    q.add_argument("--limit", type=_positive, metavar="N", help="classify at most N images of each label (every recorded "
                    "file is still found and checked)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_model_test)

@@ -15,13 +15,22 @@ from importlib import import_module, metadata
 from pathlib import Path
 
 COMMAND_GROUP = "leukoscope.commands"
+SYSTEM_CONFIG = Path("/etc/leukoscope/config.toml")  # where install.sh writes it and systemd's serve reads it
 log = logging.getLogger("leukoscope.cli")
+
+
+def config_path(given: str | None) -> str | Path | None:
+    """The config file every command reads: the one ``--config`` names, else the appliance's own
+    (``SYSTEM_CONFIG``, as the installed ``serve`` reads it) when it exists, else none (the built-in defaults)."""
+    if given:
+        return given
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
 
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that works on a model: by default the bundle the device uses."""
     p.add_argument("--bundle", help="this bundle file instead of the model the device uses")
-    p.add_argument("--config", help="config TOML (default: built-in defaults)")
+    p.add_argument("--config", help=f"config TOML (default: {SYSTEM_CONFIG} if it exists, else built-in defaults)")
     p.add_argument("--data-dir", help="the data folder whose installed model to use")
 
 
@@ -40,10 +49,40 @@ def active_bundle(args, threads: int | None = None, cfg=None):
 
 
 def _model_info(args) -> int:
-    from device.model.bundle import summary
+    """The metadata of the bundle the device uses, or of the file ``--bundle`` names: that file's metadata is shown
+    even when its trial classification fails, and then the refusal, naming the file (exit status 2)."""
+    from device.model.bundle import BundleError, load_bundle, summary
+    from device.model.installed import validated
 
-    info = summary(active_bundle(args)[0])
-    if args.json:
+    if not getattr(args, "bundle", None):
+        return _print_info(summary(active_bundle(args)[0]), args.json)
+    cfg = _load_config(args.config, args.data_dir)
+    bundle = load_bundle(Path(args.bundle))  # a refusal here names the file already
+    try:
+        validated(bundle, threads=cfg.model.threads)
+        problem = None
+    except (BundleError, ValueError) as exc:
+        problem = str(exc)
+    _print_info(summary(bundle), args.json)
+    if problem:
+        print(f"leukoscope model: {Path(args.bundle).name}: refused by the trial classification: {problem}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dataset_line(d: dict) -> str:
+    """A part the bundle does not record is left unsaid, never printed as "None"."""
+    return (f"data:     {d['name']}" + (f" ({d['licence']})" if d.get("licence") else "")
+            + (f", split by {d['split_unit']}" if d.get("split_unit") else ""))
+
+
+def _figure(x) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "not recorded"
+
+
+def _print_info(info: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"bundle:   {info['path']}")
@@ -55,11 +94,14 @@ def _model_info(args) -> int:
     print("labels:   " + ", ".join(f"{l['name']} ({l['category']})" for l in info["labels"]))
     print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in (info["thresholds"] or {}).items()))
     for d in info["datasets"] or []:
-        print(f"data:     {d['name']} ({d['licence']}), split by {d['split_unit']}")
+        print(_dataset_line(d))
     for name, m in (info["metrics"] or {}).items():
-        print(f"test {name}: balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
+        print(f"test {name}: balanced accuracy {_figure(m.get('balanced_accuracy'))}, "
+              f"macro F1 {_figure(m.get('macro_f1'))} (n={m.get('n')})")
     if info["parity"]:
         print(f"parity:   top-1 agreement {info['parity']['top1_agreement']:.4f}")
+    for note in info.get("notes", []):
+        print(f"note:     {note}")
     print("A screening aid, not a diagnosis.")
     return 0
 
@@ -123,7 +165,7 @@ def _load_config(path, data_dir: str | None = None):
     """The config file plus the settings saved from the page (in the data folder)."""
     from device.settings import load_effective
 
-    return load_effective(path, data_dir)
+    return load_effective(config_path(path), data_dir)
 
 
 def _serve(args) -> int:
@@ -252,12 +294,12 @@ def _cameras(args) -> int:
         else:
             print(why, file=sys.stderr)
         return 0 if models else 1
-    for m in models:
-        print(f"picamera2  {m}    [camera] backend = \"picamera2\"")
-    if not models:
-        print(f"picamera2  none: {why}")
-    videos = sorted(str(p) for p in Path("/dev").glob("video*"))
-    print(f"opencv     {', '.join(videos) if videos else 'no /dev/video* devices'}")
+    from device.camera import backends
+
+    # every back-end that can look for hardware says what it finds (the registry; the most specialised first)
+    for b in sorted(backends().values(), key=lambda b: b.rank, reverse=True):
+        for line in b.detect() if b.detect else []:
+            print(f"{b.name:<10} {line}")
     return 0
 
 
@@ -321,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("serve", help="run the appliance: camera, analysis, storage and the local page")
-    p.add_argument("--config", help="config TOML (default: built-in defaults)")
+    p.add_argument("--config", help=f"config TOML (default: {SYSTEM_CONFIG} if it exists, else built-in defaults)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--data-dir")

@@ -71,7 +71,7 @@ class WebConfig:
     lockout_minutes: int = setting(15, ge=1, le=1440)
     session_hours: int = setting(12, ge=1, le=168)
     # the box's time zone for dates on pages and reports (an IANA name, e.g. Africa/Nairobi)
-    time_zone: str = setting("UTC", label=N_("Time zone (e.g. Africa/Nairobi)"))
+    time_zone: str = setting("UTC", max_length=64, label=N_("Time zone (e.g. Africa/Nairobi)"))
     # the default page and report language; each user can choose their own
     language: str = setting("en", choices=tuple(LANGUAGES), label=N_("Default language"))
 

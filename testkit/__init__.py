@@ -8,17 +8,24 @@ from pathlib import Path
 
 import numpy as np
 
-from training.recorded import SHARED_DATA as _SHARED
+from training.recorded import SHARED_DATA as _SHARED, data_root
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = _SHARED.resolve()  # where the datasets live: training.recorded says, in one place
-PBC = SHARED_DATA / "pbc-normal-wbc"
-AML = SHARED_DATA / "aml-cytomorphology-lmu-subset"
-BCCD = SHARED_DATA / "bccd"
-MLL = SHARED_DATA / "bone-marrow-mll-subset"
+
+
+def _dataset(name: str) -> Path:
+    """A dataset's folder in the shared data, by the one map (training.recorded.data_root: the subsets' folders)."""
+    return SHARED_DATA / data_root(name).relative_to(_SHARED)
+
+
+PBC = _dataset("pbc-normal-wbc")
+AML = _dataset("aml-cytomorphology-lmu")
+BCCD = _dataset("bccd")
+MLL = _dataset("bone-marrow-mll")
 # A rapid stain on yellow glass, a low-cost camera; no pixel size stated: its red cells say about 0.14
 # (python -m bench.scale). Test-only: never trained on.
-JIANGXI = SHARED_DATA / "jiangxi-tecom-wbc"
+JIANGXI = _dataset("jiangxi-tecom-wbc")
 JIANGXI_UM_PER_PX = 0.14
 
 

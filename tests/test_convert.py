@@ -260,10 +260,11 @@ DEFAULT = REPO / "device/assets/models/default.lkb"
     (lambda m: m["preprocessing"].update(input_size=64), r"pre-processing input size 64 differs from input.size 128$"),
     (lambda m: m["preprocessing"].update(zoom=2), r"^bundle: pre-processing settings are invalid \(unknown pre-processing"),
     (lambda m: m.update(outputs={"probabilities": {}}), r"'outputs' must map each output to an object with a 'name'$"),
-    # the parts the page reads are typed too: a wrong shape is refused by name, never shown half-read
-    (lambda m: m["cross_lab"]["plain"].update(review_per_100="many"), r"metadata.json: 'cross_lab' must be an object"),
-    (lambda m: m.update(datasets="pbc"), r"metadata.json: 'datasets' must be a list of objects with a 'name'$"),
-    (lambda m: m.update(not_validated_on=["children"]), r"metadata.json: 'not_validated_on' must be a text$"),
+    (lambda m: m["input"].pop("dtype"), r"'input.dtype' None is not int8, uint8, float32 or float16$"),
+    (lambda m: m["thresholds"].update(review="x"), r"metadata.json: threshold 'review' must be a number, not 'x'$"),
+    (lambda m: m.update(sha256=[]), r"'sha256' must map 'model.tflite' to a 64-digit hex checksum$"),
+    (lambda m: m["labels"].__setitem__(0, {"category": "normal"}), r"each label must be an object with a 'name'$"),
+    # (the parts that only describe the model are left out, not refused: see the end of this file)
 ])
 def test_the_metadata_schema_refuses_in_the_operators_words(change, says):
     with pytest.raises(BundleError, match=says):
@@ -281,28 +282,132 @@ def test_the_schema_passes_unknown_keys_through_and_types_the_figures():
     assert m.thresholds.malignant == shipped.thresholds["malignant"] and m.preprocessing == shipped.preprocessing
 
 
-def test_the_page_reads_the_card_from_typed_fields_not_from_its_prose():
-    """The 8-class bundle carries no typed 'trained_on' or 'not_validated_on': the page builds the same words from
-    its datasets, split and task, so a card whose prose says something else changes nothing shown."""
+# ---- what only describes the model: left out with a note, never a refused bundle ---------------------------------
+
+DESCRIPTIVE_DAMAGE = [
+    ("cross_lab.plain", lambda m: m["cross_lab"]["plain"].update(review_per_100="many")),
+    ("cross_lab", lambda m: m.update(cross_lab="some text")),
+    ("parity", lambda m: m.update(parity={})),
+    ("trained_on", lambda m: m.update(trained_on=["pbc", "mll"])),
+    ("not_validated_on", lambda m: m.update(not_validated_on={"stains": "other stains"})),
+    ("metrics.note", lambda m: m["metrics"].update(note="text")),
+    ("metrics.int8", lambda m: m["metrics"]["int8"].update(n="many")),
+    ("datasets.0", lambda m: m["datasets"].__setitem__(0, {"licence": "x"})),
+    ("datasets", lambda m: m.update(datasets="pbc")),
+    ("split", lambda m: m.update(split="image")),
+    ("model_card", lambda m: m.update(model_card=3)),
+    ("created_at", lambda m: m.update(created_at=20261206)),
+    ("model", lambda m: m.update(model=1)),
+    ("ood_calibration", lambda m: m.update(ood_calibration=1)),
+    ("labels.0.display", lambda m: m["labels"][0].update(display=5)),
+    ("input.quantization", lambda m: m["input"].update(quantization=8)),
+    ("input.scale", lambda m: m["input"].update(scale="x")),
+]
+
+
+@pytest.mark.parametrize("where, change", DESCRIPTIVE_DAMAGE, ids=[w for w, _ in DESCRIPTIVE_DAMAGE])
+def test_a_malformed_descriptive_part_is_left_out_and_the_bundle_loads(where, change, caplog):
+    """A bundle that loaded before the schema existed still loads when a part that only describes the model (its
+    card, datasets, figures, dates) is malformed: the part is left out, a warning names it, `model info` shows it,
+    and the result page still renders (the device must not fall back to another model over a description)."""
+    from flask import Flask
+    from flask_babel import Babel
+
+    from device.model.bundle import summary
+    from device.web.words import limits_lead, model_limits
+
+    with caplog.at_level("WARNING", logger="leukoscope.model"):
+        b = load_bundle(data=_changed(DEFAULT, change))
+    assert b.name == load_bundle(DEFAULT).name and b.labels == load_bundle(DEFAULT).labels
+    assert len(b.meta.notes) == 1 and f"{where} was left out" in b.meta.notes[0], b.meta.notes
+    top = where.split(".")[0]
+    assert f"'{top}" in b.meta.notes[0] or "label's 'display'" in b.meta.notes[0]
+    assert any(f"{where} was left out" in r.getMessage() for r in caplog.records)
+    assert summary(b)["notes"] == b.meta.notes
+    for note in b.meta.notes:  # an operator's sentence, never the validator's wording
+        assert "should be" not in note and "valid string" not in note and "Input" not in note
+    app = Flask(__name__)
+    Babel(app)
+    with app.test_request_context("/"):
+        rows = model_limits(b)
+        limits_lead(b)
+    assert [title for title, _, _ in rows][:1] == ["Trained on"]
+
+
+def test_only_the_malformed_entry_is_left_out():
+    b = load_bundle(data=_changed(DEFAULT, lambda m: m["metrics"].update(note="text")))
+    shipped = load_bundle(DEFAULT)
+    assert b.meta.test_metrics == shipped.meta.test_metrics  # the int8 figures stay
+    assert b.metadata == {**shipped.metadata, "metrics": {**shipped.metadata["metrics"], "note": "text"}}  # kept whole
+    b = load_bundle(data=_changed(DEFAULT, lambda m: m["cross_lab"]["plain"].update(review_per_100=82.5)))
+    assert b.meta.cross_lab.plain is None and b.meta.cross_lab.text == shipped.meta.cross_lab.text
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m["input"].update(size="128"), lambda m: m["labels"][0].update(category="weird"),
+    lambda m: m.update(outputs=[]), lambda m: m["thresholds"].update(review=True), lambda m: m.update(name=5),
+    lambda m: m["sha256"].update({"model.tflite": "abc"}), lambda m: m.update(preprocessing=[]),
+])
+def test_what_the_model_needs_is_still_refused_in_operator_words(change):
+    with pytest.raises(BundleError) as err:
+        load_bundle(data=_changed(DEFAULT, change))
+    assert "should be" not in str(err.value) and "valid" not in str(err.value).replace("invalid", "")
+
+
+def test_an_unforeseen_error_names_the_field_not_the_validators_words():
+    """A check without its own sentence (none is expected today) still reads as an operator's sentence."""
+    from device.model.metadata import _refusal
+
+    err = {"type": "string_type", "loc": ("outputs", "probabilities", "name"), "msg": "Input should be a valid string"}
+    assert str(_refusal(err)) == "metadata.json: 'outputs.probabilities.name' has a value this device cannot use"
+
+
+def _limits(bundle):
     from flask import Flask
     from flask_babel import Babel
 
     from device.web.words import model_limits
 
-    path = REPO / "device/assets/models/differential.lkb"
-    files = _members(path)
-    meta = json.loads(files["metadata.json"])
-    meta["model_card"] = "# pbc-differential\n\nTrained on: something else entirely\n\n## Not validated on\nanything\n"
-    files["metadata.json"] = json.dumps(meta).encode()
-    files["MODEL_CARD.md"] = meta["model_card"].encode()
     app = Flask(__name__)
     Babel(app)
     with app.test_request_context("/"):
-        shown, other = model_limits(load_bundle(path)), model_limits(load_bundle(data=pack(files)))
-    assert other == shown
-    text = {title: words for title, words, _ in shown}
-    assert text["Trained on"] == ("pbc-normal-wbc (CC BY 4.0). Split by image (the data has no subject ids, so cells "
-                                  "of one donor may be on both sides).")
-    assert text["Never validated on"].startswith("Validated only on held-out images of the same dataset")
-    assert "it is not a validated leukaemia screen" in text["Never validated on"]
-    assert text["Measured"] == "balanced accuracy 0.974, macro F1 0.972 on 816 held-out cells"
+        return {title: text for title, text, _ in model_limits(bundle)}
+
+
+def test_an_untyped_bundle_is_described_by_its_own_card_never_by_todays_prose():
+    """The 8-class bundle carries no typed 'trained_on' or 'not_validated_on' (written before they were typed): the
+    page shows its own card's words, so an edited card shows its edits; with no card, the rows are left out."""
+    path = REPO / "device/assets/models/differential.lkb"
+    shown = _limits(load_bundle(path))
+    assert shown["Trained on"] == ("pbc-normal-wbc (CC BY 4.0). Split by image (the data has no subject ids, so cells "
+                                   "of one donor may be on both sides).")
+    assert shown["Never validated on"].startswith("Validated only on held-out images of the same dataset")
+    assert "it is not a validated leukaemia screen" in shown["Never validated on"]
+    assert shown["Measured"] == "balanced accuracy 0.974, macro F1 0.972 on 816 held-out cells"
+
+    files = _members(path)
+    meta = json.loads(files["metadata.json"])
+    meta["model_card"] = ("# pbc-differential\n\n- Trained on: OUR OWN 2025 CLINIC SET\n\n## What it was validated on\n"
+                          "Three clinics, held-out images.\n")
+    files["metadata.json"] = json.dumps(meta).encode()
+    edited = _limits(load_bundle(data=pack(files)))
+    assert edited["Trained on"] == "OUR OWN 2025 CLINIC SET"
+    assert edited["Never validated on"] == "Three clinics, held-out images."
+
+    meta["model_card"] = "# pbc-differential\n"
+    files["metadata.json"], files["MODEL_CARD.md"] = json.dumps(meta).encode(), b""
+    bare = _limits(load_bundle(data=pack(files)))
+    assert "Never validated on" not in bare  # never today's prose in the bundle's name
+    assert bare["Trained on"] == "pbc-normal-wbc"  # its own datasets' names, as before the schema
+
+
+def test_convert_writes_both_limits_rows_for_every_task_and_never_none():
+    from convert.build import card_fields, trained_on_line
+
+    sources = [{"name": "pbc-normal-wbc", "licence": None}]
+    for task in ("differential", "screen", "other"):
+        out = card_fields(task, sources, "image", {"n": 10})
+        assert out["trained_on"].startswith("pbc-normal-wbc") and out["not_validated_on"], task
+        assert "**" not in out["not_validated_on"] and "None" not in out["trained_on"]
+    assert trained_on_line([("pbc-normal-wbc", None)], None) == "pbc-normal-wbc."
+    assert trained_on_line([("a", "CC BY 4.0"), ("b", None)], "subject") == "a (CC BY 4.0); b. Split by subject."

@@ -210,3 +210,91 @@ def test_the_training_recipe_loads_without_pydantic():
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "differential [train] epochs: expected a number, got 'many'", out.stdout
+
+
+# ---- issue 22 review: a labelled bool, and the form's limits from the declarations ----------------------------------
+
+def _with_lamp_section():
+    @dataclasses.dataclass(frozen=True)
+    class Lamp:
+        on: bool = setting(False, label=N_("Lamp on"))
+        note: str = setting("", max_length=10, label=N_("Lamp note"))
+
+        def __post_init__(self):
+            check(self)
+
+    @dataclasses.dataclass
+    class WithLamp(AppConfig):
+        lamp: Lamp = dataclasses.field(default_factory=Lamp)
+
+    return WithLamp
+
+
+def test_a_labelled_bool_setting_is_saved_through_the_form(tmp_path):
+    """A bool declared with a label is a yes/no choice on the page and saved as a bool (it used to be posted as the
+    text "True" and refused by the schema)."""
+    from device.settings import save_overrides
+
+    WithLamp = _with_lamp_section()
+    cfg = WithLamp()
+    cfg.storage.data_dir = str(tmp_path)
+    assert ("lamp", "on", "Lamp on", "bool") in [tuple(e) for e in settings_form.editable(cfg)]  # found, not listed
+    assert settings_form.form_values(cfg)["lamp.on"] == "false"
+    changes = settings_form.parse_form({"lamp.on": "true"}, cfg)
+    assert changes == {"lamp": {"on": True}}
+    assert check_section(type(cfg.lamp), changes["lamp"], "lamp").on is True
+    assert settings_form.parse_form({"lamp.on": "false"}, cfg) == {"lamp": {"on": False}}
+    with pytest.raises(ConfigError, match=r"^Lamp on: 'maybe' is not a valid value$"):
+        settings_form.parse_form({"lamp.on": "maybe"}, cfg)
+    # the form's text limit is the declaration's, not one figure for every text
+    assert settings_form.parse_form({"lamp.note": "x" * 10}, cfg) == {"lamp": {"note": "x" * 10}}
+    with pytest.raises(ConfigError, match=r"^Lamp note: 'xxxxxxxxxxx' is not a valid value$"):
+        settings_form.parse_form({"lamp.note": "x" * 11}, cfg)
+
+
+def test_every_text_on_the_page_declares_its_own_limit():
+    texts = [(e.section, e.key) for e in settings_form.EDITABLE if e.kind == "text"]
+    assert ("web", "time_zone") in texts and ("camera", "folder") in texts
+    cfg = AppConfig()
+    assert all(settings_form._declared(cfg, s, k).max_length for s, k in texts), texts
+    assert not hasattr(settings_form, "MAX_TEXT") and not hasattr(settings_form, "PAGE_SECTIONS")
+
+
+def test_the_settings_page_shows_a_labelled_bool_as_yes_and_no():
+    """The page's own field loop (cut from settings.html) renders a bool as a yes/no choice showing its value."""
+    import jinja2
+
+    src = (DEVICE / "web" / "templates" / "settings.html").read_text()
+    start = src.index("{% for section, key, label, kind in fields %}")
+    loop = src[start:src.index("{% endfor %}", src.index("</label>", start)) + len("{% endfor %}")]
+    cfg = _with_lamp_section()()
+    fields = [e for e in settings_form.editable(cfg) if e.section == "lamp"]
+    env = jinja2.Environment(autoescape=True)
+    html = env.from_string(loop).render(fields=fields, values={**settings_form.form_values(cfg), "lamp.on": "true"},
+                                        _=lambda t: {"Yes": "Oui", "No": "Non"}.get(t, t), language_names={})
+    assert '<select name="lamp.on"><option value="true" selected>Oui</option><option value="false" >Non</option>' \
+        in html
+    assert '<input name="lamp.note" value=""' in html
+
+
+def test_what_a_training_machine_needs_pydantic_for_is_declared():
+    """The recipes and the data loading import without pydantic; the commands that write or read a bundle (convert,
+    model test) go through the device's metadata schema, so the 'train' extra installs pydantic."""
+    import subprocess
+    import tomllib
+
+    code = ("import importlib, sys; sys.modules['pydantic'] = None; sys.modules['pydantic_core'] = None\n"
+            "for m in sys.argv[1:]:\n"
+            "    try:\n"
+            "        importlib.import_module(m); print(m, 'ok')\n"
+            "    except ImportError:\n"
+            "        print(m, 'needs pydantic')\n")
+    modules = ["training.config", "training.datasets", "training.data", "training.recorded", "training.cli",
+               "convert.verify", "convert.build", "device.model.bundle"]
+    out = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    found = dict(line.rsplit(" ", 1) if line.endswith(" ok") else line.split(" ", 1) for line in out.stdout.splitlines())
+    assert {m for m, v in found.items() if v == "ok"} == set(modules[:5]), out.stdout
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.replace(" ", "").startswith("pydantic>=") for d in extras["train"])

@@ -65,3 +65,5 @@ class Backend:
     make: Callable[[Any], Camera]
     rank: int  # its place in the lists (the page's choice, the defaults file); the default back-end is 0
     check: Callable[[Any], None] | None = None
+    # what ``leukoscope cameras`` says this machine offers the back-end: one line each (none: it lists nothing)
+    detect: Callable[[], list[str]] | None = None

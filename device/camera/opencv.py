@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -56,4 +57,10 @@ class OpenCVOptions:
     height: int = setting(1080, ge=64, le=10000)
 
 
-BACKEND = Backend("opencv", OpenCVOptions, lambda o: OpenCVCamera(o.device, o.width, o.height), rank=1)
+def _detect() -> list[str]:
+    videos = sorted(str(p) for p in Path("/dev").glob("video*"))
+    return [", ".join(videos) if videos else "no /dev/video* devices"]
+
+
+BACKEND = Backend("opencv", OpenCVOptions, lambda o: OpenCVCamera(o.device, o.width, o.height), rank=1,
+                  detect=_detect)

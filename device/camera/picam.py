@@ -194,5 +194,10 @@ class Picamera2Options:
                                       label=N_("Preview size, width x height (e.g. 640x480)"))
 
 
+def _detect() -> list[str]:
+    models, why = picamera2_cameras()
+    return [f"{m}    [camera] backend = \"picamera2\"" for m in models] or [f"none: {why}"]
+
+
 BACKEND = Backend("picamera2", Picamera2Options,
-                  lambda o: Picamera2Camera(o.still_size or None, tuple(o.preview_size)), rank=2)
+                  lambda o: Picamera2Camera(o.still_size or None, tuple(o.preview_size)), rank=2, detect=_detect)

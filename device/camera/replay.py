@@ -76,7 +76,7 @@ class ReplayCamera:
 class ReplayOptions:
     """The replay back-end's keys of ``[camera]``."""
     # a folder of field images ("" = the bundled BCCD samples)
-    folder: str = setting("", label=N_("Replay folder (replay camera)"))
+    folder: str = setting("", max_length=1024, label=N_("Replay folder (replay camera)"))
     loop: bool = True
 
 

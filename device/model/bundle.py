@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import struct
 import zipfile
 import zlib
@@ -23,6 +24,8 @@ import numpy as np
 
 from device.analysis.preprocess import Preprocessing
 from device.model.metadata import Metadata, MetadataError, parse
+
+log = logging.getLogger("leukoscope.model")
 
 REQUIRED_MEMBERS = ("model.tflite", "metadata.json")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -64,7 +67,8 @@ class Bundle:
 
     @property
     def thresholds(self) -> dict:
-        return self.metadata.get("thresholds", {})
+        """The typed thresholds as the classifier takes them (``review``, ``malignant``, ..., ``ood``)."""
+        return self.meta.thresholds.as_written()
 
     @property
     def name(self) -> str:
@@ -138,10 +142,7 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         meta = json.loads(files["metadata.json"])
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{where}: metadata.json is not valid JSON ({exc})") from None
-    try:
-        typed = parse(meta)
-    except MetadataError as exc:
-        raise BundleError(f"{where}: {exc}") from None
+    typed = _typed(meta, where)
     model = files["model.tflite"]
     digest = hashlib.sha256(model).hexdigest()
     if digest != typed.sha256.model_tflite:
@@ -152,7 +153,20 @@ def load_bundle(path: str | Path | None = None, data: bytes | None = None) -> Bu
         raise BundleError(f"{where}: thresholds name 'ood' but the bundle has no ood.npz")
     reference = (_read_reference(files[REFERENCE_MEMBER], len(typed.labels), ood, where)
                  if REFERENCE_MEMBER in files else None)
-    return Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
+    bundle = Bundle(Path(path) if path is not None else None, meta, model, ood, files, reference)
+    bundle.__dict__["meta"] = typed  # the cached typed view (cached_property's slot): parsed and noted once
+    return bundle
+
+
+def _typed(meta, where: str) -> Metadata:
+    """The typed metadata, or BundleError naming the file; what was left out as malformed is logged."""
+    try:
+        typed = parse(meta)
+    except MetadataError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    for note in typed.notes:
+        log.warning("%s: %s", where, note)
+    return typed
 
 
 def _read_members(data: bytes, where: str, limits: dict[str, int] = MEMBER_LIMITS,
@@ -324,13 +338,20 @@ def _read_reference(raw: bytes, n_labels: int, ood: dict | None, where: str) -> 
 
 def summary(bundle: Bundle) -> dict:
     """What ``leukoscope model info`` shows."""
-    meta = bundle.metadata
+    meta = bundle.meta
+    given = meta.model_fields_set
+
+    def part(value):
+        return value.as_written() if hasattr(value, "as_written") else value
+
     return {
         "path": str(bundle.path) if bundle.path else None,
-        "name": meta["name"], "version": meta["version"], "task": meta["task"],
-        "created_at": meta.get("created_at"), "quantization": meta["input"].get("quantization"),
-        "labels": meta["labels"], "input": meta["input"], "thresholds": meta.get("thresholds"),
-        "datasets": meta.get("datasets"), "metrics": meta.get("metrics"), "parity": meta.get("parity"),
-        "sha256": meta["sha256"], "model_bytes": len(bundle.model_bytes),
-        "versions": meta.get("versions"), "model_card": meta.get("model_card"),
-    }
+        "name": meta.name, "version": meta.version, "task": meta.task,
+        "created_at": meta.created_at, "quantization": meta.input.quantization,
+        "labels": [label.as_written() for label in meta.labels], "input": meta.input.as_written(),
+        "thresholds": meta.thresholds.as_written() if "thresholds" in given else None,
+        "datasets": [d.as_written() for d in meta.datasets] if meta.datasets is not None else None,
+        "metrics": {k: m.as_written() for k, m in meta.metrics.items()} if meta.metrics is not None else None,
+        "parity": part(meta.parity), "sha256": meta.sha256.as_written(), "model_bytes": len(bundle.model_bytes),
+        "versions": (meta.model_extra or {}).get("versions"), "model_card": part(meta.model_card),
+    } | ({"notes": meta.notes} if meta.notes else {})

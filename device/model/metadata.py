@@ -2,11 +2,17 @@
 and validates it (``device.model.bundle.load_bundle``) and shows its figures (``device.web.words``).
 
 Every field the device reads has a type and a range here; fields it does not read pass through untouched
-(``extra="allow"``), so a bundle written by a newer converter still loads. Every refusal is one sentence in
-the operator's words, naming the field (``MetadataError``)."""
+(``extra="allow"``), so a bundle written by a newer converter still loads. What the device needs to run the model
+(format, labels, input size and type, checksum, thresholds, outputs, pre-processing) is checked strictly: every
+refusal is one sentence in the operator's words, naming the field (``MetadataError``). What only describes the
+model (its card, datasets, figures, dates) is read leniently: a malformed part is left out with a note
+(``Metadata.notes``, logged at load and shown by ``leukoscope model info``) and the bundle still loads, as it did
+before the schema existed."""
 from __future__ import annotations
 
+import copy
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     InstanceOf,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -78,6 +85,10 @@ def _text(key: str):
 class _Open(BaseModel):
     """A part of the metadata whose other keys pass through (written by a newer converter, or read elsewhere)."""
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    def as_written(self) -> dict:
+        """The part as JSON, with the keys the bundle gave (what ``model info`` prints)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 # ---- what the device needs to run the model -------------------------------------------------------------
@@ -207,10 +218,16 @@ class Split(_Open):
 
 
 class Metrics(_Open):
-    """One variant's figures on the held-out test split."""
+    """One variant's figures on the held-out test split. Declared in the order convert writes them (``Any``: the
+    device does not read those), so ``as_written`` gives them back in that order."""
     n: int | None = None
+    accuracy: Any = None
     balanced_accuracy: float | None = None
     macro_f1: float | None = None
+    weighted_f1: Any = None
+    macro_roc_auc: Any = None
+    ece: Any = None
+    per_class_sensitivity: Any = None
     malignant: dict | None = None  # the blast operating point: validation and test figures
 
 
@@ -238,11 +255,6 @@ class CrossLab(_Open):
     plain: PlainFigures | None = None
 
 
-def _described(model, message: str):
-    """An optional part the device only describes; when present, it has the shape the page reads."""
-    return Annotated[model | None, _says(message)]
-
-
 class Metadata(_Open):
     format: str
     name: _text("name")
@@ -255,20 +267,21 @@ class Metadata(_Open):
     outputs: Annotated[dict[str, Output], _says("'outputs' must map each output to an object with a 'name'")] = \
         Field(default_factory=dict)
     preprocessing: Annotated[InstanceOf[Preprocessing], BeforeValidator(_preprocessing)]
+    # described on the page, in the report and by `model info` (see DESCRIBED: a malformed one is left out)
     ood_calibration: str | None = None  # "per-class": thresholds.ood is a ratio to each class's own spread
-    # described on the page, in the report and by `model info`
     created_at: str | None = None
     model: str | None = None
-    datasets: _described(list[Dataset], "'datasets' must be a list of objects with a 'name'") = None
-    split: _described(Split, "'split' must be an object") = None
-    metrics: _described(dict[str, Metrics], "'metrics' must map each variant to an object of figures") = None
-    parity: _described(Parity, "'parity' must be an object with 'top1_agreement'") = None
-    model_card: _described(str | CardText, "'model_card' must be a text (Markdown) or an object of texts") = None
-    trained_on: _described(str, "'trained_on' must be a text") = None
-    figures: _described(str, "'figures' must be a text") = None
-    operating_point: _described(str, "'operating_point' must be a text") = None
-    not_validated_on: _described(str, "'not_validated_on' must be a text") = None
-    cross_lab: _described(CrossLab, "'cross_lab' must be an object (its 'plain' figures whole numbers)") = None
+    datasets: list[Dataset] | None = None
+    split: Split | None = None
+    metrics: dict[str, Metrics] | None = None
+    parity: Parity | None = None
+    model_card: str | CardText | None = None
+    trained_on: str | None = None
+    figures: str | None = None
+    operating_point: str | None = None
+    not_validated_on: str | None = None
+    cross_lab: CrossLab | None = None
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -292,6 +305,11 @@ class Metadata(_Open):
             raise _refuse(f"pre-processing input size {pp.input_size} differs from input.size {self.input.size}")
         return self
 
+    @property
+    def notes(self) -> list[str]:
+        """What was left out of the metadata as malformed, one operator sentence each."""
+        return list(self._notes)
+
     # -- the figures, typed ------------------------------------------------------------------------------
     @property
     def test_metrics(self) -> Metrics | None:
@@ -311,55 +329,102 @@ class Metadata(_Open):
         ``not_validated_on``): from the card's fields, else the metadata's own."""
         return getattr(self.card, key) or getattr(self, key)
 
-    def trained_on_line(self) -> str | None:
-        """What the card's "Trained on" line says, from the datasets and the split (bundles whose metadata has
-        no ``trained_on`` of its own)."""
-        if not self.datasets:
-            return None
-        unit = (self.split.unit if self.split else None) or self.datasets[0].split_unit
-        return trained_on_line([(d.name, d.licence) for d in self.datasets], unit)
+
+
+# The parts that only describe the model: how each must look, and how deep a malformed one is cut out (1: the
+# whole field; 2: the one entry of a list or map, or the one key of an object, that is malformed).
+DESCRIBED = {
+    "ood_calibration": ("must be a text", 1), "created_at": ("must be a text", 1), "model": ("must be a text", 1),
+    "datasets": ("must be a list of objects with a 'name'", 2), "split": ("must be an object", 1),
+    "metrics": ("must map each variant to an object of figures", 2),
+    "parity": ("must be an object with 'top1_agreement'", 1),
+    "model_card": ("must be a text (Markdown) or an object of texts", 1),
+    "trained_on": ("must be a text", 1), "figures": ("must be a text", 1), "operating_point": ("must be a text", 1),
+    "not_validated_on": ("must be a text", 1),
+    "cross_lab": ("must be an object with a 'text' and 'plain' figures in whole numbers", 2),
+}
+DESCRIBED_INPUT = {"quantization": "must be a text", "color_order": "must be a text", "normalization": "must be a text",
+                   "scale": "must be a number", "zero_point": "must be a whole number"}
+
+
+def _descriptive(raw: dict, loc: tuple) -> tuple[tuple, str] | None:
+    """(the path to leave out, the operator's sentence) for an error in a part that only describes the model, else
+    None (the error is the model's and refuses the bundle)."""
+    loc = tuple(loc)
+    if not loc:
+        return None
+    key = loc[0]
+    if key in DESCRIBED:
+        what, depth = DESCRIBED[key]
+        deep = depth == 2 and len(loc) >= 2 and isinstance(raw.get(key), (list, dict))
+        return (loc[:2] if deep else loc[:1]), f"'{key}' {what}"
+    if key == "input" and len(loc) == 2 and loc[1] in DESCRIBED_INPUT:
+        return loc, f"'input.{loc[1]}' {DESCRIBED_INPUT[loc[1]]}"
+    if key == "labels" and len(loc) == 3 and loc[2] == "display":
+        return loc, "a label's 'display' must be a text"
+    return None
+
+
+def _cut(raw: dict, path: tuple) -> tuple:
+    """Remove ``path`` from ``raw``; where it does not lead anywhere, the whole top-level part. Returns what went."""
+    try:
+        *parents, last = path
+        node = raw
+        for step in parents:
+            node = node[step]
+        del node[last]
+        return path
+    except (KeyError, IndexError, TypeError):
+        raw.pop(path[0], None)
+        return path[:1]
+
+
+def _refusal(err: dict) -> MetadataError:
+    if err["type"] == "own":
+        return MetadataError(err["msg"])
+    if err["type"] == "metadata":
+        return MetadataError(f"metadata.json: {err['msg']}")
+    # a check without its own sentence (none is expected): name the field, never the validator's wording
+    where = ".".join(str(p) for p in err["loc"]) or "metadata"
+    return MetadataError(f"metadata.json: '{where}' has a value this device cannot use")
 
 
 def parse(raw: Any) -> Metadata:
-    """The typed metadata, or MetadataError naming the first problem in the operator's words."""
-    try:
-        return Metadata.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        if err["type"] == "own":
-            raise MetadataError(err["msg"]) from None
-        if err["type"] == "metadata":
-            raise MetadataError(f"metadata.json: {err['msg']}") from None
-        where = ".".join(str(p) for p in err["loc"])
-        raise MetadataError(f"metadata.json: '{where}' {err['msg'][:1].lower()}{err['msg'][1:]}") from None
+    """The typed metadata, or MetadataError naming the first problem in the operator's words. A malformed part
+    that only describes the model is left out (``Metadata.notes`` says which) instead of refusing the bundle."""
+    notes: list[str] = []
+    work = raw
+    for _ in range(64):  # each pass cuts out at least one malformed part
+        try:
+            meta = Metadata.model_validate(work)
+            meta._notes = notes
+            return meta
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        found = [(err, _descriptive(work, err["loc"]) if isinstance(work, dict) else None) for err in errors]
+        strict = [err for err, cut in found if cut is None]
+        if strict:
+            raise _refusal(strict[0]) from None
+        if work is raw:
+            work = copy.deepcopy(raw)
+        path, why = found[0][1]
+        path = _cut(work, path)
+        notes.append(f"metadata.json: {why}; " + ".".join(str(p) for p in path) + " was left out")
+    raise MetadataError("metadata.json: too many malformed parts")
 
 
-# ---- the card's prose, written by convert and read back for bundles that carry no typed part ---------------
+# ---- the card's own words, for bundles written before convert stored them as typed fields ----------------------
 
-def trained_on_line(datasets: list[tuple[str, str | None]], unit: str | None) -> str:
-    """The card's "Trained on" line: each dataset with its licence, and how the split was cut."""
-    note = "" if unit == "subject" else " (the data has no subject ids, so cells of one donor may be on both sides)"
-    return "; ".join(f"{name} ({licence})" for name, licence in datasets) + f". Split by {unit}{note}."
+_CARD_TRAINED_ON = re.compile(r"Trained on:\s*(.+)")
+_CARD_VALIDATED = re.compile(r"^#+[^\n]*validated[^\n]*\n+(.+?)(?:\n#|\Z)", re.S | re.M | re.I)
 
 
-SCREEN_NOT_VALIDATED = (
-    "lymphoblasts (ALL) in peripheral blood from a lab it was not trained on; children's samples; bone marrow "
-    "from other labs; smears photographed through the appliance's own camera and microscope; stains other than "
-    "May-Grunwald-Giemsa; lymphoma cells, myelodysplasia and other atypical cells")
-
-
-def validation_text(task: str) -> str:
-    """The card's "What it was and was not validated on" section, per task."""
-    if task == "differential":
-        return ("Validated only on held-out images of the same dataset (normal cells from healthy donors, one lab, "
-                "one CellaVision scanner, image-level split). It has never seen a leukaemic blast: it is **not a "
-                "validated leukaemia screen**. Blasts and other unfamiliar cells should be caught by the uncertainty "
-                "and unfamiliar-cell checks and left for review, but that is a safety net, not a detector. Not "
-                "validated on other stains, microscopes or cameras, on bone marrow, or on field crops from the "
-                "appliance's own camera.")
-    if task == "screen":
-        return ("Trained on normal blood cells from two labs and on bone-marrow blasts from one lab (see Trained on). "
-                "Its figures on labs it never saw are in `cross_lab` (python -m bench.cross_lab). Never validated "
-                "on: " + SCREEN_NOT_VALIDATED + ".")
-    return ("Validated only on the held-out split recorded in test_files.csv. Not validated across laboratories, "
-            "stains, microscopes or cameras.")
+def card_sections(markdown: str | None) -> dict[str, str]:
+    """From a Markdown model card, what an older bundle says it was trained on (its "Trained on:" line) and was
+    validated on (its "...validated..." section), in the card's own words: never today's prose."""
+    found = {}
+    if markdown and (m := _CARD_TRAINED_ON.search(markdown)):
+        found["trained_on"] = m.group(1).strip()
+    if markdown and (m := _CARD_VALIDATED.search(markdown)):
+        found["not_validated_on"] = " ".join(m.group(1).split())
+    return found

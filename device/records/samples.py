@@ -97,7 +97,7 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
             if may_commit is not None and not may_commit():
                 raise Discarded("the capture was cancelled by its caller")
             h, w = image.shape[:2]
-            meta = model.metadata if model is not None else {}
+            meta = model.meta if model is not None else None
             qc_data = {**analysis.qc.figures(), "scale": analysis.scale.to_dict() if analysis.scale else None}
             if analysis.qc.ok and analysis.cells:
                 # the same view again (key repeat, a double click, the same file twice, an unmoved slide): kept,
@@ -112,8 +112,8 @@ def save_field(store: Store, sample_id: int, image, analysis: FieldAnalysis, use
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, field_rel, captured_at or now(), source, w, h, int(analysis.qc.ok), analysis.qc.message,
                  json.dumps(qc_data),
-                 analysis.timings_ms.get("total"), str(meta.get("name", "")),
-                 str(meta.get("version", "")), model.sha256 if model is not None else "",
+                 analysis.timings_ms.get("total"), meta.name if meta else "",
+                 meta.version if meta else "", model.sha256 if model is not None else "",
                  getattr(calibration, "record_id", None), calibration.name if calibration is not None else ""))
             fid = cur.lastrowid
             for c, rel in zip(analysis.cells, crop_rels):

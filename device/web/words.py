@@ -14,7 +14,7 @@ from flask_babel import lazy_gettext as _l
 
 from device.config import LANGUAGES
 from device.model import vocabulary
-from device.model.metadata import validation_text
+from device.model.metadata import card_sections
 from device.records.counts import DISCLAIMER, INSUFFICIENT, NOT_A_CELL, POSSIBLE_BLAST
 from device.records.counts import category_of as sample_category_of
 
@@ -166,24 +166,34 @@ def _plain(text: str) -> str:
     return text.translate(_MARKS).strip()
 
 
+def _own_words(bundle) -> dict[str, str]:
+    """The parts the bundle words itself: its typed fields, else (a bundle written before they were typed) its
+    card's text, else for what it was trained on its datasets' names."""
+    meta = bundle.meta
+    card = card_sections(meta.card_markdown or bundle.files.get("MODEL_CARD.md", b"").decode("utf-8", "replace"))
+    found = {}
+    for key in ("trained_on", "figures", "operating_point", "not_validated_on"):
+        text = meta.part(key) or card.get(key)
+        if text:
+            found[key] = _plain(text)
+    if "trained_on" not in found and meta.datasets:
+        found["trained_on"] = ", ".join(d.name for d in meta.datasets)
+    return found
+
+
 def model_limits(bundle) -> list[tuple[str, str]]:
     """What the model was trained on, its measured figures, and what it was never validated on, from the bundle's
-    typed metadata (device.model.metadata): the card's parts where the bundle has them, else the same words
-    built from its datasets, split, task and metrics."""
+    typed metadata (device.model.metadata); a bundle written before these parts were typed is described by its
+    own card's words (or not at all), never by this software's prose."""
     if bundle is None:
         return [(gettext("Model"), gettext("Its description is not available: the model that classified this "
                                            "sample is no longer on this appliance."), False)]
     meta = bundle.meta
-    found = {key: _plain(meta.part(key)) for key in ("trained_on", "figures", "operating_point", "not_validated_on")
-             if meta.part(key)}
-    if "trained_on" not in found and meta.trained_on_line():
-        found["trained_on"] = _plain(meta.trained_on_line())
+    found = _own_words(bundle)
     m = meta.test_metrics
     if "figures" not in found and m is not None and m.balanced_accuracy is not None:
         found["figures"] = gettext("balanced accuracy %(ba).3f, macro F1 %(f1).3f on %(n)d held-out cells",
                                    ba=m.balanced_accuracy, f1=m.macro_f1 or 0.0, n=m.n or 0)
-    if "not_validated_on" not in found:
-        found["not_validated_on"] = _plain(" ".join(validation_text(meta.task).split()))
     if meta.cross_lab is not None and meta.cross_lab.text:
         found["cross_lab"] = _plain(meta.cross_lab.text)
     if "malignant" not in bundle.categories:
