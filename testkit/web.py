@@ -73,3 +73,73 @@ def signed_in(base: str, username: str = "admin", password: str = "correct-horse
     r = s.post(base + "/login", data={"csrf_token": csrf_of(r.text), "username": username, "password": password})
     assert r.ok and "/login" not in r.url, r.text[:500]
     return s
+
+
+# -- in process -----------------------------------------------------------------------------------------
+IN_PROCESS = "http://localhost"  # the base URL of an app answered by Flask's test client
+
+
+class InProcessResponse:
+    """The parts of a ``requests.Response`` the tests read, over a Werkzeug test response."""
+
+    def __init__(self, resp):
+        self._resp = resp
+        self.status_code = resp.status_code
+        self.headers = resp.headers  # case-insensitive, like requests'
+        self.content = resp.get_data()
+        self.url = resp.request.url  # after redirects: the page the client ended on
+        self.history = list(getattr(resp, "history", ()))
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self._resp.mimetype_params.get("charset", "utf-8"), errors="replace")
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+
+class InProcessSession:
+    """A ``requests.Session``-like client for the real app answered in this process by Flask's test
+    client (the Flask tutorial's ``client``): the same calls the real-HTTP tests make on a base URL, with
+    the session cookie kept between them, but no server, socket or thread. ``timeout`` is accepted and
+    ignored (nothing here can block on a network); streaming and concurrency need the real server."""
+
+    def __init__(self, app):
+        self.app = app
+        self.client = app.test_client()
+
+    def request(self, method: str, url: str, params=None, data=None, files=None, json=None, headers=None,
+                allow_redirects: bool = True, timeout=None) -> InProcessResponse:
+        import io
+
+        path = url[len(IN_PROCESS):] if url.startswith(IN_PROCESS) else url
+        assert path.startswith("/"), f"not a URL of the in-process app: {url}"
+        if files:
+            form = dict(data or {})
+            for name, spec in files.items():  # requests' (filename, content[, type]) to Werkzeug's
+                filename, content, *ctype = spec if isinstance(spec, tuple) else (name, spec)
+                stream = io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content
+                form[name] = (stream, filename, *ctype[:1])
+            data = form
+        resp = self.client.open(path, method=method.upper(), query_string=params, data=data, json=json,
+                                headers=headers, follow_redirects=allow_redirects)
+        return InProcessResponse(resp)
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def cookie(self, name: str = "leukoscope_session") -> str | None:
+        c = self.client.get_cookie(name)
+        return None if c is None else c.value
+
+    def set_cookie(self, value: str, name: str = "leukoscope_session") -> None:
+        self.client.set_cookie(name, value)

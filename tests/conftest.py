@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit import PBC, write_image
-from testkit.web import serving
+from testkit import PBC, REPO, write_image
+from testkit.web import IN_PROCESS, InProcessSession, csrf_of, serving
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,5 +74,116 @@ def tiny_bundle(tiny_run, tmp_path_factory):
 
 @pytest.fixture
 def live_app(tmp_path):
+    """The real app on a real waitress server on 127.0.0.1 with a runtime of its own (real start-up: the
+    consistency check, the model's trial run, the camera thread): for what needs a socket -- streams,
+    concurrency, time-outs, raw paths, a browser -- and for the sign-in path itself."""
     with serving(tmp_path) as (base, app, rt):
         yield base, app, rt, tmp_path
+
+
+# -- the app in process (Flask's tutorial pattern) ------------------------------------------------------
+ADMIN, ADMIN_PASSWORD = "admin", "correct-horse-9"
+
+
+@pytest.fixture(scope="session")
+def bundled_model(tmp_path_factory):
+    """The bundled default model, loaded and trial-run by the real LiteRT interpreter once per session:
+    (bundle, classifier, problems) as the appliance's start-up finds it."""
+    from device.model.installed import load_active
+
+    return load_active("", tmp_path_factory.mktemp("no-installed-model"), 1)
+
+
+def _runtime(data_dir: Path, fields: Path, bundled_model):
+    """A real runtime (real SQLite in data_dir, replay camera over a copy of the bundled fields, the
+    capture loop started) that classifies with the session's model unless one is installed or named."""
+    import shutil
+    import sys
+
+    from device.box.runtime import build_runtime
+    from device.config import AppConfig
+
+    if not fields.exists():
+        shutil.copytree(REPO / "device/assets/fields", fields)
+    cfg = AppConfig()
+    cfg.storage.data_dir = str(data_dir)
+    cfg.camera.folder = str(fields)
+    cfg.sample.target_cells = 5
+    cfg.web.clinic_name = "Test Clinic Ngong"
+    module = sys.modules[build_runtime.__module__]
+    real = module.load_active
+
+    def load_active(configured, data_dir, threads):
+        # the same rule as start-up; only the default bundle's load and trial run are shared
+        if configured or (Path(data_dir) / "models" / "current.lkb").exists():
+            return real(configured, data_dir, threads)
+        bundle, classifier, problems = bundled_model
+        return bundle, classifier, list(problems)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "load_active", load_active)  # fails loudly if the runtime no longer uses it
+        return build_runtime(cfg)
+
+
+@pytest.fixture(scope="session")
+def _admin_template(tmp_path_factory, bundled_model):
+    """A data folder whose administrator was created once through the real first-start page (one scrypt
+    hash per session), and that administrator's session cookie: each test gets a copy of both."""
+    from device.web import create_app
+
+    root = tmp_path_factory.mktemp("admin-template")
+    rt = _runtime(root / "data", root / "fields", bundled_model)
+    try:
+        s = InProcessSession(create_app(rt))
+        page = s.get("/setup")
+        r = s.post("/setup", data={"csrf_token": csrf_of(page.text), "username": ADMIN, "password": ADMIN_PASSWORD,
+                                   "confirm": ADMIN_PASSWORD})
+        assert r.ok and r.url.endswith("/"), (r.status_code, r.url)
+        cookie = s.cookie()
+        assert cookie, "the first-start page set no session cookie"
+    finally:
+        rt.stop()
+    return root / "data", cookie
+
+
+@pytest.fixture
+def box_runtime(tmp_path, bundled_model, _admin_template):
+    """A real runtime per test on its own data folder (a copy of the template: an administrator exists),
+    stopped afterwards."""
+    import shutil
+
+    template, _ = _admin_template
+    # not the 16 MB free-space reserve (the store makes its own) nor the template's lock file
+    shutil.copytree(template, tmp_path / "data", ignore=shutil.ignore_patterns("reserve.bin", "*.lock"))
+    rt = _runtime(tmp_path / "data", tmp_path / "fields", bundled_model)
+    yield rt
+    rt.stop()
+
+
+@pytest.fixture
+def app(box_runtime):
+    """The real Flask app over ``box_runtime`` (TESTING off: errors render as the server renders them)."""
+    from device.web import create_app
+
+    return create_app(box_runtime)
+
+
+@pytest.fixture
+def client(app):
+    """An anonymous requests-like client answered in process; URLs are paths or ``IN_PROCESS + path``."""
+    return InProcessSession(app)
+
+
+@pytest.fixture
+def admin(app, _admin_template):
+    """A requests-like client already signed in as the administrator (the template's session)."""
+    s = InProcessSession(app)
+    s.set_cookie(_admin_template[1])
+    assert s.get("/settings", allow_redirects=False).status_code == 200, "the administrator's session was refused"
+    return s
+
+
+@pytest.fixture
+def page_app(app, box_runtime, tmp_path):
+    """(base, app, runtime, tmp_path) like ``live_app``, answered in process: pair it with ``admin``."""
+    return IN_PROCESS, app, box_runtime, tmp_path
