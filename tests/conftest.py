@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from testkit import PBC, REPO, write_image
-from testkit.web import IN_PROCESS, InProcessSession, csrf_of, serving
+from testkit.web import InProcessBase, InProcessSession, csrf_of, serving
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -156,8 +156,24 @@ def box_runtime(tmp_path, bundled_model, _admin_template):
     # not the 16 MB free-space reserve (the store makes its own) nor the template's lock file
     shutil.copytree(template, tmp_path / "data", ignore=shutil.ignore_patterns("reserve.bin", "*.lock"))
     rt = _runtime(tmp_path / "data", tmp_path / "fields", bundled_model)
-    yield rt
-    rt.stop()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+
+
+@pytest.fixture
+def blank_page_app(tmp_path, bundled_model):
+    """(base, app, runtime, tmp_path) in process on an empty data folder: the first start, before an
+    administrator exists (``signed_in(base)`` creates one through the set-up page)."""
+    from device.web import create_app
+
+    rt = _runtime(tmp_path / "data", tmp_path / "fields", bundled_model)
+    try:
+        app = create_app(rt)
+        yield InProcessBase(app), app, rt, tmp_path
+    finally:
+        rt.stop()
 
 
 @pytest.fixture
@@ -185,5 +201,6 @@ def admin(app, _admin_template):
 
 @pytest.fixture
 def page_app(app, box_runtime, tmp_path):
-    """(base, app, runtime, tmp_path) like ``live_app``, answered in process: pair it with ``admin``."""
-    return IN_PROCESS, app, box_runtime, tmp_path
+    """(base, app, runtime, tmp_path) like ``live_app``, answered in process: pair it with ``admin``;
+    ``signed_in(base, ...)`` and ``base.session()`` give other clients of the same app."""
+    return InProcessBase(app), app, box_runtime, tmp_path

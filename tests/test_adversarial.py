@@ -145,9 +145,9 @@ def _vm(field: str) -> int:
     raise AssertionError(field)
 
 
-def test_item1_settings_model_install_refuses_it_over_http_at_baseline_memory(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_item1_settings_model_install_refuses_it_over_http_at_baseline_memory(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     token = csrf_of(s.get(base + "/settings").text)
     data = _lying_bundle()
     before = rt.bundle.sha256
@@ -271,11 +271,11 @@ def _settings_form(page: str, folder: str, **change) -> dict:
     return form
 
 
-def test_item3_settings_that_would_stop_the_box_are_refused_by_field(live_app, tmp_path):
+def test_item3_settings_that_would_stop_the_box_are_refused_by_field(page_app, admin, tmp_path):
     import shutil
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     folder = str(rt.config.camera.folder)
     saved = rt.config.data_dir / "settings.toml"
     before = saved.read_bytes() if saved.exists() else b""
@@ -401,7 +401,7 @@ def _float_tiff(values) -> bytes:
     return buf.getvalue()
 
 
-def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(live_app, recwarn):
+def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(page_app, admin, recwarn):
     import numpy as np
 
     from device import records
@@ -416,8 +416,8 @@ def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(live_app,
     rgb = decode_image(_float_tiff(mixed), name="mixed.tif")  # a few bad pixels: still an image
     assert rgb.shape == (64, 64, 3) and rgb[5, 63, 0] == 255 and rgb[0, 0, 0] == 0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     sid = records.create_sample(rt.store, "NAN-TIFF", "admin")
     token = csrf_of(s.get(base + f"/samples/{sid}").text)
     r = s.post(base + f"/samples/{sid}/upload", data={"csrf_token": token},

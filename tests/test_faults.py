@@ -55,9 +55,9 @@ def bad_inputs() -> dict[str, tuple[bytes, bool]]:
     }
 
 
-def test_bad_input_on_every_upload_path(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_bad_input_on_every_upload_path(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "UP-1"})
     sid = r.url.rstrip("/").split("/")[-1]

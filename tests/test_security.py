@@ -27,11 +27,11 @@ def _new_sample(s, base, **fields):
     return s.post(base + "/samples", data=data)
 
 
-def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(live_app):
+def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(page_app, admin):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     for i, payload in enumerate(XSS):
         r = _new_sample(s, base, sample_code=f"{payload}-{i}", patient_name=payload, note=payload)
         assert r.status_code == 200, (payload, r.status_code)
@@ -58,11 +58,11 @@ def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(live_app):
         assert re.fullmatch(r'attachment; filename=leukoscope-[A-Za-z0-9._-]+\.pdf', disposition), disposition
 
 
-def test_unicode_and_oversized_fields(live_app):
+def test_unicode_and_oversized_fields(page_app, admin):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, sample_code="U-1", patient_name=UNICODE, note=UNICODE)
     assert r.status_code == 200 and str(escape(UNICODE)) in r.text
     sid = r.url.rstrip("/").split("/")[-1]
@@ -103,9 +103,9 @@ def test_path_traversal_is_refused(live_app, path):
     assert b"secret" not in body.lower() and b"SQLite format" not in body and b"root:" not in body
 
 
-def test_a_database_row_cannot_serve_a_file_outside_the_data_folder(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_a_database_row_cannot_serve_a_file_outside_the_data_folder(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, sample_code="T-1")
     sid = int(r.url.rstrip("/").split("/")[-1])
     with rt.store.transaction() as tx:

@@ -7,7 +7,7 @@ import pytest
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, parse_form, save_overrides
 from testkit import REPO
-from testkit.web import csrf_of, signed_in
+from testkit.web import csrf_of
 
 
 def test_saved_settings_layer_over_the_config_file(tmp_path):
@@ -36,9 +36,9 @@ def test_form_parsing_names_the_bad_field():
     assert cfg.sample.flags[0].min_count == 3 and cfg.sample.flags[0].message == "refer now"
 
 
-def test_settings_page_changes_apply_live(live_app):
-    base, app, rt, tmp = live_app
-    s = signed_in(base)
+def test_settings_page_changes_apply_live(page_app, admin):
+    base, app, rt, tmp = page_app
+    s = admin
     page = s.get(base + "/settings")
     form = {"csrf_token": csrf_of(page.text), "web.clinic_name": "Kisumu Health Centre", "sample.target_cells": "7",
             "storage.retention_days": "0", "camera.backend": "replay", "camera.folder": str(tmp / "fields"),
@@ -55,7 +55,7 @@ def test_settings_page_changes_apply_live(live_app):
     assert rt.store.connect().execute("SELECT COUNT(*) FROM audit WHERE action = 'settings-changed'").fetchone()[0] == 1
 
 
-def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
+def test_push_button_target_is_explicit_visible_and_cleared_on_finish(page_app, admin):
     """Issue 12 item 5: viewing a sample does not aim the button; choosing does; finishing clears it;
     a refused press is logged and shown on the capture page."""
     from gpiozero.pins.mock import MockFactory
@@ -63,8 +63,8 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     from device import records
     from device.box.button import start_button
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     sid = records.create_sample(rt.store, "BTN-1", "admin")
     other = records.create_sample(rt.store, "BTN-2", "admin")
     factory = MockFactory()
@@ -105,13 +105,13 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
         button.close()
 
 
-def test_the_settings_page_keeps_the_last_measured_scale(live_app):
+def test_the_settings_page_keeps_the_last_measured_scale(page_app, admin):
     """A field's red cells measure the pixel size; the administrator keeps that value as the
     configured one (used for fields with too few red cells), and it survives a restart."""
     from device.settings import load_effective
 
-    base, app, rt, tmp = live_app
-    s = signed_in(base)
+    base, app, rt, tmp = page_app
+    s = admin
     page = s.get(base + "/settings")
     assert "No field from this camera has been measured" in page.text
     r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})
