@@ -10,6 +10,26 @@ from testkit.web import InProcessBase, InProcessSession, csrf_of, serving
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# -- markers: what makes a test slow ---------------------------------------------------------------------
+# Each slow kind has its marker (pyproject.toml); every test with one is also `slow`, so that
+# `scripts/test.sh -m "not slow"` is the quick loop and `-m browser` (etc.) picks one kind. A test is
+# marked by its module or itself; the fixtures below mark whatever uses them, so a new test cannot forget.
+SLOW_KINDS = ("bench", "tensorflow", "browser", "arm64", "district")
+SLOW_FIXTURES = {"tiny_run": "tensorflow", "tiny_bundle": "tensorflow", "browser": "browser", "chroot": "arm64",
+                 "orthanc": "district"}
+SLOW_TIMEOUT = 1200  # seconds, for a slow test without a time-out of its own (pyproject's is for the rest)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, kind in SLOW_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(kind):
+                item.add_marker(kind)
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker("slow")
+            if not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
 
 @pytest.fixture
 def taleqani_copy(tmp_path) -> Path:

@@ -177,6 +177,7 @@ def test_round_window_frames_every_source_alike():
         Preprocessing(input_size=64, crop_um=0.0, window_um=20.0)
 
 
+@pytest.mark.tensorflow
 def test_augmentation_keeps_the_device_window():
     """Zoom, shift, stain, hue and grey changes in training never move or recolour the window's outside."""
     tf = pytest.importorskip("tensorflow")
