@@ -28,8 +28,12 @@ def serving(tmp_path: Path, **settings):
     cfg.sample.target_cells = settings.get("target_cells", 5)
     cfg.web.clinic_name = settings.get("clinic_name", "Test Clinic Ngong")
     rt = build_runtime(cfg)
-    app = create_app(rt)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    try:
+        app = create_app(rt)
+        server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    except BaseException:
+        rt.stop()
+        raise
     closing = threading.Event()
 
     def serve():
@@ -44,22 +48,45 @@ def serving(tmp_path: Path, **settings):
     try:
         yield f"http://127.0.0.1:{server.effective_port}", app, rt
     finally:
+        closing.set()
         try:
-            stop_server(server, thread, closing)
+            stop_server(server, thread)
         finally:
             rt.stop()
 
 
-def stop_server(server, thread, closing, timeout: float = 5.0) -> None:
-    """Stop a waitress server run on ``thread``: its loop runs while any connection is open, and a client's
-    kept-alive connection never closes by itself, so close them all, then its workers, then the listener.
+def stop_server(server, thread, timeout: float = 5.0) -> None:
+    """Stop a waitress server run on ``thread``. Its loop runs while any connection is open, and a client's
+    kept-alive connection never closes by itself: so close them all, then stop its workers, then close the
+    listener -- the closing done in the loop's own thread, so that no socket is closed under its select().
     (Closing only the listener leaked the loop, eight workers and the whole app with its runtime and
     model -- about 30 MB -- per test.) Fails, naming the thread, if the loop has not ended in time."""
-    closing.set()
-    for channel in [c for c in list(server._map.values()) if c is not server and c is not server.trigger]:
-        channel.close()  # a live view's worker then fails its next write and ends
+    import threading
+
+    def in_loop(action) -> None:
+        done = threading.Event()
+
+        def thunk():
+            try:
+                action()
+            finally:
+                done.set()
+
+        server.trigger.pull_trigger(thunk)
+        assert done.wait(timeout), f"{thread.name}: the server loop did not answer within {timeout} s"
+
+    def close_connections():
+        for channel in list(server._map.values()):
+            if channel is not server and channel is not server.trigger:
+                channel.close()  # a live view's worker then fails its next write and ends
+
+    if thread.is_alive():
+        in_loop(close_connections)
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
-    server.close()  # the listener and the trigger: the loop's map is now empty and the loop returns
+    if thread.is_alive():
+        in_loop(server.close)  # the listener and the trigger: the loop's map is empty, the loop returns
+    else:
+        server.close()
     thread.join(timeout)
     assert not thread.is_alive(), f"{thread.name}: the server loop did not stop within {timeout} s of closing"
 
