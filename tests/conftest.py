@@ -31,6 +31,21 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
+@pytest.fixture(autouse=True)
+def _browser_left_clean(request):
+    """A module's shared Chromium (a ``browser`` fixture) outlives each test: a test that fails half-way
+    leaves its pages open, their live views still polling. Close every context after each test, and fail
+    the next test at once, saying why, if Chromium has died -- not after a time-out."""
+    if "browser" in request.fixturenames:
+        assert request.getfixturevalue("browser").is_connected(), "Chromium exited during an earlier test"
+    yield
+    if "browser" in request.fixturenames:
+        b = request.getfixturevalue("browser")
+        if b.is_connected():
+            for ctx in list(b.contexts):
+                ctx.close()
+
+
 @pytest.fixture
 def taleqani_copy(tmp_path) -> Path:
     """The published Taleqani layout (whole fields, one label each), including exact duplicate
