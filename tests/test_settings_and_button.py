@@ -6,7 +6,7 @@ import pytest
 
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, parse_form, save_overrides
-from testkit import REPO
+from testkit import REPO, wait_until
 from testkit.web import csrf_of
 
 
@@ -80,7 +80,7 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(page_app, 
     try:
         page = s.get(base + f"/samples/{other}")  # only looking at a sample does not aim the button
         press()
-        time.sleep(0.5)
+        wait_until(lambda: rt.button_message, "the press to be refused")  # before: a fixed 0.5 s sleep
         assert rt.loop.captures == 0
         page = s.get(base + f"/samples/{sid}")
         assert "no sample is chosen" in page.text and 'id="button-message"' in page.text  # the refusal is shown
@@ -96,8 +96,9 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(page_app, 
         r = s.post(base + f"/samples/{sid}/finish", data={"csrf_token": csrf_of(page.text), "confirmed": "1"})
         assert r.ok
         assert rt.button_target is None
+        assert not rt.button_message  # the accepted press cleared the refusal
         press()
-        time.sleep(0.5)
+        wait_until(lambda: rt.button_message, "the press after finishing to be refused")
         assert fields(sid) == 1 and fields(other) == 0
         assert "no sample is chosen" in s.get(base + f"/samples/{other}").text
         assert s.get(base + "/api/status").json()["button_message"]
