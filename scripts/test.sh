@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Install what the tests need (system packages, a venv with every extra) and run the whole suite.
 # Usage: scripts/test.sh [pytest arguments]
+#   scripts/test.sh                  everything (what CI runs)
+#   scripts/test.sh -m "not slow"    the quick loop: no bench, TensorFlow, browser, arm64 or district tests
+#   LEUKOSCOPE_TEST_NO_INSTALL=1 scripts/test.sh ...   skip the installs and the arm64 build (.venv exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${LEUKOSCOPE_TEST_NO_INSTALL:-}" ]; then
+    [ -x .venv/bin/python ] || { echo "LEUKOSCOPE_TEST_NO_INSTALL is set but there is no .venv: run scripts/test.sh once without it" >&2; exit 2; }
+    exec .venv/bin/python -m pytest "$@"
+fi
 
 # System packages: Chromium for the browser tests, systemd-analyze for the unit checks, pdftoppm for the
 # report, and for the arm64 smoke test (tests/test_aarch64.py) debootstrap plus qemu-user-static with its

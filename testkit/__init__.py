@@ -44,3 +44,28 @@ def write_image(path: Path, seed: int, size: int = 32, fmt: str | None = None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, format=fmt)
     return path
+
+
+def wait_until(condition, what: str, timeout: float = 10.0, every: float = 0.02):
+    """Poll ``condition()`` until it is true (returned) or ``timeout`` seconds pass: then fail naming
+    ``what`` was awaited. For tests: a condition with a deadline, never a fixed sleep."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() - t0 < timeout, f"waited {timeout} s for {what}"
+        time.sleep(every)
+
+
+def joined(threads, timeout: float = 60.0) -> None:
+    """Join ``threads`` within ``timeout`` seconds in all, failing with the names of those still running."""
+    import time
+
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    alive = [t.name for t in threads if t.is_alive()]
+    assert not alive, f"still running after {timeout} s: {alive}"

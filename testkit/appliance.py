@@ -29,14 +29,20 @@ class Appliance:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{self.port}"
         t0 = time.monotonic()
-        while True:
-            try:
-                urllib.request.urlopen(self.base + "/health", timeout=2).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() - t0 > 60:
-                    raise RuntimeError("the appliance did not start")
-                time.sleep(0.05)
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(self.base + "/health", timeout=2).read()
+                    return
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"the appliance exited with {self.proc.returncode} before answering") from None
+                    if time.monotonic() - t0 > 60:
+                        raise RuntimeError(f"the appliance did not answer /health on port {self.port} within 60 s") from None
+                    time.sleep(0.05)
+        except BaseException:  # a failed start, or the test's time-out here: never leave the process behind
+            self.kill()
+            raise
 
     def health(self) -> dict:
         import json
@@ -47,7 +53,7 @@ class Appliance:
     def kill(self) -> None:
         """A power cut, as far as the process can tell."""
         self.proc.kill()
-        self.proc.wait()
+        self.proc.wait(30)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -60,7 +66,11 @@ class Appliance:
 
     def stop(self) -> int:
         self.proc.terminate()
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()  # never left running behind a failed test
+            raise AssertionError(f"the appliance on port {self.port} did not stop within 30 s of SIGTERM") from None
 
 
 def open_sample(session, base: str, code: str) -> tuple[str, str]:

@@ -77,7 +77,8 @@ class Orthanc:
                 pass
             if self.proc.poll() is not None or time.monotonic() - t0 > wait:
                 tail = (self.workdir / "orthanc.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"Orthanc did not start: {tail}")
+                self.kill()  # never left running behind a failed start
+                raise RuntimeError(f"Orthanc did not start within {wait} s: {tail}")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -87,13 +88,13 @@ class Orthanc:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(30)
         self.proc = None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(30)
         self.proc = None
 
     def rest(self, path: str, **kw):

@@ -28,9 +28,13 @@ def serving(tmp_path: Path, **settings):
     cfg.sample.target_cells = settings.get("target_cells", 5)
     cfg.web.clinic_name = settings.get("clinic_name", "Test Clinic Ngong")
     rt = build_runtime(cfg)
-    app = create_app(rt)
-    # poll, as the box serves (device/box/serve.py): select() cannot watch a descriptor numbered above 1024
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8, asyncore_use_poll=True)
+    try:
+        app = create_app(rt)
+        server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8,
+                                        asyncore_use_poll=True)  # as the box: select() stops at descriptor 1024
+    except BaseException:
+        rt.stop()
+        raise
     closing = threading.Event()
 
     def serve():
@@ -40,18 +44,52 @@ def serving(tmp_path: Path, **settings):
             if not closing.is_set():  # closing from another thread can wake select() on a closed socket
                 raise
 
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True, name=f"waitress-{server.effective_port}")
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}", app, rt
     finally:
         closing.set()
+        try:
+            stop_server(server, thread)
+        finally:
+            rt.stop()
+
+
+def stop_server(server, thread, timeout: float = 5.0) -> None:
+    """Stop a waitress server run on ``thread``. Its loop runs while any connection is open, and a client's
+    kept-alive connection never closes by itself: so close them all, then stop its workers, then close the
+    listener -- the closing done in the loop's own thread, so that no socket is closed under its select().
+    (Closing only the listener leaked the loop, eight workers and the whole app with its runtime and
+    model -- about 30 MB -- per test.) Fails, naming the thread, if the loop has not ended in time."""
+    import threading
+
+    def in_loop(action) -> None:
+        done = threading.Event()
+
+        def thunk():
+            try:
+                action()
+            finally:
+                done.set()
+
+        server.trigger.pull_trigger(thunk)
+        assert done.wait(timeout), f"{thread.name}: the server loop did not answer within {timeout} s"
+
+    def close_connections():
+        for channel in list(server._map.values()):
+            if channel is not server and channel is not server.trigger:
+                channel.close()  # a live view's worker then fails its next write and ends
+
+    if thread.is_alive():
+        in_loop(close_connections)
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+    if thread.is_alive():
+        in_loop(server.close)  # the listener and the trigger: the loop's map is empty, the loop returns
+    else:
         server.close()
-        # close() of a one-socket waitress server leaves its worker threads waiting for work, each holding
-        # its SQLite connections: ~17 descriptors a test, until the select() of a later server failed
-        server.task_dispatcher.shutdown(timeout=5)
-        thread.join(3)  # a daemon thread: an open live-view socket may keep its loop alive a little
-        rt.stop()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{thread.name}: the server loop did not stop within {timeout} s of closing"
 
 
 def csrf_of(html: str) -> str:
@@ -63,10 +101,11 @@ def csrf_of(html: str) -> str:
 
 
 def signed_in(base: str, username: str = "admin", password: str = "correct-horse-9", create: bool = True):
-    """A requests session signed in over real HTTP (creating the administrator on first start)."""
+    """A requests session signed in over real HTTP (creating the administrator on first start); on an
+    ``InProcessBase`` the same real pages answered in process."""
     import requests
 
-    s = requests.Session()
+    s = base.session() if isinstance(base, InProcessBase) else requests.Session()
     r = s.get(base + "/")
     if create and r.url.endswith("/setup"):
         r = s.post(base + "/setup", data={"csrf_token": csrf_of(r.text), "username": username,
@@ -77,3 +116,86 @@ def signed_in(base: str, username: str = "admin", password: str = "correct-horse
     r = s.post(base + "/login", data={"csrf_token": csrf_of(r.text), "username": username, "password": password})
     assert r.ok and "/login" not in r.url, r.text[:500]
     return s
+
+
+# -- in process -----------------------------------------------------------------------------------------
+IN_PROCESS = "http://localhost"  # the base URL of an app answered by Flask's test client
+
+
+class InProcessBase(str):
+    """The base URL of an app answered in process (``IN_PROCESS``), carrying the app: ``signed_in`` and
+    ``session()`` give clients of it, so a page test reads the same on either transport."""
+
+    def __new__(cls, app):
+        base = super().__new__(cls, IN_PROCESS)
+        base.app = app
+        return base
+
+    def session(self) -> "InProcessSession":
+        return InProcessSession(self.app)
+
+
+class InProcessResponse:
+    """The parts of a ``requests.Response`` the tests read, over a Werkzeug test response."""
+
+    def __init__(self, resp):
+        self._resp = resp
+        self.status_code = resp.status_code
+        self.headers = resp.headers  # case-insensitive, like requests'
+        self.content = resp.get_data()
+        self.url = resp.request.url  # after redirects: the page the client ended on
+        self.history = list(getattr(resp, "history", ()))
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self._resp.mimetype_params.get("charset", "utf-8"), errors="replace")
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+
+class InProcessSession:
+    """A ``requests.Session``-like client for the real app answered in this process by Flask's test
+    client (the Flask tutorial's ``client``): the same calls the real-HTTP tests make on a base URL, with
+    the session cookie kept between them, but no server, socket or thread. ``timeout`` is accepted and
+    ignored (nothing here can block on a network); streaming and concurrency need the real server."""
+
+    def __init__(self, app):
+        self.app = app
+        self.client = app.test_client()
+
+    def request(self, method: str, url: str, params=None, data=None, files=None, json=None, headers=None,
+                allow_redirects: bool = True, timeout=None) -> InProcessResponse:
+        import io
+
+        path = url[len(IN_PROCESS):] if url.startswith(IN_PROCESS) else url
+        assert path.startswith("/"), f"not a URL of the in-process app: {url}"
+        if files:
+            form = dict(data or {})
+            for name, spec in files.items():  # requests' (filename, content[, type]) to Werkzeug's
+                filename, content, *ctype = spec if isinstance(spec, tuple) else (name, spec)
+                stream = io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content
+                form[name] = (stream, filename, *ctype[:1])
+            data = form
+        resp = self.client.open(path, method=method.upper(), query_string=params, data=data, json=json,
+                                headers=headers, follow_redirects=allow_redirects)
+        return InProcessResponse(resp)
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def cookie(self, name: str = "leukoscope_session") -> str | None:
+        c = self.client.get_cookie(name)
+        return None if c is None else c.value
+
+    def set_cookie(self, value: str, name: str = "leukoscope_session") -> None:
+        self.client.set_cookie(name, value)

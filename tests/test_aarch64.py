@@ -36,6 +36,7 @@ def chroot():
     return report
 
 
+@pytest.mark.arm64
 def test_apt_c_extension_imports_in_the_installers_venv(chroot):
     probe = ("import numpy, pywt, cv2, ai_edge_litert, gpiozero; from pywt import _extensions; "
              "print(numpy.__version__, numpy.__file__, pywt.__file__, cv2.__version__)")
@@ -53,6 +54,7 @@ def test_apt_c_extension_imports_in_the_installers_venv(chroot):
     assert "numpy" in bad.stderr and ("ImportError" in bad.stderr or "ValueError" in bad.stderr)
 
 
+@pytest.mark.arm64
 def test_analyze_on_arm64_matches_x86(chroot):
     x86 = subprocess.run([sys.executable, "-m", "device.cli", "analyze", "--json",
                           *[f"device/assets/fields/{f}" for f in FIELDS]],
@@ -103,6 +105,7 @@ def test_skip_reason_names_what_is_missing(tmp_path, monkeypatch):
     assert arm.why_not() is None
 
 
+@pytest.mark.arm64
 def test_service_on_arm64_reports_an_absent_pi_camera_and_keeps_serving(chroot):
     """`leukoscope serve` in the installer's venv, camera back-end picamera2. The stand-in picamera2
     imports apt's pywt first (the real one imports apt's simplejpeg, built the same way against numpy 1)
@@ -146,6 +149,7 @@ def test_service_on_arm64_reports_an_absent_pi_camera_and_keeps_serving(chroot):
             assert json.loads(r.read())["ok"] is True
 
 
+@pytest.mark.arm64
 def test_installer_package_names_against_debian_arm64(chroot):
     """The installer's apt choices against Debian Bookworm arm64's real package lists: Debian calls the
     browser `chromium` (no `chromium-browser` candidate), and picamera2/lgpio are only in Raspberry Pi

@@ -11,8 +11,8 @@ import zlib
 
 import pytest
 
-from testkit import REPO
-from testkit.web import csrf_of, signed_in
+from testkit import REPO, joined, wait_until
+from testkit.web import csrf_of, signed_in, stop_server
 
 
 # -- 1: a bundle that lies about its sizes -------------------------------------------------------
@@ -145,9 +145,9 @@ def _vm(field: str) -> int:
     raise AssertionError(field)
 
 
-def test_item1_settings_model_install_refuses_it_over_http_at_baseline_memory(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_item1_settings_model_install_refuses_it_over_http_at_baseline_memory(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     token = csrf_of(s.get(base + "/settings").text)
     data = _lying_bundle()
     before = rt.bundle.sha256
@@ -271,11 +271,11 @@ def _settings_form(page: str, folder: str, **change) -> dict:
     return form
 
 
-def test_item3_settings_that_would_stop_the_box_are_refused_by_field(live_app, tmp_path):
+def test_item3_settings_that_would_stop_the_box_are_refused_by_field(page_app, admin, tmp_path):
     import shutil
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     folder = str(rt.config.camera.folder)
     saved = rt.config.data_dir / "settings.toml"
     before = saved.read_bytes() if saved.exists() else b""
@@ -372,8 +372,7 @@ def test_item4_eight_parallel_16mp_uploads_are_bounded_and_health_and_capture_st
                               headers={"Accept": "application/json"}, timeout=60)
             captures.append((r.status_code, time.monotonic() - t0))
         time.sleep(0.1)
-    for w in workers:
-        w.join()
+    joined(workers)
     grown = (_vm("VmHWM") - rss0) / 2**20
     codes = sorted(a[0] for a in answers)
     print(f"uploads {sorted((a[0], round(a[2], 2)) for a in answers)}; /health max {max(health):.2f} s "
@@ -402,7 +401,7 @@ def _float_tiff(values) -> bytes:
     return buf.getvalue()
 
 
-def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(live_app, recwarn):
+def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(page_app, admin, recwarn):
     import numpy as np
 
     from device.records import samples as records
@@ -417,8 +416,8 @@ def test_item7_all_nan_or_infinite_float_tiff_is_refused_as_unreadable(live_app,
     rgb = decode_image(_float_tiff(mixed), name="mixed.tif")  # a few bad pixels: still an image
     assert rgb.shape == (64, 64, 3) and rgb[5, 63, 0] == 255 and rgb[0, 0, 0] == 0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     sid = records.create_sample(rt.store, "NAN-TIFF", "admin")
     token = csrf_of(s.get(base + f"/samples/{sid}").text)
     r = s.post(base + f"/samples/{sid}/upload", data={"csrf_token": token},
@@ -462,14 +461,12 @@ def test_item7_waitress_queue_depth_is_logged_once_per_backlog(caplog):
     t.start()
     try:
         url = f"http://127.0.0.1:{server.effective_port}/"
-        clients = [threading.Thread(target=lambda: [requests.get(url) for _ in range(3)]) for _ in range(20)]
+        clients = [threading.Thread(target=lambda: [requests.get(url, timeout=30) for _ in range(3)]) for _ in range(20)]
         for c in clients:
             c.start()
-        for c in clients:
-            c.join()
+        joined(clients)
     finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=5)  # a one-socket server's close() leaves its worker
+        stop_server(server, t)
     lines = [r.getMessage() for r in caplog.records if r.name == "waitress.queue"]
     assert len(lines) == 1 and "queue depth" in lines[0], lines[:5]
     assert flt.suppressed > 10  # the backlog really happened: before, each of these was a log line
@@ -602,27 +599,25 @@ def test_item5_pages_and_exports_wait_for_the_capture_in_progress(live_app, monk
 
     t = threading.Thread(target=operator)
     t.start()
-    while not rt.loop.busy:
-        time.sleep(0.01)
+    wait_until(lambda: rt.loop.busy, "the operator's capture to start")
     viewer = requests.Session()
     viewer.cookies.update(s.cookies)
     t0 = time.monotonic()
     assert requests.get(base + "/health").ok and time.monotonic() - t0 < 0.5  # the box's pulse never waits
     page = viewer.get(base + f"/samples/{sid}/cells.csv")
     page_done = time.monotonic()
-    t.join()
+    joined([t])
     assert page.ok and done["capture"][0] == 200
     assert page_done >= done["capture"][1] - 0.05, "the export ran alongside the operator's capture"
 
 
-def test_item5_the_operators_capture_goes_before_queued_uploads(live_app):
+def test_item5_the_operators_capture_goes_before_queued_uploads(page_app):
     import threading
 
     from device.records import samples as records
     from device.imageio import decode_image
 
-    base, app, rt, _ = live_app
-    signed_in(base)
+    base, app, rt, _ = page_app
     sid = records.create_sample(rt.store, "ORDER", "admin")
     field = decode_image((REPO / "device/assets/fields/BloodImage_00000.jpg").read_bytes())
     _slow_analysis(rt, 0.4)
@@ -633,17 +628,17 @@ def test_item5_the_operators_capture_goes_before_queued_uploads(live_app):
         finished.append(kind)
 
     threads = [threading.Thread(target=job, args=(f"upload-{i}",)) for i in range(3)]
-    for t in threads:
+    for i, t in enumerate(threads):  # one at a time, so that they queue in order
         t.start()
-        time.sleep(0.05)
-    time.sleep(0.1)  # the first upload is running, two are queued
+        wait_until(lambda: rt.loop.busy and rt.loop.state()["queued"] == i, f"upload-{i} to be running or queued")
+    # the first upload is running, two are queued
     cam = threading.Thread(target=job, args=("camera",))
     cam.start()
-    for t in threads + [cam]:
-        t.join()
+    joined(threads + [cam])
     assert finished.index("camera") <= 1, finished  # before: last, behind every queued upload
 
 
+@pytest.mark.bench
 def test_item5_operator_mix_bench_fast_mode():
     from tests.test_bench import run_bench
 
@@ -657,6 +652,7 @@ def test_item5_operator_mix_bench_fast_mode():
 
 # -- 6: a 12 MP frame ---------------------------------------------------------------------------
 
+@pytest.mark.bench
 def test_item6_a_12mp_frame_peaks_at_most_250_mb():
     from tests.test_bench import run_bench
 

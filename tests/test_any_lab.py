@@ -70,6 +70,7 @@ def test_example_weights_balance_classes_and_sources():
         example_weights(y, src, names, TrainConfig(balance="lab"))
 
 
+@pytest.mark.tensorflow
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="the shared ImageNet weights are not here")
 def test_pretrained_backbone_loads_and_freezes_batch_norm():
     import keras
@@ -103,6 +104,7 @@ def test_jiangxi_reader_is_a_test_only_lab():
         assert {s.kind for s in load_recipe(path).data.sources} & {"jiangxi", "aml-lmu"} == set(), path.name
 
 
+@pytest.mark.tensorflow
 def test_head_epochs_then_whole_network_train_for_real(tmp_path):
     """A pretrained-style run: head only, then the whole network with batch norm frozen, source-balanced,
     with restained copies; the backbone's weights move only in the second phase."""

@@ -10,6 +10,8 @@ import pytest
 
 from testkit import REPO
 
+pytestmark = pytest.mark.bench  # each runs python -m bench.X in a subprocess
+
 
 def run_bench(*args, timeout=600) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -21,6 +23,7 @@ def run_bench(*args, timeout=600) -> dict:
     return json.loads(last[len("RESULT "):])
 
 
+@pytest.mark.tensorflow
 def test_train_eval_quick(tmp_path):
     pytest.importorskip("tensorflow")
     r = run_bench("bench.train_eval", "--task", "differential", "--quick", "--out", str(tmp_path))
@@ -32,6 +35,7 @@ def test_train_eval_quick(tmp_path):
     assert r["balanced_accuracy"] > 0.3, r
 
 
+@pytest.mark.tensorflow
 def test_latency_quick():
     pytest.importorskip("tensorflow")
     r = run_bench("bench.latency", "--quick")

@@ -223,9 +223,18 @@ def test_model_update_and_rollback_against_a_running_daemon(tmp_path):
         assert d.health()["model"] == default.name
         assert cli("install", str(newer)).returncode == 0
         wait_model(newer_name)
+        models = tmp_path / "data" / "models"
+        before = models_state(models)
         out = cli("install", str(bad))
         assert out.returncode == 2 and "truncated or corrupt" in out.stderr
-        time.sleep(2.5)
+        if models_state(models) != before:
+            # something reached the models folder: wait until the daemon has looked at it and refused it
+            # (it looks every 2 s; before: a fixed 2.5 s sleep, paid even when nothing had changed)
+            t0 = time.monotonic()
+            while not refusals(tmp_path / "data"):
+                assert time.monotonic() - t0 < 10, f"the daemon never judged the changed models folder: {models_state(models)}"
+                time.sleep(0.1)
+        # else the folder the daemon reads is as it was, byte for byte: there is nothing it could switch to
         assert d.health()["model"] == newer_name  # the last good one stays
         assert cli("install", str(REPO / "device/assets/models/default.lkb")).returncode == 0
         wait_model(default.name)
@@ -234,6 +243,19 @@ def test_model_update_and_rollback_against_a_running_daemon(tmp_path):
         wait_model(newer_name)
     finally:
         d.stop()
+
+
+def models_state(models: Path) -> dict:
+    """Every file the daemon could load a model from, with its size and modification time."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(models.iterdir())} if models.exists() else {}
+
+
+def refusals(data_dir: Path) -> int:
+    conn = sqlite3.connect(f"file:{data_dir / 'leukoscope.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'model-refused'").fetchone()[0]
+    finally:
+        conn.close()
 
 
 def _ini(path):

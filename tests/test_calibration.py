@@ -315,6 +315,7 @@ def test_binomial_tail_matches_the_direct_sum():
         assert abs(binomial_tail(b, n, p) - direct) < 1e-12
 
 
+@pytest.mark.bench
 def test_site_calibration_bench_fast():
     from tests.test_bench import run_bench
 

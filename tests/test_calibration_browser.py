@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from testkit import PBC
 from tests.test_browser import ARGS, CHROMIUM, SHOTS, download, pdf_text, shot  # noqa: F401
+
+pytestmark = pytest.mark.browser
 
 SMALL = {"width": 800, "height": 480}
 

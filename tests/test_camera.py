@@ -401,18 +401,14 @@ def _broken_picamera2(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "picamera2", raising=False)
 
 
-def test_unusable_picamera2_is_reported_on_the_page_and_in_health(live_app, monkeypatch):
+def test_unusable_picamera2_is_reported_on_the_page_and_in_health(page_app, admin, monkeypatch):
     """The service keeps running with the reason in /health and on the page; no dead capture thread."""
-    import requests
-
-    from testkit.web import signed_in
-
-    base, app, rt, tmp_path = live_app
+    base, app, rt, tmp_path = page_app
     _broken_picamera2(tmp_path, monkeypatch)
     rt.loop.replace_camera(SupervisedCamera(Picamera2Camera(), min_backoff=0.05, max_backoff=0.2))
     t0 = time.monotonic()
     while True:
-        health = requests.get(base + "/health", timeout=5)
+        health = base.session().get(base + "/health")
         body = health.json()
         if body["camera_error"]:
             break
@@ -421,10 +417,10 @@ def test_unusable_picamera2_is_reported_on_the_page_and_in_health(live_app, monk
     assert health.status_code == 200 and body["ok"] is True  # the worker is alive
     assert body["camera"] == "disconnected" and body["camera_name"] == "picamera2"
     assert "numpy.dtype size changed" in body["camera_error"]
-    page = signed_in(base).get(base + "/").text
+    page = admin.get(base + "/").text
     assert "numpy.dtype size changed" in page and 'id="camera-name">picamera2<' in page
     time.sleep(0.5)  # several reopen attempts later, still alive
-    assert rt.loop.alive() and requests.get(base + "/health", timeout=5).json()["ok"] is True
+    assert rt.loop.alive() and base.session().get(base + "/health").json()["ok"] is True
 
 
 def test_close_that_hangs_is_abandoned_after_the_timeout(fake_picamera2, monkeypatch):

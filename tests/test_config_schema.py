@@ -23,7 +23,7 @@ from device.config import (
 from device.schema import spec_of
 from device.settings import load_effective, overrides_path
 from device.web.settings_form import form_values
-from testkit.web import csrf_of, signed_in
+from testkit.web import csrf_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,9 +196,9 @@ def _post_settings(base, s, rt, **changes):
     return s.post(base + "/settings", data=form)
 
 
-def _refused(live_app, field: str, value: str, *expected: str):
-    base, _, rt, _ = live_app
-    s = signed_in(base)
+def _refused(page_app, admin, field: str, value: str, *expected: str):
+    base, _, rt, _ = page_app
+    s = admin
     before = rt.config
     r = _post_settings(base, s, rt, **{field: value})
     assert r.status_code == 400, r.text[:300]
@@ -213,31 +213,31 @@ def _refused(live_app, field: str, value: str, *expected: str):
     return s
 
 
-def test_settings_page_refuses_a_target_of_99999999999999999999_cells(live_app):
-    _refused(live_app, "sample.target_cells", "99999999999999999999", "Target white cells per sample",
+def test_settings_page_refuses_a_target_of_99999999999999999999_cells(page_app, admin):
+    _refused(page_app, admin, "sample.target_cells", "99999999999999999999", "Target white cells per sample",
              "must be at most 10000")
 
 
-def test_settings_page_refuses_a_preview_size_of_5(live_app):
-    _refused(live_app, "camera.preview_size", "5", "Preview size", "must be at least 64")
+def test_settings_page_refuses_a_preview_size_of_5(page_app, admin):
+    _refused(page_app, admin, "camera.preview_size", "5", "Preview size", "must be at least 64")
 
 
-def test_settings_page_refuses_0_server_threads(live_app):
-    _refused(live_app, "server.threads", "0", "Web server threads", "must be at least 1")
+def test_settings_page_refuses_0_server_threads(page_app, admin):
+    _refused(page_app, admin, "server.threads", "0", "Web server threads", "must be at least 1")
 
 
-def test_settings_page_refuses_min_brightness_above_max(live_app):
-    _refused(live_app, "qc.min_background", "240", "Minimum glass brightness (0-255): must be below "
+def test_settings_page_refuses_min_brightness_above_max(page_app, admin):
+    _refused(page_app, admin, "qc.min_background", "240", "Minimum glass brightness (0-255): must be below "
              "Maximum cell brightness (0-255)")
 
 
-def test_settings_page_refuses_a_negative_free_space_limit(live_app):
-    _refused(live_app, "storage.min_free_mb", "-1", "Refuse new captures below this free space", "must be at least 0")
+def test_settings_page_refuses_a_negative_free_space_limit(page_app, admin):
+    _refused(page_app, admin, "storage.min_free_mb", "-1", "Refuse new captures below this free space", "must be at least 0")
 
 
-def test_settings_page_refuses_fractional_whole_numbers_and_accepts_good_values(live_app):
-    base, _, rt, _ = live_app
-    s = _refused(live_app, "sample.target_cells", "1.5", "Target white cells per sample", "must be a whole number")
+def test_settings_page_refuses_fractional_whole_numbers_and_accepts_good_values(page_app, admin):
+    base, _, rt, _ = page_app
+    s = _refused(page_app, admin, "sample.target_cells", "1.5", "Target white cells per sample", "must be a whole number")
     r = _post_settings(base, s, rt, **{"camera.preview_size": "800 x 600", "storage.min_free_mb": "0",
                                        "server.threads": "4", "sample.target_cells": "10000"})
     assert r.ok and "Settings saved" in r.text and "server settings at the next restart" in r.text
@@ -246,18 +246,18 @@ def test_settings_page_refuses_fractional_whole_numbers_and_accepts_good_values(
     assert 'value="800x600"' in s.get(base + "/settings").text
 
 
-def test_settings_page_message_is_translated(live_app):
-    base, _, rt, _ = live_app
-    s = signed_in(base)
+def test_settings_page_message_is_translated(page_app, admin):
+    base, _, rt, _ = page_app
+    s = admin
     rt.store.connect().execute("UPDATE users SET language = 'fr'")
     r = _post_settings(base, s, rt, **{"server.threads": "0"})
     assert r.status_code == 400
     assert "doit valoir au moins 1" in r.text, r.text
 
 
-def test_settings_page_names_the_flag_rule_and_key(live_app):
-    base, _, rt, _ = live_app
-    s = signed_in(base)
+def test_settings_page_names_the_flag_rule_and_key(page_app, admin):
+    base, _, rt, _ = page_app
+    s = admin
     r = _post_settings(base, s, rt, flags_toml='[[sample.flags]]\ncategory = "malignant"\nmessage = "refer"\n'
                                                'min_count = 1\n[[sample.flags]]\ncategory = "malignant"\n'
                                                'message = "x"\nmin_fraction = 1.5\n')

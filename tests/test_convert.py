@@ -16,6 +16,8 @@ from testkit import PBC, REPO
 
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.tensorflow
+
 
 def test_int8_bundle_round_trips_with_metadata(tiny_bundle):
     b = load_bundle(tiny_bundle)

@@ -13,6 +13,8 @@ from testkit import PBC, REPO
 
 tf = pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.tensorflow
+
 
 def _pbc_examples():
     return [sorted((PBC / c).glob("*.jpg"))[i] for c in ("lymphocyte", "neutrophil", "eosinophil", "monocyte")

@@ -634,6 +634,7 @@ def _serve(app):
     return server, f"http://127.0.0.1:{server.effective_port}"
 
 
+@pytest.mark.browser
 def test_the_loop_in_a_real_browser(box, orthanc, tmp_path):
     """Box sends a referred sample -> the expert, in Chromium, opens it on the district page, confirms two blasts
     and signs -> the box's result page (in Chromium) shows the verdict; its calibration labels are stored."""

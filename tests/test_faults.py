@@ -18,6 +18,7 @@ from testkit.web import csrf_of, signed_in
 POWER_CUTS = int(os.environ.get("LEUKOSCOPE_POWER_CUTS", "200"))
 
 
+@pytest.mark.bench  # bench.powercut: 200 starts and kills of the server
 def test_power_cuts(tmp_path):
     from bench.powercut import run
 
@@ -55,9 +56,9 @@ def bad_inputs() -> dict[str, tuple[bytes, bool]]:
     }
 
 
-def test_bad_input_on_every_upload_path(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_bad_input_on_every_upload_path(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "UP-1"})
     sid = r.url.rstrip("/").split("/")[-1]
@@ -155,6 +156,7 @@ def test_corrupt_installed_model_falls_back_to_the_last_good_one(tmp_path):
         rt.stop()
 
 
+@pytest.mark.browser
 def test_camera_loss_shows_on_the_page_and_capture_returns(live_app):
     from playwright.sync_api import expect, sync_playwright
 

@@ -6,7 +6,6 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-import requests
 
 from testkit.web import csrf_of, signed_in
 
@@ -115,14 +114,14 @@ def _pages(base, s, rt):
     pages["duplicate"] = dup.text
     js = s.post(f"{base}/samples/{open_id}/capture", headers={"X-CSRFToken": tok, "Accept": "application/json"}).json()
     pages["capture-json"] = js["count_html"] + js["qc_html"]
-    anon = requests.Session()
+    anon = base.session()
     pages["/login"] = anon.get(base + "/login", headers={"Accept-Language": "fr"}).text
     return pages, open_id, fin_id
 
 
-def test_no_page_has_an_untranslated_string_in_french(live_app):
-    base, app, rt, _ = live_app
-    setup = requests.get(base + "/setup", headers={"Accept-Language": "fr-FR,fr;q=0.9"}).text
+def test_no_page_has_an_untranslated_string_in_french(blank_page_app):
+    base, app, rt, _ = blank_page_app
+    setup = base.session().get(base + "/setup", headers={"Accept-Language": "fr-FR,fr;q=0.9"}).text
     s = signed_in(base)
     page = s.get(base + "/users")
     s.post(base + "/users", data={"csrf_token": csrf_of(page.text), "username": "op", "password": "long-enough-1",
@@ -150,11 +149,11 @@ def test_no_page_has_an_untranslated_string_in_french(live_app):
     assert "Aide au dépistage uniquement" in pages["/"] and 'lang="fr"' in pages["/"]
 
 
-def test_the_pdf_report_in_french_and_arabic(live_app):
+def test_the_pdf_report_in_french_and_arabic(page_app, admin):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     _set_language(s, base, "fr")
     _, open_id, fin_id = _pages(base, s, rt)
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(io.BytesIO(
@@ -170,9 +169,9 @@ def test_the_pdf_report_in_french_and_arabic(live_app):
 
 
 @pytest.mark.parametrize("lang,rtl", [("ar", True), ("en", False)])
-def test_arabic_pages_are_right_to_left(live_app, lang, rtl):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_arabic_pages_are_right_to_left(page_app, admin, lang, rtl):
+    base, app, rt, _ = page_app
+    s = admin
     _set_language(s, base, lang)
     html = s.get(base + "/").text
     assert (f'lang="{lang}" dir="rtl"' in html) == rtl

@@ -56,9 +56,9 @@ def _jpeg(w: int, h: int) -> bytes:
 
 # -- 1: bounded work per image ------------------------------------------------------------
 
-def test_item1_oversized_field_is_refused_from_its_header(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_item1_oversized_field_is_refused_from_its_header(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "BIG"})
     sid = r.url.rstrip("/").split("/")[-1]
@@ -72,11 +72,11 @@ def test_item1_oversized_field_is_refused_from_its_header(live_app):
     assert rt.loop.captures == 0
 
 
-def test_item1_a_large_accepted_field_is_analysed_at_a_bounded_size(live_app):
+def test_item1_a_large_accepted_field_is_analysed_at_a_bounded_size(page_app, admin):
     from device.imageio import ANALYSIS_MAX_PIXELS, MAX_FIELD_PIXELS
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "LARGE"})
     sid = r.url.rstrip("/").split("/")[-1]
@@ -329,16 +329,14 @@ def test_item7_failed_commit_leaves_no_open_transaction(tmp_path):
 
 # -- 8: the data folder deleted under a running server --------------------------------------
 
-def test_item8_deleted_data_dir_fails_loudly(live_app):
-    import requests
-
-    base, app, rt, _ = live_app
-    s = signed_in(base)
-    assert requests.get(base + "/health").json()["ok"]
+def test_item8_deleted_data_dir_fails_loudly(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
+    assert base.session().get(base + "/health").json()["ok"]
     shutil.rmtree(rt.store.data_dir)
-    h = requests.get(base + "/health")
+    h = base.session().get(base + "/health")
     assert h.status_code == 503 and any("removed or replaced" in p for p in h.json()["problems"])
-    r = requests.get(base + "/setup")  # a fresh client must not be offered a new first administrator
+    r = base.session().get(base + "/setup")  # a fresh client must not be offered a new first administrator
     assert r.status_code == 503 and "removed or replaced" in r.text
     r = s.get(base + "/")
     assert r.status_code == 503
@@ -468,13 +466,13 @@ def bad_bundles() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_item10_bad_bundles_are_refused_fast_and_the_running_model_stays(live_app, tmp_path):
+def test_item10_bad_bundles_are_refused_fast_and_the_running_model_stays(page_app, admin, tmp_path):
     from device.model.bundle import BundleError
     from device.model.installed import install
 
     cases = bad_bundles()
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     token = csrf_of(s.get(base + "/settings").text)
     before = rt.bundle.sha256, rt.bundle.name
     for name, (data, says) in cases.items():
@@ -519,7 +517,7 @@ def test_item10_the_same_rule_at_start_up(tmp_path):
 
 # -- 11: every field records its model --------------------------------------------------------
 
-def test_item11_each_field_records_its_model_and_reports_list_every_model(live_app, tmp_path):
+def test_item11_each_field_records_its_model_and_reports_list_every_model(page_app, admin, tmp_path):
     import json
     import zipfile
 
@@ -527,8 +525,8 @@ def test_item11_each_field_records_its_model_and_reports_list_every_model(live_a
     from device.records import samples as records
     from device.model import installed as models
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     sid = records.create_sample(rt.store, "MODELS", "admin")
     rt.loop.capture(sid, "admin")
     first = rt.bundle
@@ -607,9 +605,9 @@ def other_formats() -> dict[str, bytes]:
             "photo.webp": webp.getvalue(), "dds-named.jpg": dds}
 
 
-def test_item18_only_camera_formats_are_decoded(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_item18_only_camera_formats_are_decoded(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(page.text), "sample_code": "FMT"})
     sid = r.url.rstrip("/").split("/")[-1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from testkit import REPO
-from testkit.web import csrf_of, signed_in
+from testkit.web import csrf_of
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -93,11 +93,11 @@ def overlapping(words: list[dict]) -> list[tuple[str, str]]:
     return bad
 
 
-def test_the_report_has_no_overprint_no_lone_disclaimer_page_and_flags_in_words(live_app, tmp_path):
+def test_the_report_has_no_overprint_no_lone_disclaimer_page_and_flags_in_words(page_app, admin, tmp_path):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     for lang in ("en", "fr"):
         sid = finished_sample(base, rt, s, f"PDF-{lang}", lang)
         pdf = get_pdf(s, base, sid, tmp_path, f"{lang}.pdf")
@@ -116,9 +116,9 @@ def test_the_report_has_no_overprint_no_lone_disclaimer_page_and_flags_in_words(
     assert "Review: Cells the model could not classify confidently" in " ".join(en.split())
 
 
-def test_the_report_shows_the_suspected_blast_the_child_warning_and_the_plain_limits(live_app, tmp_path):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_the_report_shows_the_suspected_blast_the_child_warning_and_the_plain_limits(page_app, admin, tmp_path):
+    base, app, rt, _ = page_app
+    s = admin
     sid = finished_sample(base, rt, s, "PDF-CH", "en", age="7")
     text = " ".join(poppler_text(get_pdf(s, base, sid, tmp_path, "ch.pdf")).split())
     assert "Possible blasts 1 cell suspected by the model; Not decided: 1 (not counted)." in text
@@ -128,9 +128,9 @@ def test_the_report_shows_the_suspected_blast_the_child_warning_and_the_plain_li
     assert "Age / sex 7 years / female" in text
 
 
-def test_arabic_report_captions_are_whole_shaped_words_and_intervals_read_low_to_high(live_app, tmp_path):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_arabic_report_captions_are_whole_shaped_words_and_intervals_read_low_to_high(page_app, admin, tmp_path):
+    base, app, rt, _ = page_app
+    s = admin
     sid = finished_sample(base, rt, s, "PDF-AR", "ar")
     pdf = get_pdf(s, base, sid, tmp_path, "ar.pdf")
     text = poppler_text(pdf)

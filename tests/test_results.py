@@ -6,7 +6,6 @@ import io
 import json
 import re
 
-import requests
 from pypdf import PdfReader
 
 from testkit.web import csrf_of, signed_in
@@ -48,11 +47,11 @@ def test_row_rules_one_final_label_groups_and_report_order():
     assert [c["id"] for c in records.report_order(cells)] == [4, 6, 2, 5, 1, 3]  # blasts, reclassified, uncertain
 
 
-def test_count_review_finish_result_pdf_reopen(live_app):
-    base, app, rt, _ = live_app
+def test_count_review_finish_result_pdf_reopen(page_app, admin):
+    base, app, rt, _ = page_app
     rt.config.sample.target_cells = 2  # only classified cells count; most bundled-field cells go to review
     target = rt.config.sample.target_cells
-    s = signed_in(base)
+    s = admin
     # duplicate sample ids need a deliberate confirmation
     r = _new_sample(s, base, "S-7")
     sid = int(r.url.rstrip("/").split("/")[-1])
@@ -159,9 +158,8 @@ def test_count_review_finish_result_pdf_reopen(live_app):
     assert audit.count("finish-sample") == 2 and "reopen-sample" in audit
 
 
-def test_operator_cannot_reopen_and_empty_sample_is_insufficient(live_app):
-    base, app, rt, _ = live_app
-    admin = signed_in(base)
+def test_operator_cannot_reopen_and_empty_sample_is_insufficient(page_app, admin):
+    base, app, rt, _ = page_app
     page = admin.get(base + "/users")
     admin.post(base + "/users", data={"csrf_token": csrf_of(page.text), "username": "op", "password": "long-enough-1",
                                       "confirm": "long-enough-1", "role": "operator"})
@@ -183,12 +181,12 @@ def test_operator_cannot_reopen_and_empty_sample_is_insufficient(live_app):
     assert "EMPTY-1" in hist and "Insufficient: 0 of 5 cells" in hist
 
 
-def test_qc_failures_are_loud_with_the_action_for_uploads_and_captures(live_app):
+def test_qc_failures_are_loud_with_the_action_for_uploads_and_captures(page_app, admin):
     import numpy as np
     from PIL import Image
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, "QC-1")
     sid = int(r.url.rstrip("/").split("/")[-1])
     buf = io.BytesIO()
@@ -205,13 +203,13 @@ def test_qc_failures_are_loud_with_the_action_for_uploads_and_captures(live_app)
     assert 'class="qc-fail" role="alert"' in body["qc_html"]  # the same banner for a camera capture (JSON path)
 
 
-def test_times_are_shown_in_the_box_time_zone_set_in_settings(live_app):
+def test_times_are_shown_in_the_box_time_zone_set_in_settings(page_app, admin):
     from datetime import datetime, timedelta
 
     from device.config import ConfigError, config_from_dict
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, "TZ-1")
     sid = int(r.url.rstrip("/").split("/")[-1])
     s.post(f"{base}/samples/{sid}/finish", data={"csrf_token": csrf_of(r.text), "confirmed": "1"})
@@ -231,22 +229,22 @@ def test_times_are_shown_in_the_box_time_zone_set_in_settings(live_app):
             raise AssertionError(bad)
 
 
-def test_time_zone_and_default_language_are_set_in_settings(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_time_zone_and_default_language_are_set_in_settings(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/settings")
     r = s.post(base + "/settings", data={"csrf_token": csrf_of(page.text), "web.time_zone": "Mars/Olympus"})
     assert r.status_code == 400 and "unknown time zone" in r.text
     r = s.post(base + "/settings", data={"csrf_token": csrf_of(page.text), "web.time_zone": "Africa/Kigali",
                                          "web.language": "fr"})
     assert r.ok and rt.config.web.time_zone == "Africa/Kigali" and rt.config.web.language == "fr"
-    anon = requests.Session()  # no user language, no browser preference: the box's default
+    anon = base.session()  # no user language, no browser preference: the box's default
     assert 'lang="fr"' in anon.get(base + "/login").text
 
 
-def test_pdf_gallery_says_how_many_cells_it_shows_and_starts_with_the_blasts(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_pdf_gallery_says_how_many_cells_it_shows_and_starts_with_the_blasts(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, "MANY-1")
     sid = int(r.url.rstrip("/").split("/")[-1])
     token = csrf_of(r.text)

@@ -1,11 +1,11 @@
-"""Issue 21, items 11, 12, 13 and 15 over real HTTP: translated upload refusals, audit paging and search, a backup
+"""Issue 21, items 11, 12, 13 and 15 through the real app (in process): translated upload refusals, audit paging and search, a backup
 from the page, and the small wording faults."""
 from __future__ import annotations
 
 import io
 import tarfile
 
-from testkit.web import csrf_of, signed_in
+from testkit.web import csrf_of
 
 
 def set_language(s, base, lang):
@@ -14,9 +14,9 @@ def set_language(s, base, lang):
                                            "language": lang}).ok
 
 
-def test_upload_refusals_are_in_the_page_language(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_upload_refusals_are_in_the_page_language(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     set_language(s, base, "fr")
     r = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(r.text), "sample_code": "UPL-FR"})
@@ -27,11 +27,11 @@ def test_upload_refusals_are_in_the_page_language(live_app):
     assert "notes.txt" in r.text and "pas un fichier image" in r.text and "not an image file" not in r.text
 
 
-def test_the_audit_log_pages_and_searches(live_app):
+def test_the_audit_log_pages_and_searches(page_app, admin):
     from device.records import samples as records
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     for i in range(230):
         rt.store.audit("robot", "test-entry", f"thing:{i}", {"n": i})
     rt.store.audit("robot", "needle-action", "thing:needle")
@@ -47,9 +47,9 @@ def test_the_audit_log_pages_and_searches(live_app):
     assert len(records.recent_audit(rt.store, 10, text="needle")) == 1
 
 
-def test_the_administrator_downloads_a_backup_and_sees_when(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_the_administrator_downloads_a_backup_and_sees_when(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     r = s.get(base + "/")
     r = s.post(base + "/samples", data={"csrf_token": csrf_of(r.text), "sample_code": "BK-1"})
     sid = int(r.url.rstrip("/").split("/")[-1])
@@ -72,9 +72,9 @@ def test_the_administrator_downloads_a_backup_and_sees_when(live_app):
     assert "backup-downloaded" in [r[0] for r in rt.store.connect().execute("SELECT action FROM audit")]
 
 
-def test_small_wording_faults(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_small_wording_faults(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/settings").text
     # versions once, languages by name
     v = rt.bundle.metadata["version"]  # the bundle's name already carries its version

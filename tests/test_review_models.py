@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from testkit.web import csrf_of, signed_in
+from testkit.web import csrf_of
 
 
 def switch_model(s, base, rt, stem: str) -> str:
@@ -40,9 +40,9 @@ def pdf_text(s, base, sid) -> str:
     return " ".join(" ".join(p.extract_text() for p in PdfReader(io.BytesIO(r.content)).pages).split())
 
 
-def test_a_model_without_blasts_shows_no_blast_fraction_and_says_so_first(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_a_model_without_blasts_shows_no_blast_fraction_and_says_so_first(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     page = switch_model(s, base, rt, "differential")
     # what really happens: no restart, the next field
     assert "used after the appliance restarts" not in page and "it classifies every field captured from now on" in page
@@ -60,9 +60,9 @@ def test_a_model_without_blasts_shows_no_blast_fraction_and_says_so_first(live_a
     assert text.index("This model does not screen for blasts") < text.index("Sample id")
 
 
-def test_a_sample_classified_by_two_models_shows_the_limits_of_each(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_a_sample_classified_by_two_models_shows_the_limits_of_each(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     sid, r = open_sample(s, base, "TWO-1")
     rt.loop.capture(sid, "admin")
     first = rt.bundle.name

@@ -137,13 +137,13 @@ def test_both_shipped_bundles_are_offered_and_switchable(tmp_path):
         install_builtin("../../etc/passwd", tmp_path)
 
 
-def test_settings_page_switches_to_the_differential(live_app):
+def test_settings_page_switches_to_the_differential(page_app, admin):
     from device.model.bundle import builtin_bundle_paths, load_bundle
     from device.model.installed import models_dir
-    from testkit.web import csrf_of, signed_in
+    from testkit.web import csrf_of
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     page = s.get(base + "/settings").text
     assert 'id="shipped-models"' in page and "Use this model" in page and "no blast class" in page
     r = s.post(base + "/settings/model/builtin", data={"csrf_token": csrf_of(page), "builtin": "differential"})
@@ -177,6 +177,7 @@ def test_round_window_frames_every_source_alike():
         Preprocessing(input_size=64, crop_um=0.0, window_um=20.0)
 
 
+@pytest.mark.tensorflow
 def test_augmentation_keeps_the_device_window():
     """Zoom, shift, stain, hue and grey changes in training never move or recolour the window's outside."""
     tf = pytest.importorskip("tensorflow")

@@ -27,11 +27,11 @@ def _new_sample(s, base, **fields):
     return s.post(base + "/samples", data=data)
 
 
-def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(live_app):
+def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(page_app, admin):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     for i, payload in enumerate(XSS):
         r = _new_sample(s, base, sample_code=f"{payload}-{i}", patient_name=payload, note=payload)
         assert r.status_code == 200, (payload, r.status_code)
@@ -58,11 +58,11 @@ def test_xss_payloads_come_back_escaped_in_pages_csv_and_pdf(live_app):
         assert re.fullmatch(r'attachment; filename=leukoscope-[A-Za-z0-9._-]+\.pdf', disposition), disposition
 
 
-def test_unicode_and_oversized_fields(live_app):
+def test_unicode_and_oversized_fields(page_app, admin):
     from pypdf import PdfReader
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, sample_code="U-1", patient_name=UNICODE, note=UNICODE)
     assert r.status_code == 200 and str(escape(UNICODE)) in r.text
     sid = r.url.rstrip("/").split("/")[-1]
@@ -83,16 +83,25 @@ def test_unicode_and_oversized_fields(live_app):
     assert r.status_code == 200
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One real server (and a signed-in session) for the raw paths below: they only read, and a client
+    library would normalise them, so they go over a real socket."""
+    from testkit.web import serving
+
+    with serving(tmp_path_factory.mktemp("raw-paths")) as (base, app, rt):
+        yield base, signed_in(base)
+
+
 @pytest.mark.parametrize("path", [
     "/static/../device/config.py", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2fleukoscope.db",
     "/cells/..%2f..%2fleukoscope.db.jpg", "/samples/1/fields/../../leukoscope.db", "/samples/1/cells.../../db",
     "/cells/-1.jpg", "/samples/1/fields/1.jpg/../../../secret_key", "//etc/passwd", "/%2e%2e/secret_key",
 ])
-def test_path_traversal_is_refused(live_app, path):
+def test_path_traversal_is_refused(served, path):
     import http.client
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, s = served
     host = base.split("//")[1]
     conn = http.client.HTTPConnection(host, timeout=10)
     cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
@@ -103,9 +112,9 @@ def test_path_traversal_is_refused(live_app, path):
     assert b"secret" not in body.lower() and b"SQLite format" not in body and b"root:" not in body
 
 
-def test_a_database_row_cannot_serve_a_file_outside_the_data_folder(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_a_database_row_cannot_serve_a_file_outside_the_data_folder(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     r = _new_sample(s, base, sample_code="T-1")
     sid = int(r.url.rstrip("/").split("/")[-1])
     with rt.store.transaction() as tx:

@@ -7,8 +7,8 @@ import pytest
 from device.config import AppConfig, ConfigError, config_from_dict
 from device.settings import load_effective, save_overrides
 from device.web.settings_form import parse_form
-from testkit import REPO
-from testkit.web import csrf_of, signed_in
+from testkit import REPO, wait_until
+from testkit.web import csrf_of
 
 
 def test_saved_settings_layer_over_the_config_file(tmp_path):
@@ -37,9 +37,9 @@ def test_form_parsing_names_the_bad_field():
     assert cfg.sample.flags[0].min_count == 3 and cfg.sample.flags[0].message == "refer now"
 
 
-def test_settings_page_changes_apply_live(live_app):
-    base, app, rt, tmp = live_app
-    s = signed_in(base)
+def test_settings_page_changes_apply_live(page_app, admin):
+    base, app, rt, tmp = page_app
+    s = admin
     page = s.get(base + "/settings")
     form = {"csrf_token": csrf_of(page.text), "web.clinic_name": "Kisumu Health Centre", "sample.target_cells": "7",
             "storage.retention_days": "0", "camera.backend": "replay", "camera.folder": str(tmp / "fields"),
@@ -56,7 +56,7 @@ def test_settings_page_changes_apply_live(live_app):
     assert rt.store.connect().execute("SELECT COUNT(*) FROM audit WHERE action = 'settings-changed'").fetchone()[0] == 1
 
 
-def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
+def test_push_button_target_is_explicit_visible_and_cleared_on_finish(page_app, admin):
     """Issue 12 item 5: viewing a sample does not aim the button; choosing does; finishing clears it;
     a refused press is logged and shown on the capture page."""
     from gpiozero.pins.mock import MockFactory
@@ -64,8 +64,8 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     from device.records import samples as records
     from device.box.button import start_button
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+    base, app, rt, _ = page_app
+    s = admin
     sid = records.create_sample(rt.store, "BTN-1", "admin")
     other = records.create_sample(rt.store, "BTN-2", "admin")
     factory = MockFactory()
@@ -81,7 +81,7 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
     try:
         page = s.get(base + f"/samples/{other}")  # only looking at a sample does not aim the button
         press()
-        time.sleep(0.5)
+        wait_until(lambda: rt.button_message, "the press to be refused")  # before: a fixed 0.5 s sleep
         assert rt.loop.captures == 0
         page = s.get(base + f"/samples/{sid}")
         assert "no sample is chosen" in page.text and 'id="button-message"' in page.text  # the refusal is shown
@@ -97,8 +97,9 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
         r = s.post(base + f"/samples/{sid}/finish", data={"csrf_token": csrf_of(page.text), "confirmed": "1"})
         assert r.ok
         assert rt.button_target is None
+        assert not rt.button_message  # the accepted press cleared the refusal
         press()
-        time.sleep(0.5)
+        wait_until(lambda: rt.button_message, "the press after finishing to be refused")
         assert fields(sid) == 1 and fields(other) == 0
         assert "no sample is chosen" in s.get(base + f"/samples/{other}").text
         assert s.get(base + "/api/status").json()["button_message"]
@@ -106,13 +107,13 @@ def test_push_button_target_is_explicit_visible_and_cleared_on_finish(live_app):
         button.close()
 
 
-def test_the_settings_page_keeps_the_last_measured_scale(live_app):
+def test_the_settings_page_keeps_the_last_measured_scale(page_app, admin):
     """A field's red cells measure the pixel size; the administrator keeps that value as the
     configured one (used for fields with too few red cells), and it survives a restart."""
     from device.settings import load_effective
 
-    base, app, rt, tmp = live_app
-    s = signed_in(base)
+    base, app, rt, tmp = page_app
+    s = admin
     page = s.get(base + "/settings")
     assert "No field from this camera has been measured" in page.text
     r = s.post(base + "/settings/scale", data={"csrf_token": csrf_of(page.text)})

@@ -12,6 +12,8 @@ tf = pytest.importorskip("tensorflow")
 from testkit import PBC  # noqa: E402
 from training.config import load_recipe  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 
 def test_run_folder_has_everything(tiny_run):
     for name in ("model.keras", "config.toml", "recipe.json", "split_manifest.csv", "split_summary.json",

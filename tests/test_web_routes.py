@@ -21,10 +21,10 @@ def concrete(rule) -> str:
     return url
 
 
-def test_every_route_needs_a_session_except_the_public_ones(live_app):
-    base, app, rt, _ = live_app
-    signed_in(base)  # an administrator exists, so the login page is the gate
-    anon = requests.Session()
+def test_every_route_needs_a_session_except_the_public_ones(page_app):
+    base, app, rt, _ = page_app
+    anon = base.session()
+    assert "/login" in anon.get(base + "/").url  # an administrator exists, so the login page is the gate
     rules = [r for r in app.url_map.iter_rules()]
     assert len(rules) > 20
     for rule in rules:
@@ -41,9 +41,9 @@ def test_every_route_needs_a_session_except_the_public_ones(live_app):
                 assert resp.status_code == 400 or "/login" in resp.headers["Location"]
 
 
-def test_every_post_without_csrf_token_is_refused(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_every_post_without_csrf_token_is_refused(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     posts = [r for r in app.url_map.iter_rules() if "POST" in r.methods]
     assert len(posts) >= 8
     for rule in posts:
@@ -104,9 +104,9 @@ def test_session_cookie_flags_and_logout(live_app):
     assert s.get(base + "/history", allow_redirects=False).status_code == 302
 
 
-def test_headers_and_no_external_assets(live_app):
-    base, app, rt, _ = live_app
-    s = signed_in(base)
+def test_headers_and_no_external_assets(page_app, admin):
+    base, app, rt, _ = page_app
+    s = admin
     r = s.get(base + "/")
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     assert r.headers["X-Frame-Options"] == "DENY"
