@@ -163,3 +163,39 @@ def test_only_one_first_administrator(tmp_path):
     assert create_first_admin(store, "first", "password-1") is not None
     assert create_first_admin(store, "second", "password-2") is None
     assert [r[0] for r in store.connect().execute("SELECT username FROM users")] == ["first"]
+
+
+def test_a_stalled_camera_s_live_views_still_give_their_places_back(live_app):
+    """A live view waits for a new frame; a camera that sends none never wrote again, so a viewer who had gone
+    kept a server thread to the stream's end (300 s). The last frame is now repeated every few seconds, and the
+    failed write frees the place."""
+    import socket
+
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    host, port = base.split("//")[1].split(":")
+
+    def open_stream():
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(f"GET /preview.mjpg HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        return sock, head.decode("latin-1")
+
+    streams = [open_stream() for _ in range(3)]
+    assert all("multipart/x-mixed-replace" in h for _, h in streams)
+    for sock, _ in streams:
+        sock.recv(65536)  # each has its first frame
+    rt.loop.stop()  # no new frame from here on: the stall
+    for sock, _ in streams:
+        sock.close()
+    deadline = time.monotonic() + 20
+    while True:
+        sock, head = open_stream()
+        sock.close()
+        if "multipart/x-mixed-replace" in head:
+            break
+        assert time.monotonic() < deadline, "a stalled camera's closed live views kept their places"
+        time.sleep(0.5)

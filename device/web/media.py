@@ -39,6 +39,9 @@ def _send_stored(rel: str):
     return send_file(path, mimetype="image/jpeg")
 
 
+RESEND_S = 5.0  # a live view with no new frame repeats its last one this often
+
+
 @bp.route("/preview.mjpg")
 def preview():
     loop = rt().loop
@@ -48,12 +51,14 @@ def preview():
         return preview_still()  # more viewers than allowed: a still frame; the page refreshes it
 
     def stream():
-        last, t_end = None, time.monotonic() + 300  # bounded: the page reconnects
+        last, sent, t_end = None, 0.0, time.monotonic() + 300  # bounded: the page reconnects
         while time.monotonic() < t_end:
             jpeg = loop.next_preview(last, wait=1.0)
-            if jpeg is None or jpeg is last:
+            # a stalled camera sends nothing new: the last frame again every few seconds is what finds a viewer
+            # who has gone (the write fails), instead of holding this server thread to the end
+            if jpeg is None or (jpeg is last and time.monotonic() - sent < RESEND_S):
                 continue
-            last = jpeg
+            last, sent = jpeg, time.monotonic()
             yield (f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                    ).encode() + jpeg + b"\r\n"
 
