@@ -59,6 +59,9 @@ FONTS = Path(str(resources.files("device").joinpath("assets/fonts")))
 GALLERY_MAX = 24
 
 
+KEY_W = 48  # mm: the key column of the report's key/value lines
+
+
 class _Report(FPDF):
     """A4 report in Noto Sans (Latin), with Noto Sans Arabic and Bengali as fallbacks; text shaping (HarfBuzz)
     joins Arabic letters and orders right-to-left runs."""
@@ -96,8 +99,32 @@ class _Report(FPDF):
         self.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT", align=self.align)
         self.set_font("noto", "", 10)
 
+    def para(self, text, style="", size=10, h=5.5):
+        """A paragraph in its own direction: Arabic right to left, Latin text (card figures) left to right."""
+        self.set_font("noto", style, size)
+        ltr = _latin(text)
+        if self.rtl:
+            self.set_text_shaping(True, direction="ltr" if ltr else "rtl")
+        self.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="R" if self.rtl else "L")
+        if self.rtl:
+            self.set_text_shaping(True)
 
-KEY_W = 48  # mm: the key column of the report's key/value lines
+    def kv(self, key, value, bold=False):
+        value = str(value or "-")
+        self.set_font("noto", "B", 10)
+        if self.rtl or self.get_string_width(key) > KEY_W - 2:
+            # a long key (or a right-to-left page) gets its own line: never printed over its value
+            self.para(key, "B")
+            if self.rtl:
+                self.para(value, "B" if bold else "")
+            else:
+                self.set_x(self.l_margin + KEY_W)
+                self.set_font("noto", "B" if bold else "", 10)
+                self.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
+            return
+        self.cell(KEY_W, 6, key)
+        self.set_font("noto", "B" if bold else "", 10)
+        self.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
 
 
 def _latin(text: str) -> bool:
@@ -122,10 +149,12 @@ def _wrap(pdf, text: str, width: float) -> list[str]:
     return lines
 
 
+_ = words.gettext
+
+
 def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
     """``models_info``: each model that classified the sample with its limits (``web.common.sample_models``);
     by default the one ``bundle``."""
-    _ = words.gettext
     summary = samples.summary_of(store, s["id"], cfg.sample.flags)
     pdf = _Report(cfg.web.clinic_name, rtl=words.lang() in words.RTL)
     pdf.alias_nb_pages()
@@ -135,72 +164,64 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                         "lead": words.limits_lead(bundle), "warnings": words.sample_warnings(bundle, s),
                         "screens": words.has_blasts(bundle) if bundle is not None else True}]
     screens = any(m["screens"] for m in models_info)
-
-    def para(text, style="", size=10, h=5.5):
-        """A paragraph in its own direction: Arabic right to left, Latin text (card figures) left to right."""
-        pdf.set_font("noto", style, size)
-        ltr = _latin(text)
-        if pdf.rtl:
-            pdf.set_text_shaping(True, direction="ltr" if ltr else "rtl")
-        pdf.multi_cell(0, h, str(text), new_x="LMARGIN", new_y="NEXT", align="R" if pdf.rtl else "L")
-        if pdf.rtl:
-            pdf.set_text_shaping(True)
-
-    def kv(key, value, bold=False):
-        value = str(value or "-")
-        pdf.set_font("noto", "B", 10)
-        if pdf.rtl or pdf.get_string_width(key) > KEY_W - 2:
-            # a long key (or a right-to-left page) gets its own line: never printed over its value
-            para(key, "B")
-            if pdf.rtl:
-                para(value, "B" if bold else "")
-            else:
-                pdf.set_x(pdf.l_margin + KEY_W)
-                pdf.set_font("noto", "B" if bold else "", 10)
-                pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
-            return
-        pdf.cell(KEY_W, 6, key)
-        pdf.set_font("noto", "B" if bold else "", 10)
-        pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT", align="L")
-
     if not screens:  # said first: this report has no blast fraction
-        pdf.set_text_color(160, 20, 20)
-        for line in models_info[0]["lead"]:
-            para(line, "B", 11, 6)
-        pdf.set_text_color(0, 0, 0)
-        pdf.ln(1)
+        _lead_first(pdf, models_info[0])
+    _sample_lines(pdf, s)
+    _result(pdf, store, s, summary, screens)
+    _counts(pdf, summary)
+    _gallery(pdf, store, s)
+    _models(pdf, store, s, cfg, models_info)
+    _sign_off(pdf, store, s)
+    # the disclaimer is in every page's footer: no page of its own for it
+    return bytes(pdf.output())
+
+
+def _lead_first(pdf, model) -> None:
+    """A report with no blast fraction says so before anything else."""
+    pdf.set_text_color(160, 20, 20)
+    for line in model["lead"]:
+        pdf.para(line, "B", 11, 6)
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(1)
+
+
+def _sample_lines(pdf, s) -> None:
+    """Who, what and when."""
     sex_word = s["patient_sex"]
     sex = _(sex_word) if sex_word else "-"
     age = _("%(age)s years", age=s["patient_age"]) if s["patient_age"] else "-"
-    kv(_("Sample id"), s["sample_code"])
-    kv(_("Patient"), s["patient_name"])
-    kv(_("Age / sex"), f"{age} / {sex}")
-    kv(_("Clinic note"), s["note"])
-    kv(_("Operator"), s["operator"])
-    kv(_("Started"), words.local_time(s["created_at"], True))
-    kv(_("Finished"), words.local_time(s["finished_at"], True) if s["finished_at"] else _("not finished"))
+    pdf.kv(_("Sample id"), s["sample_code"])
+    pdf.kv(_("Patient"), s["patient_name"])
+    pdf.kv(_("Age / sex"), f"{age} / {sex}")
+    pdf.kv(_("Clinic note"), s["note"])
+    pdf.kv(_("Operator"), s["operator"])
+    pdf.kv(_("Started"), words.local_time(s["created_at"], True))
+    pdf.kv(_("Finished"), words.local_time(s["finished_at"], True) if s["finished_at"] else _("not finished"))
     if s["reopened_at"]:
         when = words.local_time(s["reopened_at"])
-        kv(_("Amended"), _("re-opened by %(who)s on %(when)s (%(why)s), finished again by %(by)s",
+        pdf.kv(_("Amended"), _("re-opened by %(who)s on %(when)s (%(why)s), finished again by %(by)s",
                            who=s["reopened_by"], when=f"\u2066{when}\u2069" if pdf.rtl else when,
                            why=s["reopen_reason"],
                            by=s["finished_by"] or "-"))
-    kv(_("Printed"), words.local_time(datetime.now(timezone.utc).isoformat(), True))
+    pdf.kv(_("Printed"), words.local_time(datetime.now(timezone.utc).isoformat(), True))
     pdf.ln(2)
 
+
+def _result(pdf, store, s, summary, screens: bool) -> None:
+    """The flags, the count, the blast fraction and what is still undecided."""
     pdf.heading(_("Result"))
     for f in summary.flags or [{"level": "-", "message": _("No flag raised.")}]:
         if f["level"] == "-":
-            para(f["message"], "B", 10, 6)
+            pdf.para(f["message"], "B", 10, 6)
             continue
         level = words.level_name(f["level"])
-        para(f"{level[:1].upper()}{level[1:]}: {words.flag_text(f)}", "B", 10, 6)
+        pdf.para(f"{level[:1].upper()}{level[1:]}: {words.flag_text(f)}", "B", 10, 6)
     pdf.set_font("noto", "", 10)
-    kv(_("White cells counted"), _("%(n)d of target %(target)d", n=summary.leukocytes, target=summary.target)
+    pdf.kv(_("White cells counted"), _("%(n)d of target %(target)d", n=summary.leukocytes, target=summary.target)
        + ("" if summary.target_reached else " - " + _("insufficient")), bold=not summary.target_reached)
     if not screens:
         if summary.malignant:
-            kv(_("Blasts"), _("Cells a reviewer classified as blasts: %(n)d (this model does not look for them).",
+            pdf.kv(_("Blasts"), _("Cells a reviewer classified as blasts: %(n)d (this model does not look for them).",
                               n=summary.malignant))
     elif summary.leukocytes:
         lo, hi = summary.malignant_ci
@@ -209,11 +230,11 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         rng = f"{100 * lo:.1f}-{100 * hi:.1f}"
         if pdf.rtl:
             rng = f"\u2066{rng}\u2069"
-        kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(range)s %%), %(cells)s",
+        pdf.kv(_("Blast fraction"), _("%(p)s %% (95 %% Wilson interval %(range)s %%), %(cells)s",
                                   p=f"{100 * summary.malignant_fraction:.1f}", range=rng,
                                   cells=words.cells(summary.malignant)))
     else:
-        kv(_("Blast fraction"), _("not computable: no white cell counted"))
+        pdf.kv(_("Blast fraction"), _("not computable: no white cell counted"))
     suspected = [c for c in samples.cells_of(store, s["id"]) if c["flag"] == samples.POSSIBLE_BLAST]
     if suspected:
         from collections import Counter
@@ -227,17 +248,20 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
         undecided = sum(1 for c in suspected if not c["operator_label"])
         if undecided:
             text += sep + _("Not decided: %(n)d (not counted).", n=undecided)
-        kv(_("Possible blasts"), text, bold=True)
+        pdf.kv(_("Possible blasts"), text, bold=True)
     if summary.undecided:
-        kv(_("Undecided cells"), _("%(u)d cell(s) not yet decided: if they were decided, the fraction would lie between "
+        pdf.kv(_("Undecided cells"), _("%(u)d cell(s) not yet decided: if they were decided, the fraction would lie between "
                                    "%(lo)s %% and %(hi)s %%.", u=summary.undecided,
                                    lo=f"{100 * summary.malignant_range[0]:.1f}", hi=f"{100 * summary.malignant_range[1]:.1f}"))
-    kv(_("Uncertain cells"), str(summary.uncertain) + (
+    pdf.kv(_("Uncertain cells"), str(summary.uncertain) + (
         "  " + _("(finished with cells still uncertain: not counted)") if summary.uncertain else ""),
         bold=bool(summary.uncertain))
-    kv(_("Not reviewed"), words.cells(summary.unreviewed))
+    pdf.kv(_("Not reviewed"), words.cells(summary.unreviewed))
     pdf.ln(1)
 
+
+def _counts(pdf, summary) -> None:
+    """Each cell type with its share of the white cells."""
     pdf.heading(_("Counts"))
     total = max(summary.leukocytes, 1)
     side = "RIGHT" if pdf.rtl else "LEFT"
@@ -249,6 +273,9 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
             table.row((words.display(row["label"]), words.category_name(cat), str(row["count"]), pct))
     pdf.ln(2)
 
+
+def _gallery(pdf, store, s) -> None:
+    """The cells, blasts first, each with its final label (and the model's, when reclassified)."""
     cells = samples.cells_of(store, s["id"])
     ordered = samples.report_order(cells)
     shown = ordered[:GALLERY_MAX]
@@ -293,40 +320,47 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                 pdf.set_text_shaping(True)
         pdf.set_y(y + size + 11)
 
+
+def _models(pdf, store, s, cfg, models_info) -> None:
+    """The models that classified the sample, each with what it can and cannot tell; the site calibration."""
     pdf.ln(2)
     pdf.heading(_("Model"))
     # the models that classified it, not the one in use now: each with what it can and cannot tell
     for m in models_info:
         u = m["used"]
         if u:
-            kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"],
+            pdf.kv(_("Model"), _("%(name)s %(version)s, checksum %(sha)s: %(fields)s", name=u["name"],
                              version=u["version"], sha=u["sha256"][:16] or "-",
                              fields=words.ngettext("%(num)d field", "%(num)d fields", u["fields"])))
         else:
-            kv(_("Model"), _("no field captured"))
+            pdf.kv(_("Model"), _("no field captured"))
         for line in m["lead"]:
-            para(line, "", 9.5, 5)
+            pdf.para(line, "", 9.5, 5)
         pdf.set_text_color(160, 20, 20)
         for w in m["warnings"]:
-            para(w, "B", 9.5, 5)
+            pdf.para(w, "B", 9.5, 5)
         pdf.set_text_color(0, 0, 0)
         for title, text, _from_card in m["limits"]:
             if pdf.get_y() + 14 > pdf.h - 22:
                 pdf.add_page()  # never a title alone at the foot of a page
-            para(title, "B", 8.5, 4.5)
-            para(text, "", 8.5, 4.2)
+            pdf.para(title, "B", 8.5, 4.5)
+            pdf.para(text, "", 8.5, 4.2)
         pdf.ln(1)
     from device.web.calibration import note, site_text
 
     for line in note(store, s["id"]):
-        kv(_("Site calibration"), line)
+        pdf.kv(_("Site calibration"), line)
     summary_site = site_text(samples.summary_of(store, s["id"], cfg.sample.flags))
     if summary_site:
-        kv(_("Refer rule"), summary_site)
+        pdf.kv(_("Refer rule"), summary_site)
     pdf.ln(2)
+
+
+def _sign_off(pdf, store, s) -> None:
+    """Reviewers, the verifier's signature and the district's verdicts."""
     pdf.heading(_("Sign-off"))
-    kv(_("Reviewed by"), ", ".join(samples.reviewers_of(store, s["id"])) or "-")
-    kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
+    pdf.kv(_("Reviewed by"), ", ".join(samples.reviewers_of(store, s["id"])) or "-")
+    pdf.kv(_("Verified by"), (s["verified_by"] or "") + "   " + _("Signature:") + " ____________________")
     from device.records import district  # issue 25: the district experts' verdicts on this sample
 
     for v in district.verdicts_of(store, s["id"]):
@@ -334,6 +368,4 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
                  role=v["role"], when=words.local_time(v["signed_at"]), verdict=v["verdict"])
         if v["blasts_confirmed"]:
             text += " · " + words.ngettext("%(num)d blast confirmed", "%(num)d blasts confirmed", v["blasts_confirmed"])
-        kv(_("District review"), text + (f" · {v['note']}" if v["note"] else ""))
-    # the disclaimer is in every page's footer: no page of its own for it
-    return bytes(pdf.output())
+        pdf.kv(_("District review"), text + (f" · {v['note']}" if v["note"] else ""))
