@@ -194,6 +194,19 @@ def _site_flags(malignant: int, leukocytes: int, undecided: int, site: dict, rul
     return flags, {**site, **test}
 
 
+def _rule_flags(by_category: dict, leukocytes: int, rules, site_refers: bool) -> list[dict]:
+    """The flag rules that fire; with a site calibration its own test replaces the blast-fraction refer rule."""
+    flags = []
+    for rule in rules:
+        if site_refers and rule.level == "refer" and rule.category == "malignant":
+            continue  # replaced by the site's test
+        count = by_category[rule.category]
+        frac = count / leukocytes if leukocytes else 0.0
+        if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
+            flags.append({"level": rule.level, "message": rule.message, "category": rule.category, "count": count})
+    return flags
+
+
 def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES, site: dict | None = None) -> SampleSummary:
     """``site``: the sample's site calibration ({"false_call_rate", "name"}); its refer rule replaces the
     fixed blast-fraction refer rules."""
@@ -210,13 +223,7 @@ def summarize(cells: list[CountedCell], target: int = 100, rules=DEFAULT_RULES, 
     site_result = None
     if site is not None:
         site_flags, site_result = _site_flags(malignant, leukocytes, undecided, site, rules)
-    for rule in rules:
-        if site is not None and rule.level == "refer" and rule.category == "malignant":
-            continue  # replaced by the site's test
-        count = by_category[rule.category]
-        frac = count / leukocytes if leukocytes else 0.0
-        if (rule.min_count and count >= rule.min_count) or (rule.min_fraction and leukocytes and frac >= rule.min_fraction):
-            flags.append({"level": rule.level, "message": rule.message, "category": rule.category, "count": count})
+    flags += _rule_flags(by_category, leukocytes, rules, site_refers=site is not None)
     if leukocytes < target:
         flags.insert(0, {"level": INSUFFICIENT, "message": f"Insufficient: {leukocytes} of {target} cells",
                          "category": INSUFFICIENT, "count": leukocytes, "target": target})
