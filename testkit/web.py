@@ -1,5 +1,5 @@
-"""HTTP helpers over real 127.0.0.1: the CSRF token of a page, a signed-in session, the real app served in
-this process by waitress."""
+"""HTTP helpers: the CSRF token of a page, a signed-in session, the real app served in this process by waitress on
+127.0.0.1, and a requests-like session over Flask's test client for the in-process page tests."""
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -149,8 +149,11 @@ def _runtime(data_dir: Path, fields: Path, bundled_model):
     real = module.load_active
 
     def load_active(configured, data_dir, threads):
-        # the same rule as start-up; only the default bundle's load and trial run are shared
-        if configured or (Path(data_dir) / "models" / "current.lkb").exists():
+        # the same rule as start-up (installed.candidates: the named one, current, previous, then the shipped
+        # default); only the shipped default's load and trial run are shared, and only at the default thread count
+        from device.model.installed import candidates, default_bundle_path
+
+        if threads != 1 or any(p.exists() for p in candidates(configured, data_dir) if p != default_bundle_path()):
             return real(configured, data_dir, threads)
         bundle, classifier, problems = bundled_model
         return bundle, classifier, list(problems)

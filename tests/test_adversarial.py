@@ -145,7 +145,7 @@ def _vm(field: str) -> int:
     raise AssertionError(field)
 
 
-def test_item1_settings_model_install_refuses_it_over_http_at_baseline_memory(page_app, admin):
+def test_item1_settings_model_install_refuses_it_at_baseline_memory(page_app, admin):
     base, app, rt, _ = page_app
     s = admin
     token = csrf_of(s.get(base + "/settings").text)

@@ -1,7 +1,7 @@
 """Issue 12 item 19: one typed schema with ranges for the config file, the Settings page and the defaults dump.
 
 Each fault found by the adversarial test is a named test here, through the config file (the CLI's one-line
-exit) and through the Settings page over real HTTP (400 with the message, nothing saved).
+exit) and through the Settings page of the real app (400 with the message, nothing saved).
 """
 from __future__ import annotations
 

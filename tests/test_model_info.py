@@ -137,7 +137,7 @@ _RAW = json.loads(zipfile.ZipFile(REPO / "device/assets/models/default.lkb").rea
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(["datasets", "metrics", "parity", "cross_lab", "model_card", "split", "trained_on",
                             "created_at", "ood_calibration", "labels.0.display", "input.quantization", "input.scale",
-                            "cross_lab.plain", "metrics.int8", "datasets.0"]), value=_JSON)
+                            "cross_lab.plain", "metrics.int8", "datasets.0", "not_validated_on", "model"]), value=_JSON)
 def test_any_value_in_a_descriptive_part_parses_with_a_note(key, value):
     import copy
 

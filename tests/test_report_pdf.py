@@ -1,5 +1,5 @@
 """Issue 21, item 14 (and 1, 4, 7 on paper): the PDF report read back with poppler (text, word boxes) and pypdf.
-A real sample on the real app over HTTP; the cells whose flags matter are set in the database as the model would
+A real sample on the real app (in process); the cells whose flags matter are set in the database as the model would
 write them, so nothing depends on the bundled model's outputs."""
 from __future__ import annotations
 

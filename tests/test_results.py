@@ -1,4 +1,4 @@
-"""Results a clinic can trust (issue 14), over real HTTP against the real app, camera replay and model."""
+"""Results a clinic can trust (issue 14), against the real app (in process), camera replay and model."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""Issue 21, items 4 and 5 over real HTTP: a model without a blast class shows no blast fraction and says so first;
+"""Issue 21, items 4 and 5 against the real app (in process): a model without a blast class shows no blast fraction and says so first;
 switching the model says what really happens, and a sample classified by two models shows the limits of both."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Escaping, traversal and limits, over real HTTP against the real app."""
+"""Escaping, traversal and limits against the real app: in process, and raw paths over real HTTP."""
 from __future__ import annotations
 
 import io

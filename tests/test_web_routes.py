@@ -1,4 +1,5 @@
-"""Every route of the real app over real HTTP: sign-in required, CSRF on every POST, accounts."""
+"""Every route of the real app (in process through Flask's test client; over real HTTP where the server itself
+matters: cookies, first start, live views): sign-in required, CSRF on every POST, accounts."""
 from __future__ import annotations
 
 import json
