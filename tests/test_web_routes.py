@@ -116,12 +116,11 @@ def test_headers_and_no_external_assets(page_app, admin):
         assert not re.search(r'(src|href)="(https?:)?//', html), page  # nothing from the internet
 
 
-def test_live_views_are_limited_and_released(live_app):
+def _stream_opener(base: str, session):
+    """Opens /preview.mjpg on a raw socket (so the test decides when the viewer goes): (socket, response head)."""
     import socket
 
-    base, app, rt, _ = live_app
-    s = signed_in(base)
-    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
     host, port = base.split("//")[1].split(":")
 
     def open_stream():
@@ -131,6 +130,14 @@ def test_live_views_are_limited_and_released(live_app):
         while b"\r\n\r\n" not in head:
             head += sock.recv(4096)
         return sock, head.decode("latin-1")
+
+    return open_stream
+
+
+def test_live_views_are_limited_and_released(live_app):
+    base, app, rt, _ = live_app
+    s = signed_in(base)
+    open_stream = _stream_opener(base, s)
 
     streams = [open_stream() for _ in range(3)]
     assert all("multipart/x-mixed-replace" in h for _, h in streams)
@@ -170,20 +177,9 @@ def test_a_stalled_camera_s_live_views_still_give_their_places_back(live_app):
     """A live view waits for a new frame; a camera that sends none never wrote again, so a viewer who had gone
     kept a server thread to the stream's end (300 s). The last frame is now repeated every few seconds, and the
     failed write frees the place."""
-    import socket
-
     base, app, rt, _ = live_app
     s = signed_in(base)
-    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
-    host, port = base.split("//")[1].split(":")
-
-    def open_stream():
-        sock = socket.create_connection((host, int(port)), timeout=10)
-        sock.sendall(f"GET /preview.mjpg HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        return sock, head.decode("latin-1")
+    open_stream = _stream_opener(base, s)
 
     streams = [open_stream() for _ in range(3)]
     assert all("multipart/x-mixed-replace" in h for _, h in streams)
