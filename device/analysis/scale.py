@@ -17,7 +17,6 @@ cell clumps have long error tails; the circle median deviates from field to fiel
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -71,21 +70,11 @@ def given(um_per_px: float) -> ScaleEstimate:
     return ScaleEstimate(float(um_per_px), 1.0, "given", 0, None)
 
 
-_hough_lock = threading.Lock()
-
-
-class _one_thread:
-    """OpenCV's parallel circle transform returns a different set of circles from run to run (one PBC
-    image read 0.0852 or 0.0879 um/px): the transform runs on one thread, so a field always reads the same."""
-
-    def __enter__(self):
-        _hough_lock.acquire()
-        self.threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-
-    def __exit__(self, *exc):
-        cv2.setNumThreads(self.threads)
-        _hough_lock.release()
+# OpenCV's parallel circle transform returns a different set of circles from run to run (one PBC image read
+# 0.0852 or 0.0879 um/px), so OpenCV runs on one thread in this process: a field always reads the same. (It was
+# switched to one thread around each transform, but cv2.setNumThreads rebuilds OpenCV's thread pool under any
+# other thread's running OpenCV call: two threads analysing at once crashed the process, a segmentation fault.)
+cv2.setNumThreads(1)
 
 
 def circle_radii(grey: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -95,9 +84,8 @@ def circle_radii(grey: np.ndarray, lo: int, hi: int) -> np.ndarray:
     if hi <= lo:
         return np.zeros(0)
     g = cv2.GaussianBlur(grey, (3, 3), 0)
-    with _one_thread():
-        found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, dp=1, minDist=max(4, lo), param1=60, param2=0.7,
-                                 minRadius=lo, maxRadius=hi)
+    found = cv2.HoughCircles(g, cv2.HOUGH_GRADIENT_ALT, dp=1, minDist=max(4, lo), param1=60, param2=0.7,
+                             minRadius=lo, maxRadius=hi)
     if found is None:
         return np.zeros(0)
     circles = found[0].astype(np.float64)
