@@ -167,10 +167,11 @@ def sample_pdf(store, s, cfg, bundle, models_info=None) -> bytes:
     if not screens:  # said first: this report has no blast fraction
         _lead_first(pdf, models_info[0])
     _sample_lines(pdf, s)
-    _result(pdf, store, s, summary, screens)
+    cells = samples.cells_of(store, s["id"])
+    _result(pdf, cells, summary, screens)
     _counts(pdf, summary)
-    _gallery(pdf, store, s)
-    _models(pdf, store, s, cfg, models_info)
+    _gallery(pdf, store, cells)
+    _models(pdf, store, s, summary, models_info)
     _sign_off(pdf, store, s)
     # the disclaimer is in every page's footer: no page of its own for it
     return bytes(pdf.output())
@@ -207,7 +208,7 @@ def _sample_lines(pdf, s) -> None:
     pdf.ln(2)
 
 
-def _result(pdf, store, s, summary, screens: bool) -> None:
+def _result(pdf, cells, summary, screens: bool) -> None:
     """The flags, the count, the blast fraction and what is still undecided."""
     pdf.heading(_("Result"))
     for f in summary.flags or [{"level": "-", "message": _("No flag raised.")}]:
@@ -235,7 +236,7 @@ def _result(pdf, store, s, summary, screens: bool) -> None:
                                   cells=words.cells(summary.malignant)))
     else:
         pdf.kv(_("Blast fraction"), _("not computable: no white cell counted"))
-    suspected = [c for c in samples.cells_of(store, s["id"]) if c["flag"] == samples.POSSIBLE_BLAST]
+    suspected = [c for c in cells if c["flag"] == samples.POSSIBLE_BLAST]
     if suspected:
         from collections import Counter
 
@@ -274,9 +275,8 @@ def _counts(pdf, summary) -> None:
     pdf.ln(2)
 
 
-def _gallery(pdf, store, s) -> None:
+def _gallery(pdf, store, cells) -> None:
     """The cells, blasts first, each with its final label (and the model's, when reclassified)."""
-    cells = samples.cells_of(store, s["id"])
     ordered = samples.report_order(cells)
     shown = ordered[:GALLERY_MAX]
     if shown:
@@ -321,7 +321,7 @@ def _gallery(pdf, store, s) -> None:
         pdf.set_y(y + size + 11)
 
 
-def _models(pdf, store, s, cfg, models_info) -> None:
+def _models(pdf, store, s, summary, models_info) -> None:
     """The models that classified the sample, each with what it can and cannot tell; the site calibration."""
     pdf.ln(2)
     pdf.heading(_("Model"))
@@ -350,7 +350,7 @@ def _models(pdf, store, s, cfg, models_info) -> None:
 
     for line in note(store, s["id"]):
         pdf.kv(_("Site calibration"), line)
-    summary_site = site_text(samples.summary_of(store, s["id"], cfg.sample.flags))
+    summary_site = site_text(summary)
     if summary_site:
         pdf.kv(_("Refer rule"), summary_site)
     pdf.ln(2)
