@@ -7,6 +7,8 @@ import gc
 import os
 import threading
 
+import requests
+
 from testkit import wait_until
 from testkit.web import InProcessBase, csrf_of, serving, signed_in
 
@@ -20,6 +22,8 @@ def test_a_served_app_leaves_no_thread_or_descriptor_behind(tmp_path):
     with serving(tmp_path) as (base, app, rt):
         s = signed_in(base)  # its connection is kept alive, as every requests.Session's is
         assert s.get(base + "/history").ok
+        for _ in range(12):  # fresh connections: every worker thread answers, each opening its SQLite connection
+            assert requests.get(base + "/login", timeout=10).status_code == 200
         live = s.get(base + "/preview.mjpg", stream=True, timeout=10)  # and a live view left open
         assert live.headers["Content-Type"].startswith("multipart/x-mixed-replace")
     live.close()
